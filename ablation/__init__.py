@@ -1,0 +1,2 @@
+"""ablate: AnimeGAN loss-weight ablations."""
+__version__ = "0.1.0"

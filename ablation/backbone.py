@@ -1,0 +1,234 @@
+"""Frozen feature extractors for the content and style losses (reference §1.4, §4.2, §7.6-7.7).
+
+- `vgg19`: torchvision `vgg19().features[:26]`, i.e. conv4_4 after its bias and before its ReLU: 512 ch at 1/8.
+- `mobilenet_v2`: torchvision `mobilenet_v2(width_mult)` cut at Keras `block_6_expand`, i.e. `features[:7]` then
+  the bias-free 1×1 expand conv `features[7].conv[0][0]`, before its BN: 240 ch at 1/8 for width 1.3.
+
+The trunk keeps torchvision's key paths (without the `features.` prefix), so a state dict saved from the full
+torchvision model or from the trunk loads into it. Activation magnitudes differ between weights and
+preprocessings, so `describe()` and `weights_hash` exist for runs to log exactly which ones they used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, VGG19_Weights
+
+from ablation.config import BackboneConfig
+from ablation.errors import UserError, problem
+
+FIELD = "backbone.weights"
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+def _vgg19_trunk(cfg: BackboneConfig) -> nn.Module:
+    # Build on the meta device: the 120M-parameter classifier would cost ~1.4 s of RNG draws only to be dropped.
+    with torch.device("meta"):
+        full = torchvision.models.vgg19(weights=None)
+    trunk = full.features[:26].to_empty(device="cpu")  # index 25 = conv4_4, 26 would be its ReLU
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d):  # torchvision's own VGG init for convs
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+    return trunk
+
+
+class _ExpandConvOnly(nn.Module):
+    """What is left of torchvision `features[7]`: its expand conv, kept at the key path `conv.0.0`."""
+
+    def __init__(self, expand_conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Sequential(expand_conv))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def _mobilenet_trunk(cfg: BackboneConfig) -> nn.Module:
+    full = torchvision.models.mobilenet_v2(weights=None, width_mult=cfg.width)  # small: built whole
+    # Keras block_k = torchvision features[k+1]; block_6_expand is features[7]'s pre-BN 1×1 expand conv.
+    return nn.Sequential(*full.features[:7], _ExpandConvOnly(full.features[7].conv[0][0]))
+
+
+def _vgg19_imagenet(cfg: BackboneConfig) -> VGG19_Weights:
+    return VGG19_Weights.IMAGENET1K_V1
+
+
+def _mobilenet_imagenet(cfg: BackboneConfig) -> MobileNet_V2_Weights | None:
+    return MobileNet_V2_Weights.IMAGENET1K_V1 if cfg.width == 1.0 else None  # torchvision ships width 1.0 only
+
+
+@dataclass(frozen=True)
+class Arch:
+    build_trunk: Callable[[BackboneConfig], nn.Module]  # random init, drawn from the global RNG
+    imagenet_weights: Callable[[BackboneConfig], Any]  # torchvision WeightsEnum member, or None
+    auto_preprocess: Callable[[BackboneConfig], str]
+
+
+ARCHES: dict[str, Arch] = {
+    "vgg19": Arch(_vgg19_trunk, _vgg19_imagenet,
+                  lambda cfg: "imagenet" if cfg.weights == "imagenet" else "caffe"),
+    "mobilenet_v2": Arch(_mobilenet_trunk, _mobilenet_imagenet, lambda cfg: "signed"),  # Keras: inputs in [-1, 1]
+}
+
+
+def _affine_for(preprocess: str) -> tuple[bool, torch.Tensor, torch.Tensor]:
+    """Each preprocessing of x in [-1, 1] as (flip RGB->BGR?, per-channel scale, per-channel shift)."""
+    if preprocess == "caffe":  # (x+1)·127.5, BGR, minus BGR mean  =  x_bgr·127.5 + (127.5 − mean)
+        mean_bgr = torch.tensor(CAFFE_MEAN_BGR)
+        return True, torch.full((3,), 127.5), 127.5 - mean_bgr
+    if preprocess == "imagenet":  # ((x+1)/2 − mean)/std  =  x·0.5/std + (0.5 − mean)/std
+        mean_rgb, std_rgb = torch.tensor(IMAGENET_MEAN_RGB), torch.tensor(IMAGENET_STD_RGB)
+        return False, 0.5 / std_rgb, (0.5 - mean_rgb) / std_rgb
+    if preprocess == "signed":
+        return False, torch.ones(3), torch.zeros(3)
+    raise ValueError(f"unknown preprocess {preprocess!r}")
+
+
+def state_hash(module: nn.Module) -> str:
+    """sha256[:12] over the state dict (names, dtypes, shapes, bytes): which weights a run really used."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+class FrozenBackbone(nn.Module):
+    """A feature trunk that never trains: eval mode always, no parameter gradients, input gradients allowed."""
+
+    def __init__(self, trunk: nn.Module, preprocess: str, description: dict[str, str]) -> None:
+        super().__init__()
+        self.trunk = trunk
+        flip, scale, shift = _affine_for(preprocess)
+        self.flip_to_bgr = flip
+        # Non-persistent: constants, not weights; they follow .to(device) but stay out of the state dict.
+        self.register_buffer("input_scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("input_shift", shift.view(1, 3, 1, 1), persistent=False)
+        for param in self.trunk.parameters():
+            param.requires_grad_(False)
+        self.out_channels = _out_channels(trunk)
+        self.weights_hash = state_hash(trunk)
+        self._description = {**description, "preprocess": preprocess, "hash": self.weights_hash}
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenBackbone:
+        # BN running stats must never update and dropout-like layers never fire: ignore train(True).
+        return super().train(False)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.flip(1) if self.flip_to_bgr else image  # [B, 3, H, W] RGB in [-1, 1] (BGR for caffe)
+        return self.trunk(x * self.input_scale + self.input_shift)  # [B, out_channels, H/8, W/8]
+
+    def describe(self) -> dict[str, str]:
+        return dict(self._description)
+
+
+def _out_channels(trunk: nn.Module) -> int:
+    convs = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+def _unwrap(raw: Any) -> Any:
+    """Checkpoints often nest the weights (Lightning `state_dict`, trainers' `model`)."""
+    for key in ("state_dict", "model"):
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            return raw[key]
+    return raw
+
+
+def _select_trunk_state(state: Any, trunk: nn.Module, source: str | Path, arch: str) -> dict[str, torch.Tensor]:
+    """Find the key prefix (`features.`, `trunk.`, `module.`, ...) under which every trunk key is present.
+
+    Extra keys (classifier, later blocks) are ignored; every trunk key must be there with its shape.
+    """
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(problem(source, FIELD, "a state dict (name -> tensor)", f"<{type(state).__name__}>"))
+    wanted = trunk.state_dict()
+    first = next(iter(wanted))
+    prefixes = {k[: -len(first)] for k in state if k.endswith(first)}
+    prefixes = {p for p in prefixes if p == "" or p.endswith(".")} or {""}
+    best_missing: list[str] = list(wanted)
+    best_prefix = ""
+    for prefix in sorted(prefixes, key=len):
+        missing = [k for k in wanted if prefix + k not in state]
+        if len(missing) < len(best_missing):
+            best_missing, best_prefix = missing, prefix
+    if best_missing:
+        shown = ", ".join(best_missing[:3]) + (f" (+{len(best_missing) - 3} more)" if len(best_missing) > 3 else "")
+        raise UserError(problem(source, FIELD, f"{arch} weights with every trunk key; missing {shown}",
+                                f"<{len(state)} keys>"))
+    selected = {k: state[best_prefix + k] for k in wanted}
+    for key, tensor in selected.items():
+        if tensor.shape != wanted[key].shape:
+            raise UserError(problem(source, FIELD, f"{key} of shape {tuple(wanted[key].shape)} (another width?)",
+                                    f"<shape {tuple(tensor.shape)}>"))
+    return selected
+
+
+def _load_local(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(problem(path, FIELD, "an existing weights file (a torch.save'd state dict), "
+                                "'random' or 'imagenet'", "<missing>"))
+    try:
+        return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+    except Exception as exc:  # zip/pickle/unsupported-object errors all mean the file is not a usable state dict
+        reason = f"<unreadable: {type(exc).__name__}: {exc}>"
+        raise UserError(problem(path, FIELD, "a torch.save'd state dict", reason)) from None
+
+
+def _load_imagenet(cfg: BackboneConfig, arch: Arch) -> tuple[Any, str]:
+    weights_enum = arch.imagenet_weights(cfg)
+    if weights_enum is None:
+        raise UserError(problem(None, FIELD, f"'random' or a local weights file: torchvision ships no ImageNet "
+                                f"weights for {cfg.arch} at width {cfg.width} (only 1.0); pass a local weights "
+                                "file (e.g. converted Keras MobileNetV2 weights)", "imagenet"))
+    file_name = weights_enum.url.rsplit("/", 1)[-1]
+    try:
+        return weights_enum.get_state_dict(progress=False), file_name
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a truncated download fails in torch.load
+        target = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+        raise UserError(problem(None, FIELD, f"ImageNet weights {weights_enum} ({weights_enum.url}); offline, place "
+                                f"the file at {target} ($TORCH_HOME/hub/checkpoints/{file_name}) or pass a local "
+                                "weights path", f"<download failed: {exc}>")) from None
+
+
+def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
+    """Build the frozen trunk named by `cfg.arch` with `cfg.weights`; `seed` is the trial seed (random weights)."""
+    try:
+        arch = ARCHES[cfg.arch]
+    except KeyError:
+        raise ValueError(f"unknown backbone {cfg.arch!r}; valid: {', '.join(sorted(ARCHES))}") from None
+    weight_seed = cfg.seed if cfg.seed is not None else seed
+    # Always build from a private RNG stream: the global stream (which seeds G and D) must not depend on the
+    # backbone arm, and random weights must depend on the seed alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(weight_seed)
+        trunk = arch.build_trunk(cfg)
+    if cfg.weights != "random":
+        if cfg.weights == "imagenet":
+            state, source = _load_imagenet(cfg, arch)
+        else:
+            source = cfg.weights
+            state = _load_local(Path(cfg.weights))
+        trunk.load_state_dict(_select_trunk_state(state, trunk, source, cfg.arch), strict=True)
+    description = {
+        "arch": cfg.arch,
+        "weights": cfg.weights,
+        "seed": str(weight_seed) if cfg.weights == "random" else "n/a",
+    }
+    if cfg.arch == "mobilenet_v2":
+        description["width"] = f"{cfg.width:g}"  # vgg19 has no width; mobilenet's changes every shape
+    preprocess = arch.auto_preprocess(cfg) if cfg.preprocess == "auto" else cfg.preprocess
+    return FrozenBackbone(trunk, preprocess, description)

@@ -1,0 +1,214 @@
+"""`ablate` command line. The only module that imports typer; errors a user can fix exit with code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ablation.errors import EXIT_USER_ERROR, UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="AnimeGAN loss-weight ablations: train, run studies, report.")
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Datasets: demo, smoothing, download.")
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Argument(None, help="training config YAML (defaults: official AnimeGAN v1)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: --set loss.style_weight=6"),
+    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<config name>)"),
+    resume: bool = typer.Option(False, help="continue from the run folder's checkpoint"),
+    print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
+    demo: bool = typer.Option(False, help="embedded demo data, 64 px, a short CPU schedule"),
+) -> None:
+    """Train one AnimeGAN run."""
+    from ablation.config import load_train_config, parse_set_options, to_yaml
+    from ablation.console import TrainConsole
+    from ablation.presets import prepare_demo
+    from ablation.trainer import train as run_training
+
+    overrides = parse_set_options(set_)
+    if demo:
+        overrides = {**prepare_demo(), **overrides}
+    cfg = load_train_config(config, overrides)
+    if print_config:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    out_dir = out or Path("runs") / (config.stem if config else "default")
+    with TrainConsole(out_dir, resume) as console:
+        result = run_training(cfg, out_dir, console.log, resume=resume, progress=console.progress)
+    typer.echo(f"{result.status_text}: {result.step}/{result.total_steps} steps, outputs in {out_dir}")
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+
+
+def _run_options(demo: bool, set_: list[str], storage: Optional[str], tracking_uri: Optional[str],
+                 trials_dir: Optional[Path], **extra: object):
+    from ablation.config import parse_set_options
+    from ablation.runner import RunOptions
+
+    fields = {"demo": demo, "overrides": tuple(parse_set_options(set_).items()), "storage": storage,
+              "tracking_uri": tracking_uri, **extra}
+    if trials_dir is not None:
+        fields["trials_dir"] = trials_dir
+    return RunOptions(**fields)
+
+
+STORAGE_HELP = "Optuna storage URL (default $ABLATE_STORAGE or sqlite:///optuna.db)"
+TRACKING_HELP = "MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+
+
+@app.command()
+def run(
+    study: Path = typer.Argument(..., help="study YAML, e.g. studies/style_weight.yaml"),
+    demo: bool = typer.Option(False, help="demo data, small images, short schedule (CPU, minutes)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved trials and their count, then exit"),
+    set_: list[str] = typer.Option([], "--set", help="override a base config field for every trial"),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+    trials_dir: Optional[Path] = typer.Option(None, help="checkpoints and samples (default .ablate/trials)"),
+    workers: int = typer.Option(1, help="local worker processes (CPU)"),
+    devices: Optional[str] = typer.Option(None, help="CUDA devices, one worker each: 0,1,2,3"),
+    trials_per_device: int = typer.Option(1, help="pack K trials on each GPU"),
+    rerun_failed: bool = typer.Option(False, help="run failed trials again"),
+    rerun_diverged: bool = typer.Option(False, help="run diverged trials again"),
+    report: bool = typer.Option(True, help="render reports/<study>/index.html at the end"),
+) -> None:
+    """Run a study: every missing trial of a grid, or an Optuna search; log to MLflow; render the report."""
+    from ablation.runner import run_study
+
+    options = _run_options(demo, set_, storage, tracking_uri, trials_dir, workers=workers,
+                           devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
+                           trials_per_device=trials_per_device, rerun_failed=rerun_failed,
+                           rerun_diverged=rerun_diverged, report=report)
+    raise typer.Exit(run_study(study, options, dry_run=dry_run))
+
+
+@app.command()
+def worker(
+    study: Path = typer.Argument(...),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+    trials_dir: Optional[Path] = typer.Option(None, help="checkpoints: a path every worker can read"),
+    demo: bool = typer.Option(False),
+    set_: list[str] = typer.Option([], "--set"),
+    quiet: bool = typer.Option(False, help="no progress bars (for background workers)"),
+) -> None:
+    """Join a study from any host and run queued trials until none is left."""
+    from ablation.runner import run_worker
+
+    raise typer.Exit(run_worker(study, _run_options(demo, set_, storage, tracking_uri, trials_dir, quiet=quiet)))
+
+
+@app.command()
+def enqueue(
+    study: Path = typer.Argument(...),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+    demo: bool = typer.Option(False),
+    set_: list[str] = typer.Option([], "--set"),
+    rerun_failed: bool = typer.Option(False),
+    rerun_diverged: bool = typer.Option(False),
+) -> None:
+    """Create the study and its parent MLflow run once and queue the missing trials (for workers)."""
+    from ablation.runner import enqueue_study
+
+    raise typer.Exit(enqueue_study(study, _run_options(demo, set_, storage, tracking_uri, None,
+                                                       rerun_failed=rerun_failed, rerun_diverged=rerun_diverged)))
+
+
+@app.command()
+def report(
+    study: str = typer.Argument(..., help="study name or study YAML"),
+    demo: bool = typer.Option(False, help="the --demo variant of the study"),
+    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+    out: Path = typer.Option(Path("reports"), help="reports folder"),
+) -> None:
+    """Render reports/<study>/index.html from MLflow and the Optuna storage (no training)."""
+    from ablation.report import build_report
+    from ablation.runner import RunOptions, resolve_study
+    from ablation.store import storage_url
+    from ablation.tracking import Tracker
+
+    spec = None
+    name = study
+    if study.endswith((".yaml", ".yml")):
+        spec = resolve_study(Path(study), RunOptions(demo=demo))
+        name = spec.spec.name
+    elif demo:
+        name = f"{study}-demo"
+    path = build_report(name, Tracker(tracking_uri), storage_url(storage), out, spec)
+    typer.echo(f"report: {path}")
+
+
+@app.command()
+def ui(tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP), port: int = typer.Option(5000)) -> None:
+    """Open the MLflow UI on the study runs (mlflow ui)."""
+    import subprocess
+
+    from ablation.tracking import tracking_uri as resolve
+
+    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve(tracking_uri),
+                                      "--port", str(port)]))
+
+
+@data_app.command("smooth")
+def data_smooth(style_dir: Path = typer.Argument(..., help="folder of style images (<style>/style)"),
+                size: int = typer.Option(256, help="output size (the original: 256)"),
+                out: Optional[Path] = typer.Option(None, help="default: the sibling smooth/ folder")) -> None:
+    """Build <style>/smooth with the original edge-smoothing algorithm."""
+    from ablation.smooth import build_smooth_dir
+
+    target = out or style_dir.parent / "smooth"
+    count = build_smooth_dir(style_dir, target, size)
+    typer.echo(f"wrote {count} smoothed images to {target}")
+
+
+@data_app.command("demo")
+def data_demo(out_dir: Path = typer.Argument(...), size: int = typer.Option(128), seed: int = typer.Option(0)) -> None:
+    """Build the embedded demo dataset (no network)."""
+    from ablation.demo import build_demo_dataset
+
+    root = build_demo_dataset(out_dir, image_size=size, seed=seed)
+    typer.echo(f"demo dataset in {root} (style name: demo)")
+
+
+@data_app.command("fetch")
+def data_fetch(name: str = typer.Argument(..., help="dataset name, e.g. animegan"), dest: Path = typer.Argument(...),
+               url: Optional[str] = typer.Option(None, help="mirror URL"),
+               sha256: Optional[str] = typer.Option(None, help="expected SHA-256 of the archive")) -> None:
+    """Download a public dataset release (resumable, verified)."""
+    from ablation.fetch import fetch_dataset
+
+    root = fetch_dataset(name, dest, url=url, sha256=sha256)
+    typer.echo(f"dataset ready in {root}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        for line in exc.lines:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors are user errors too
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(EXIT_USER_ERROR)
+        raise
+
+
+if __name__ == "__main__":
+    main()

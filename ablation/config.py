@@ -1,0 +1,252 @@
+"""The training config: frozen, validated once at the edge, defaults = official AnimeGAN v1 (HEAD).
+
+Every field is addressable by a dotted path (`loss.style_weight`, `loss.d_weights.fake`) from YAML,
+from `ablate train --set key=value`, and from a study's axes. The same dotted path is the MLflow
+param key and the report's column name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ablation.errors import UserError, from_validation_error, problem
+
+GanType = Literal["lsgan", "gan", "hinge", "wgan-gp", "wgan-lp", "dragan"]
+GAN_TYPES: tuple[str, ...] = ("lsgan", "gan", "hinge", "wgan-gp", "wgan-lp", "dragan")
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class DataConfig(Frozen):
+    root: Path = Path("dataset")  # holds train_photo/, <style>/style/, <style>/smooth/, val/
+    style: str = "Hayao"
+    image_size: int = Field(256, ge=32)  # every image is resized/cropped to this square
+    val_count: int = Field(8, ge=1)  # fixed validation photos stylised after every epoch
+
+
+class ModelConfig(Frozen):
+    generator: Literal["v1", "v2"] = "v1"
+    generator_sn: bool = False  # the write-up put spectral norm on G as well
+    d_ch: int = Field(64, ge=8)
+    d_layers: int = Field(3, ge=1)  # n_dis
+    d_sn: bool = True
+    d_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class BackboneConfig(Frozen):
+    arch: Literal["vgg19", "mobilenet_v2"] = "vgg19"
+    # "random" (seeded), "imagenet" (torchvision weights by name) or a path to a local weights file
+    weights: str = "random"
+    seed: int | None = None  # random weights: None = the trial seed; logged either way
+    width: float = Field(1.3, gt=0.0)  # mobilenet_v2 width multiplier (the write-up: 1.3)
+    # input scaling: auto = caffe BGR-mean for vgg19 (ImageNet mean/std with torchvision weights),
+    # [-1, 1] for mobilenet_v2 (Keras convention)
+    preprocess: Literal["auto", "caffe", "imagenet", "signed"] = "auto"
+
+
+class DWeights(Frozen):
+    real: float = Field(1.0, ge=0.0)
+    fake: float = Field(1.0, ge=0.0)
+    gray: float = Field(1.0, ge=0.0)
+    smooth: float = Field(0.1, ge=0.0)
+
+
+class LossConfig(Frozen):
+    gan_type: GanType = "lsgan"
+    g_adv_weight: float = Field(300.0, ge=0.0)
+    d_adv_weight: float = Field(300.0, ge=0.0)
+    content_weight: float = Field(1.5, ge=0.0)
+    style_weight: float = Field(3.0, ge=0.0)
+    color_weight: float = Field(10.0, ge=0.0)
+    tv_weight: float = Field(0.0, ge=0.0)  # AnimeGANv2 adds 1.0
+    gp_weight: float = Field(10.0, ge=0.0)  # ld, used by wgan-gp / wgan-lp / dragan
+    d_weights: DWeights = DWeights()
+    style_target: Literal["gray", "color"] = "gray"  # Gram target: grayscale anime (official) or colour
+    smooth_target: Literal["gray", "color"] = "gray"  # edge-smoothed image shown to D
+    color_scale: Literal["unit", "255"] = "unit"  # YUV on [0,1] (official) or 0-255 (write-up defect)
+    color_count: int = Field(1, ge=1, le=2)  # 2 = the write-up's colour term counted twice
+
+
+class OptimConfig(Frozen):
+    init_lr: float = Field(1e-4, gt=0.0)
+    g_lr: float = Field(8e-5, gt=0.0)
+    d_lr: float = Field(1.6e-4, gt=0.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    g_steps_per_d: int = Field(1, ge=1)  # training_rate: one D update every N G updates
+
+
+class ScheduleConfig(Frozen):
+    epochs: int = Field(101, ge=1)  # total, init epochs included
+    init_epochs: int = Field(5, ge=0)
+    batch_size: int = Field(6, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)  # None = max(#photo, #style) // batch (official)
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(0, ge=0)  # epochs between evaluations (0 = only at the end)
+
+
+class EvalConfig(Frozen):
+    enabled: bool = True
+    image_size: int = Field(64, ge=32)  # fixed evaluation resolution
+    max_images: int = Field(128, ge=8)
+    evaluator_seeds: tuple[int, ...] = (1001, 1002, 1003)  # never used by training
+    kid_subsets: int = Field(50, ge=1)
+    kid_subset_size: int = Field(100, ge=2)
+    efficientnet: bool = True  # used only when the optional extra is installed
+
+
+class RuntimeConfig(Frozen):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile, CUDA only
+    threads: int | None = Field(None, ge=1)
+
+
+class TrainConfig(Frozen):
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    eval: EvalConfig = EvalConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @field_validator("schedule")
+    @classmethod
+    def _init_before_end(cls, schedule: ScheduleConfig) -> ScheduleConfig:
+        if schedule.init_epochs >= schedule.epochs:
+            raise ValueError(
+                f"schedule.init_epochs < schedule.epochs (got {schedule.init_epochs} >= {schedule.epochs})"
+            )
+        return schedule
+
+
+# Fields that change how fast a run goes, not what it computes: left out of the cell identity.
+NON_IDENTITY_SECTIONS = ("runtime",)
+
+
+def cell_hash(config: TrainConfig) -> str:
+    """Identity of a cell: the resolved config without the seed and the runtime section."""
+    payload = config.model_dump(mode="json", exclude={"seed", *NON_IDENTITY_SECTIONS})
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"loss": {"style_weight": 3}} -> {"loss.style_weight": 3}."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set a dotted path inside nested dicts, creating levels as needed."""
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def field_paths(model: type[BaseModel] = TrainConfig, prefix: str = "") -> dict[str, Any]:
+    """Every addressable dotted path -> its pydantic FieldInfo (leaves only)."""
+    paths: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths.update(field_paths(annotation, f"{prefix}{name}."))
+        else:
+            paths[f"{prefix}{name}"] = info
+    return paths
+
+
+def parse_value(text: str) -> Any:
+    """`--set key=value` values are YAML scalars: 3, 3.0, true, gray, [1, 2]."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise UserError(problem(path, "<file>", "an existing YAML file", "<missing>"))
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "<file>"
+        raise UserError(problem(path, where, "valid YAML", f"<{getattr(exc, 'problem', exc)}>")) from None
+    if not isinstance(data, dict):
+        raise UserError(problem(path, "<top level>", "a mapping of config sections", type(data).__name__))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str | Path | None) -> dict[str, Any]:
+    """Apply dotted-path overrides after checking that each path names a config field."""
+    known = field_paths()
+    errors = []
+    for path, value in overrides.items():
+        if path not in known:
+            close = [p for p in known if p.split(".")[-1] == path.split(".")[-1]]
+            hint = f"a config field (did you mean {', '.join(close)}?)" if close else "a config field"
+            errors.append(problem(source, path, hint, "<unknown key>"))
+            continue
+        set_path(data, path, value)
+    if errors:
+        raise UserError(*errors)
+    return data
+
+
+def build_config(data: dict[str, Any], source: str | Path | None = None, prefix: str = "") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, source, prefix) from None
+
+
+def parse_set_options(items: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(problem("--set", item, "key=value", item))
+        key, _, value = item.partition("=")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def load_train_config(path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """YAML file (optional) + dotted overrides -> validated TrainConfig."""
+    data = read_yaml(path) if path is not None else {}
+    if overrides:
+        data = apply_overrides(data, overrides, "--set")
+    return build_config(data, path)
+
+
+def to_yaml(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    data = config.model_dump(mode="json")
+    return build_config(apply_overrides(data, overrides, None))

@@ -1,0 +1,66 @@
+"""Terminal progress and the local metrics log of `ablate train` (rich progress bar with ETA)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import TracebackType
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def make_progress(transient: bool = False) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                    transient=transient)
+
+
+class MetricsFile:
+    """Append-only JSON lines; a resumed run first drops what it is about to log again."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.pending_rows = self._read() if resume else []
+        self.trimmed = not resume
+        if not resume:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("")
+
+    def _read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def write(self, metrics: dict[str, float], step: int) -> None:
+        if not self.trimmed:
+            # steps after the checkpoint were logged by the interrupted attempt and are logged again now
+            kept = [row for row in self.pending_rows if row["step"] < step]
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            self.trimmed = True
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+class TrainConsole:
+    def __init__(self, out_dir: Path, resume: bool) -> None:
+        self.metrics = MetricsFile(out_dir / METRICS_FILE, resume)
+        self.bar = make_progress()
+        self.task = self.bar.add_task("train", total=None, info="")
+
+    def __enter__(self) -> "TrainConsole":
+        self.bar.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.bar.stop()
+
+    def progress(self, step: int, total: int) -> None:
+        self.bar.update(self.task, completed=step, total=total)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics.write(metrics, step)
+        shown = {k.split("/", 1)[1]: v for k, v in metrics.items() if k in ("loss/g/total", "loss/d/total",
+                                                                           "loss/init/content")}
+        self.bar.update(self.task, info="  ".join(f"{k} {v:.3g}" for k, v in shown.items()))

@@ -1,0 +1,271 @@
+"""Study files: schema, validation before any training, and expansion into (cell, seed) trials.
+
+A cell is one resolved training config without its seed (identified by `cell_hash`); a trial is a
+(cell, seed) pair. Grid cells come from the product of the axes, times the named arms if any.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ablation.config import (Frozen, TrainConfig, apply_overrides, build_config, cell_hash, field_paths,
+                             read_yaml)
+from ablation.errors import UserError, from_validation_error, problem
+
+KNOWN_METRIC_PREFIXES = ("loss/", "eval/", "perf/")
+
+
+class Objective(Frozen):
+    metric: str
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_prefix(cls, metric: str) -> str:
+        if not metric.startswith(KNOWN_METRIC_PREFIXES):
+            raise ValueError(f"a logged metric key starting with one of {', '.join(KNOWN_METRIC_PREFIXES)}")
+        return metric
+
+
+class SearchParam(Frozen):
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    int: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "SearchParam":
+        if self.choices is None and (self.low is None or self.high is None):
+            raise ValueError("either choices: [...] or low: and high:")
+        if self.choices is None and self.low is not None and self.high is not None and self.low >= self.high:
+            raise ValueError(f"low < high (got low={self.low}, high={self.high})")
+        return self
+
+
+class SearchSpec(Frozen):
+    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
+    sampler_seed: int = 0
+    n_trials: int = Field(20, ge=1)
+    pruner: Literal["none", "median", "hyperband", "successive_halving"] = "none"
+    space: dict[str, SearchParam]
+
+
+class StudySpec(Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    question: str = ""
+    description: str = ""
+    base: str | dict[str, Any] = {}  # a training config path (relative to the study file) or inline
+    overrides: dict[str, Any] = {}
+    method: Literal["grid", "search"] = "grid"
+    axes: dict[str, list[Any]] = {}
+    arms: dict[str, dict[str, Any]] = {}
+    baseline: dict[str, Any] | None = None  # level per axis (and `arm`); default: first level of each
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    objectives: list[Objective] = [Objective(metric="loss/g/style"), Objective(metric="loss/g/content")]
+    search: SearchSpec | None = None
+    max_retries: int = Field(1, ge=0)  # automatic re-runs of a trial that failed with an exception
+
+    @model_validator(mode="after")
+    def _method_needs(self) -> "StudySpec":
+        if self.method == "search" and self.search is None:
+            raise ValueError("method: search needs a search: section (sampler, n_trials, space)")
+        if self.method == "grid" and not (self.axes or self.arms):
+            raise ValueError("method: grid needs axes: or arms:")
+        if len(self.objectives) > 1 and self.search is not None and self.search.pruner != "none":
+            raise ValueError("pruner: none with several objectives (Optuna cannot prune multi-objective)")
+        return self
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str  # cell_hash of the resolved config
+    label: str  # short text from the varied values: "style_weight=6 fake=2.5"
+    varied: tuple[tuple[str, Any], ...]  # (dotted path or "arm", value), in axis order
+    config: TrainConfig  # resolved, seed left at the base value
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    cell: Cell
+    seed: int
+    config: TrainConfig  # the cell's config with this seed
+
+    @property
+    def key(self) -> str:
+        return f"{self.cell.key}-s{self.seed}"
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.cell.label} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class Study:
+    spec: StudySpec
+    path: Path
+    base: dict[str, Any]  # base config data with the study overrides applied (validated)
+    cells: tuple[Cell, ...]
+
+    @property
+    def trials(self) -> list[TrialSpec]:
+        return [TrialSpec(cell, seed, cell.config.model_copy(update={"seed": seed}))
+                for cell in self.cells for seed in self.spec.seeds]
+
+    @property
+    def base_config(self) -> TrainConfig:
+        return build_config(_copy(self.base), self.path, "base.")
+
+    @property
+    def axis_names(self) -> list[str]:
+        return (["arm"] if self.spec.arms else []) + list(self.spec.axes)
+
+
+def short_name(path: str) -> str:
+    """loss.d_weights.fake -> fake; loss.style_weight -> style_weight."""
+    return path.rsplit(".", 1)[-1]
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def load_study(path: Path, extra_overrides: dict[str, Any] | None = None, name_suffix: str = "") -> Study:
+    """Read, validate and expand a study; every problem is reported before any training starts."""
+    raw = read_yaml(path)
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise from_validation_error(exc, path) from None
+    if name_suffix:
+        spec = spec.model_copy(update={"name": spec.name + name_suffix})
+    base = _base_data(spec, path)
+    errors: list[str] = []
+    _collect(errors, lambda: apply_overrides(base, spec.overrides, path))
+    _collect(errors, lambda: apply_overrides(base, dict(extra_overrides or {}), "--set"))
+    if errors:
+        raise UserError(*errors)
+    _collect(errors, lambda: build_config(_copy(base), path, "base."))
+    errors += _check_axes(spec, base, path)
+    if errors:
+        raise UserError(*errors)
+    cells = _expand(spec, base, path) if spec.method == "grid" else ()
+    return Study(spec=spec, path=path, base=base, cells=cells)
+
+
+def _collect(errors: list[str], action: Any) -> Any:
+    try:
+        return action()
+    except UserError as exc:
+        errors.extend(exc.lines)
+        return None
+
+
+def _copy(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy(v) if isinstance(v, dict) else v for k, v in data.items()}
+
+
+def _base_data(spec: StudySpec, path: Path) -> dict[str, Any]:
+    if isinstance(spec.base, dict):
+        return _copy(spec.base)
+    base_path = (path.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+    if not base_path.exists():
+        raise UserError(problem(path, "base", "a training config file (path relative to the study)", spec.base))
+    return read_yaml(base_path)
+
+
+def _check_axes(spec: StudySpec, base: dict[str, Any], path: Path) -> list[str]:
+    """Each axis value, arm and search range on its own, so an error names its exact YAML key."""
+    known = field_paths()
+    errors: list[str] = []
+    for axis, values in spec.axes.items():
+        if axis not in known:
+            errors.append(problem(path, f"axes.{axis}", "a config field path such as loss.style_weight", "<unknown>"))
+            continue
+        if len(set(map(repr, values))) != len(values):
+            errors.append(problem(path, f"axes.{axis}", "distinct levels", values))
+        for i, value in enumerate(values):
+            _collect(errors, lambda: _validate_with(base, {axis: value}, path, f"axes.{axis}[{i}]"))
+    for arm, overrides in spec.arms.items():
+        _collect(errors, lambda: _validate_with(base, overrides, path, f"arms.{arm}"))
+    if spec.search is not None:
+        for name, param in spec.search.space.items():
+            if name not in known:
+                errors.append(problem(path, f"search.space.{name}", "a config field path", "<unknown>"))
+                continue
+            probe = param.choices[0] if param.choices else param.low
+            _collect(errors, lambda: _validate_with(base, {name: probe}, path, f"search.space.{name}"))
+    if spec.baseline:
+        for key, value in spec.baseline.items():
+            levels = list(spec.arms) if key == "arm" else spec.axes.get(key)
+            if levels is None:
+                errors.append(problem(path, f"baseline.{key}", f"one of the axes {list(spec.axes)}", key))
+            elif value not in levels:
+                errors.append(problem(path, f"baseline.{key}", f"one of the levels {levels}", value))
+    return errors
+
+
+def _validate_with(base: dict[str, Any], overrides: dict[str, Any], path: Path, where: str) -> TrainConfig:
+    data = apply_overrides(_copy(base), overrides, path)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = from_validation_error(exc, None).lines
+        raise UserError(*(f"{path}: {where}: {line}" for line in lines)) from None
+
+
+def _expand(spec: StudySpec, base: dict[str, Any], path: Path) -> tuple[Cell, ...]:
+    arms = list(spec.arms.items()) or [(None, {})]
+    axes = list(spec.axes.items())
+    cells: dict[str, Cell] = {}
+    errors: list[str] = []
+    for arm, arm_overrides in arms:
+        for combo in itertools.product(*(values for _, values in axes)):
+            varied = ([("arm", arm)] if arm is not None else []) + [(p, v) for (p, _), v in zip(axes, combo)]
+            overrides = {**arm_overrides, **{p: v for p, v in varied if p != "arm"}}
+            where = " ".join(f"{p}={format_value(v)}" for p, v in varied)
+            config = _collect(errors, lambda: _validate_with(base, overrides, path, f"cell [{where}]"))
+            if config is None:
+                continue
+            key = cell_hash(config)
+            if key in cells:
+                errors.append(problem(path, f"cell [{where}]", "a distinct configuration",
+                                      f"<the same config as cell [{cells[key].label}]>"))
+                continue
+            label = " ".join(f"{short_name(p) if p != 'arm' else 'arm'}={format_value(v)}" for p, v in varied)
+            cells[key] = Cell(key, re.sub(r"^arm=", "", label), tuple(varied), config)
+    if errors:
+        raise UserError(*errors)
+    return tuple(cells.values())
+
+
+def search_cell(study: Study, params: dict[str, Any]) -> Cell:
+    """A cell for one Optuna-sampled point of a search study."""
+    config = _validate_with(study.base, params, study.path, "search point")
+    label = " ".join(f"{short_name(p)}={format_value(v)}" for p, v in params.items())
+    return Cell(cell_hash(config), label, tuple(params.items()), config)
+
+
+def dry_run_lines(study: Study) -> list[str]:
+    spec = study.spec
+    if spec.method == "search":
+        assert spec.search is not None
+        return [f"study {spec.name}: Optuna {spec.search.sampler} search, {spec.search.n_trials} trials "
+                f"x {len(spec.seeds)} seed(s), objectives "
+                + ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives),
+                *(f"  {name}: {param.model_dump(exclude_none=True, exclude_defaults=True)}"
+                  for name, param in spec.search.space.items())]
+    lines = [f"study {spec.name}: {len(study.cells)} cells x {len(spec.seeds)} seeds = {len(study.trials)} trials"]
+    for trial in study.trials:
+        overrides = ", ".join(f"{p}={format_value(v)}" for p, v in trial.cell.varied)
+        lines.append(f"  {trial.cell.key}  seed={trial.seed}  {overrides}")
+    return lines

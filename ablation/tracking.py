@@ -1,0 +1,218 @@
+"""MLflow: the only module that imports mlflow.
+
+Layout: experiment = study name; one parent run per study (tag ablate.role=parent); one child run per
+(cell, seed) trial with `mlflow.parentRunId`, varied values as params under their dotted paths, tags for
+cell hash, seed, outcome and Optuna trial number. Metrics go through a background thread in batches, so
+training never waits on the tracking server, and nothing is dropped while the server is away.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+
+import ablation
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TAG_ROLE, TAG_STUDY, TAG_CELL, TAG_SEED = "ablate.role", "ablate.study", "ablate.cell", "ablate.seed"
+TAG_KEY, TAG_OUTCOME, TAG_OPTUNA = "ablate.trial_key", "ablate.outcome", "ablate.optuna_trial"
+TAG_LABEL, TAG_STEP = "ablate.cell_label", "ablate.diverged_step"
+STATUS_BY_OUTCOME = {"finished": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
+                     "failed": "FAILED", "crashed": "FAILED", "interrupted": "KILLED"}
+RETRY_SECONDS = 5.0
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def _quiet_client_retries() -> None:
+    # our own retry loop reports outages in one clear line; MLflow's silent backoff would stall for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
+def retry(action: Callable[[], Any], what: str, uri: str, give_up_after: float = 900.0) -> Any:
+    """Run `action`, retrying connection problems with a clear message; give up after a bound."""
+    started, warned = time.monotonic(), False
+    while True:
+        try:
+            result = action()
+            if warned:
+                print(f"ablate: MLflow at {uri} is back; {what} done", file=sys.stderr)
+            return result
+        except Exception as exc:  # mlflow raises MlflowException / requests errors for outages
+            if not _looks_like_outage(exc) or time.monotonic() - started > give_up_after:
+                raise
+            if not warned:
+                print(f"ablate: MLflow at {uri} unreachable ({type(exc).__name__}); retrying {what} every "
+                      f"{RETRY_SECONDS:.0f}s, nothing is dropped", file=sys.stderr)
+                warned = True
+            time.sleep(RETRY_SECONDS)
+
+
+def _looks_like_outage(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("connection", "timed out", "timeout", "max retries", "refused",
+                                         "temporarily", "503", "502", "database is locked"))
+
+
+class Tracker:
+    def __init__(self, uri: str | None = None, artifact_root: Path | None = None) -> None:
+        _quiet_client_retries()
+        self.uri = tracking_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.artifact_root = artifact_root
+
+    def _retry(self, action: Callable[[], Any], what: str) -> Any:
+        return retry(action, what, self.uri)
+
+    # ---- study level -------------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        found = self._retry(lambda: self.client.get_experiment_by_name(name), "get experiment")
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        location = None
+        if self.artifact_root is not None and not self.uri.startswith(("http", "databricks")):
+            location = (self.artifact_root.resolve() / name).as_uri()
+        return self._retry(lambda: self.client.create_experiment(name, artifact_location=location),
+                           "create experiment")
+
+    def parent_run(self, experiment_id: str, study: str, study_yaml: Path, tags: dict[str, str]) -> str:
+        """Found again by tag, so re-running a study reuses its parent run."""
+        runs = self.client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'parent' and "
+                                       f"tags.`{TAG_STUDY}` = '{study}'", ViewType.ACTIVE_ONLY, max_results=1)
+        if runs:
+            return runs[0].info.run_id
+        run = self.client.create_run(experiment_id, run_name=study, tags={
+            TAG_ROLE: "parent", TAG_STUDY: study, "ablate.version": ablation.__version__, **tags})
+        self.client.log_artifact(run.info.run_id, str(study_yaml), "study")
+        return run.info.run_id
+
+    def set_parent_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self._retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
+                    "tag parent run")
+
+    # ---- trial level -------------------------------------------------------------------------------
+    def start_trial_run(self, experiment_id: str, parent_id: str, *, study: str, run_name: str, cell: str,
+                        seed: int, key: str, label: str, params: dict[str, Any], optuna_number: int | None,
+                        config_yaml: Path) -> str:
+        tags = {"mlflow.parentRunId": parent_id, TAG_ROLE: "trial", TAG_STUDY: study, TAG_CELL: cell,
+                TAG_SEED: str(seed), TAG_KEY: key, TAG_LABEL: label, TAG_OUTCOME: "running"}
+        if optuna_number is not None:
+            tags[TAG_OPTUNA] = str(optuna_number)
+        run = self._retry(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), "create run")
+        run_id = run.info.run_id
+        values = [Param(k, _param_text(v)) for k, v in {**params, "seed": seed}.items()]
+        for start in range(0, len(values), 100):  # MLflow takes 100 params per batch
+            self._retry(lambda: self.client.log_batch(run_id, params=values[start:start + 100]), "log params")
+        self.log_artifacts(run_id, [config_yaml], "config")
+        return run_id
+
+    def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            if path.exists():
+                self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path), f"upload {path.name}")
+
+    def finish_run(self, run_id: str, outcome: str, extra_tags: dict[str, str] | None = None) -> None:
+        tags = [RunTag(TAG_OUTCOME, outcome), *(RunTag(k, str(v)) for k, v in (extra_tags or {}).items())]
+        self._retry(lambda: self.client.log_batch(run_id, tags=tags), "tag outcome")
+        self._retry(lambda: self.client.set_terminated(run_id, STATUS_BY_OUTCOME.get(outcome, "FAILED")),
+                    "end run")
+
+    def mark_abandoned(self, run_id: str, reason: str) -> None:
+        """A run whose worker died: FAILED, so exactly one finished child run per trial remains."""
+        run = self._retry(lambda: self.client.get_run(run_id), "get run")
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            self.finish_run(run_id, "crashed", {"ablate.abandoned": reason})
+
+    def metric_logger(self, run_id: str) -> "MetricLogger":
+        return MetricLogger(self, run_id)
+
+    # ---- queries (report, tests) -------------------------------------------------------------------
+    def trial_runs(self, study: str) -> list[Any]:
+        exp = self.client.get_experiment_by_name(study)
+        if exp is None:
+            return []
+        return self.client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'trial'", ViewType.ACTIVE_ONLY,
+                                       max_results=50000)
+
+    def parent_run_of(self, study: str) -> Any | None:
+        exp = self.client.get_experiment_by_name(study)
+        if exp is None:
+            return None
+        runs = self.client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'parent'", ViewType.ACTIVE_ONLY,
+                                       max_results=1)
+        return runs[0] if runs else None
+
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+
+    def download(self, run_id: str, path: str, dest: Path) -> Path | None:
+        try:
+            return Path(self.client.download_artifacts(run_id, path, str(dest)))
+        except Exception:  # missing artifact (e.g. a diverged run without weights)
+            return None
+
+
+def _param_text(value: Any) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text[:6000]
+
+
+class MetricLogger:
+    """Queue + one thread + log_batch: the training loop only appends to a list."""
+
+    BATCH = 900  # under MLflow's 1,000 metrics per request
+
+    def __init__(self, tracker: Tracker, run_id: str) -> None:
+        self.tracker, self.run_id = tracker, run_id
+        self.queue: queue.Queue[list[Metric] | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, name=f"mlflow-{run_id[:8]}", daemon=True)
+        self.thread.start()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        stamp = int(time.time() * 1000)
+        self.queue.put([Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+
+    def _drain(self) -> None:
+        pending: list[Metric] = []
+        done = False
+        while not done:
+            item = self.queue.get()
+            if item is None:
+                done = True
+            else:
+                pending.extend(item)
+            while not self.queue.empty():  # gather what piled up while the last request ran
+                nxt = self.queue.get()
+                if nxt is None:
+                    done = True
+                else:
+                    pending.extend(nxt)
+            while pending:
+                chunk = pending[:self.BATCH]
+                try:
+                    self.tracker._retry(lambda: self.tracker.client.log_batch(self.run_id, metrics=chunk),
+                                        "log metrics")
+                except BaseException as exc:  # keep the error for close(); metrics stay pending
+                    self.error = exc
+                    return
+                pending = pending[self.BATCH:]
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error

@@ -1,0 +1,61 @@
+"""Shared fixtures. The service machinery lives in tests/services.py; this file only registers it."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from services import PG_MISSING_MESSAGE, MlflowServer, PostgresServer, find_postgres_bin_dir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session; `create_database(name) -> url`, `stop()`, `start()`."""
+    bin_dir = find_postgres_bin_dir()
+    if bin_dir is None:
+        pytest.skip(PG_MISSING_MESSAGE)
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty database for one test (dropped afterwards); its postgresql+psycopg2:// URL."""
+    name = f"t{next(_db_counter)}_{request.node.name.lower()}"
+    name = "".join(c if c.isalnum() else "_" for c in name)[:60]
+    url = postgres_server.create_database(name)
+    yield url
+    if not postgres_server.running:  # a fault test left it stopped; bring it back to clean up
+        postgres_server.start()
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., MlflowServer]]:
+    """Factory: `mlflow_server(backend_store_uri=None, **MlflowServer kwargs) -> MlflowServer`.
+
+    Default backend: a fresh SQLite file. Every server started is killed at teardown.
+    """
+    started: list[MlflowServer] = []
+
+    def start(backend_store_uri: str | None = None, **kwargs: object) -> MlflowServer:
+        root: Path = tmp_path_factory.mktemp("mlflow-server")
+        uri = backend_store_uri or f"sqlite:///{root / 'mlflow.db'}"
+        server = MlflowServer(uri, root / "artifacts", root / "server.log", **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
