@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ablation.errors import UserError, from_validation_error, problem
 
@@ -130,6 +130,14 @@ class TrainConfig(Frozen):
                 f"schedule.init_epochs < schedule.epochs (got {schedule.init_epochs} >= {schedule.epochs})"
             )
         return schedule
+
+    @model_validator(mode="after")
+    def _possible_combinations(self) -> "TrainConfig":
+        bb = self.backbone
+        if bb.arch == "mobilenet_v2" and bb.weights == "imagenet" and bb.width != 1.0:
+            raise ValueError(f"backbone.weights: expected random or a local weights file for mobilenet_v2 at "
+                             f"width {bb.width:g} (torchvision has ImageNet weights only at width 1.0), got 'imagenet'")
+        return self
 
 
 # Fields that change how fast a run goes, not what it computes: left out of the cell identity.

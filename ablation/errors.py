@@ -6,6 +6,7 @@ its lines and exits with code 2. Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,11 @@ def from_validation_error(exc: ValidationError, source: str | Path | None, prefi
         given = err.get("input")
         if err.get("type") == "extra_forbidden":
             lines.append(f"{source}: {field}: unknown key (not a config field)" if source else f"{field}: unknown key")
+            continue
+        message = str((err.get("ctx") or {}).get("error", ""))
+        if err.get("type") == "value_error" and re.match(r"^[\w.]+: expected ", message):
+            # a cross-field check that names its own field: `backbone.weights: expected ..., got ...`
+            lines.append(f"{source}: {prefix}{message}" if source else f"{prefix}{message}")
             continue
         if err.get("type") == "missing":
             given = "<nothing>"

@@ -21,7 +21,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from psycopg2.extensions import connection as PgConnection
+
+REPO = Path(__file__).resolve().parents[1]
+COMPOSE = REPO / "docker-compose.yml"
 
 PG_MISSING_MESSAGE = (
     "PostgreSQL server binaries (initdb, pg_ctl) not found under /usr/lib/postgresql/<version>/bin "
@@ -197,7 +203,7 @@ class PostgresServer:
         """SQLAlchemy URL, e.g. postgresql+psycopg2://ablate:ablate@127.0.0.1:PORT/dbname."""
         return f"{driver}://{self.user}:{self.password}@{self.host}:{self.port}/{dbname}"
 
-    def _admin_connect(self):  # type: ignore[no-untyped-def]  # psycopg2 has no stubs installed
+    def _admin_connect(self) -> PgConnection:
         import psycopg2
 
         conn = psycopg2.connect(host=self.host, port=self.port, user=self.user, password=self.password,
@@ -378,3 +384,71 @@ class MlflowServer:
 
     def __repr__(self) -> str:
         return f"MlflowServer(url={self.url!r}, backend_store_uri={self.backend_store_uri!r})"
+
+
+# --- docker-compose.yml as data -------------------------------------------------------------------
+
+# ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:+alt}, ${NAME:?err}; the stack uses no nesting
+COMPOSE_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-+?])([^}]*))?\}")
+COMPOSE_ESCAPE = "\x00"  # stands in for compose's $$ while interpolating
+
+
+def interpolate(text: str, env: Mapping[str, str]) -> str:
+    """Compose-style interpolation: ${VAR:-default} and friends from env, then $$ -> $.
+
+    Raises ValueError for a bare $VAR, which compose would also expand but which hides whether
+    a variable is meant for compose or for the container's shell.
+    """
+    text = text.replace("$$", COMPOSE_ESCAPE)
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        value = env.get(name)
+        if op == ":-":
+            return value if value else arg
+        if op == "-":
+            return value if value is not None else arg
+        if op == ":+":
+            return arg if value else ""
+        if op in (":?", "?"):
+            if not value:
+                raise KeyError(f"{name}: {arg}")
+            return value
+        return value or ""
+
+    out = COMPOSE_VAR.sub(sub, text)
+    if "$" in out:
+        at = out.index("$")
+        raise ValueError(f"bare $VAR (neither ${{VAR}} nor $$) in compose text near {out[max(0, at - 40):at + 40]!r}")
+    return out.replace(COMPOSE_ESCAPE, "$")
+
+
+def compose_strings(node: Any) -> list[str]:
+    """Every string value in a parsed compose file (compose interpolates values, not comments)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [s for v in node.values() for s in compose_strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in compose_strings(v)]
+    return []
+
+
+def _interpolate_tree(node: Any, env: Mapping[str, str]) -> Any:
+    if isinstance(node, str):
+        return interpolate(node, env)
+    if isinstance(node, dict):
+        return {k: _interpolate_tree(v, env) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_tree(v, env) for v in node]
+    return node
+
+
+def load_compose(env: Mapping[str, str] | None = None, path: Path = COMPOSE) -> dict[str, Any]:
+    """docker-compose.yml as `docker compose config` would see it with this environment (default: none).
+
+    Like compose: parse YAML first, then interpolate string values (so comments are never touched).
+    """
+    import yaml
+
+    return _interpolate_tree(yaml.safe_load(path.read_text()), env or {})

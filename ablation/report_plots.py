@@ -1,0 +1,119 @@
+"""Report figures: matplotlib (Agg) rendered to base64 PNG data URIs, so the page needs no other file."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: reports are built on servers and in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+DPI = 96
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False,
+                     "text.usetex": False, "axes.formatter.useoffset": False})
+
+
+def data_uri(data: bytes, mime: str) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def figure_uri(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return data_uri(buffer.getvalue(), "image/png")
+
+
+def plain(text: str) -> str:
+    """Labels are user text: keep matplotlib from reading `$...$` in them as mathtext."""
+    return text.replace("$", r"\$")
+
+
+def cell_colors(cells: Sequence[str]) -> dict[str, str]:
+    """One stable colour per cell: tab10 for up to 10 cells, tab20 up to 20, then an evenly spaced map."""
+    n = len(cells)
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
+    positions = range(n) if n <= 20 else [i / max(n - 1, 1) for i in range(n)]
+    return {cell: matplotlib.colors.to_hex(cmap(p)) for cell, p in zip(cells, positions)}
+
+
+def curve_plot(key: str, bands: Mapping[str, pd.DataFrame], colors: Mapping[str, str],
+               marks: Mapping[str, int] | None = None) -> str:
+    """Mean over seeds per cell with its t-band; `marks` draws a dashed line at a step per cell."""
+    fig, ax = plt.subplots(figsize=(4.4, 2.7))
+    for cell, band in bands.items():
+        color = colors[cell]
+        ax.plot(band["step"], band["mean"], color=color, lw=1.3, marker="o" if len(band) < 4 else None, ms=3)
+        spread = band.dropna(subset=["lo", "hi"])
+        if not spread.empty:
+            ax.fill_between(spread["step"], spread["lo"], spread["hi"], color=color, alpha=0.12, lw=0)
+        if marks and cell in marks:
+            ax.axvline(marks[cell], color=color, ls="--", lw=1)
+            at = band.loc[band["step"] == marks[cell], "mean"]
+            if not at.empty:
+                ax.plot([marks[cell]], [at.iloc[0]], marker="v", color=color, ms=7, mec="black", mew=0.6)
+    ax.set_title(plain(key))
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.25)
+    return figure_uri(fig)
+
+
+def scatter_plot(trials: pd.DataFrame, means: pd.DataFrame, colors: Mapping[str, str], x: str, y: str,
+                 labels: Mapping[str, str], directions: Sequence[str]) -> str:
+    """Trials as small dots, cell means with their label; the Pareto front (column `front`) outlined."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for row in trials.itertuples():
+        ax.scatter(getattr(row, "x"), getattr(row, "y"), s=14, color=colors[row.cell], alpha=0.45, lw=0)
+    front = means[means["front"]].sort_values("x")
+    if len(front) > 1:
+        ax.plot(front["x"], front["y"], color="black", lw=1, ls="--", zorder=1, label="Pareto front")
+    for row in means.itertuples():
+        ax.scatter(row.x, row.y, s=90 if row.front else 45, color=colors[row.cell], zorder=3,
+                   edgecolor="black" if row.front else "white", linewidth=1.6 if row.front else 0.5)
+        ax.annotate(plain(labels[row.cell]), (row.x, row.y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    arrow = {"minimize": "lower is better", "maximize": "higher is better"}
+    ax.set_xlabel(f"{plain(x)} ({arrow[directions[0]]})")
+    ax.set_ylabel(f"{plain(y)} ({arrow[directions[1]]})")
+    ax.grid(alpha=0.25)
+    if len(front) > 1:
+        ax.legend(loc="best", frameon=False)
+    return figure_uri(fig)
+
+
+def history_plot(numbers: Sequence[int], values: Mapping[str, Sequence[float]], best: Sequence[bool],
+                 directions: Sequence[str]) -> str:
+    """Objective value per Optuna trial; best-so-far for one objective, best trials ringed for several."""
+    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 2.8), squeeze=False)
+    for ax, (name, series), direction in zip(axes[0], values.items(), directions):
+        finite = [(n, v, b) for n, v, b in zip(numbers, series, best) if v is not None and math.isfinite(v)]
+        ax.scatter([n for n, _, _ in finite], [v for _, v, _ in finite], s=14, color="#1f77b4")
+        ringed = [(n, v) for n, v, b in finite if b]
+        ax.scatter([n for n, _ in ringed], [v for _, v in ringed], s=60, facecolor="none", edgecolor="#d62728",
+                   label="best trials")
+        if len(values) == 1 and finite:
+            pick = min if direction == "minimize" else max
+            running = [pick(v for _, v, _ in finite[:i + 1]) for i in range(len(finite))]
+            ax.step([n for n, _, _ in finite], running, where="post", color="#d62728", lw=1, label="best so far")
+        ax.set_title(plain(name))
+        ax.set_xlabel("Optuna trial")
+        ax.grid(alpha=0.25)
+        ax.legend(frameon=False, fontsize=7)
+    return figure_uri(fig)
+
+
+def importance_plot(importances: Mapping[str, Mapping[str, float]]) -> str:
+    """Horizontal bars per objective (Optuna's evaluator gives no uncertainty; the page says so)."""
+    fig, axes = plt.subplots(1, len(importances), figsize=(4.2 * len(importances), 2.6), squeeze=False)
+    for ax, (name, scores) in zip(axes[0], importances.items()):
+        params = list(scores)[::-1]
+        ax.barh([plain(p) for p in params], [scores[p] for p in params], color="#2ca02c")
+        ax.set_title(plain(name))
+        ax.set_xlabel("importance (normalised)")
+    return figure_uri(fig)
