@@ -59,6 +59,8 @@ def kid(x: np.ndarray, y: np.ndarray, subsets: int, subset_size: int, seed: int)
         raise ValueError(f"kid: needs at least 2 samples per set, got {len(x)} and {len(y)}")
     d = x.shape[1]
     rng = np.random.default_rng(seed)
+    # When both sets are used whole, every subset is the same set: one evaluation gives the exact answer.
+    subsets = 1 if m == len(x) == len(y) else subsets
     values = np.empty(subsets, dtype=np.float64)
     for s in range(subsets):
         xs = x[rng.choice(len(x), m, replace=False)]
@@ -72,9 +74,14 @@ def kid(x: np.ndarray, y: np.ndarray, subsets: int, subset_size: int, seed: int)
 
 
 def gram_matrices(feats: torch.Tensor) -> torch.Tensor:
-    """[N, C, H, W] -> per-image Grams [N, C, C] = F Fᵀ / (H·W), in float64 (means over many images)."""
-    f = feats.detach().to(torch.float64).flatten(2)
-    return f @ f.transpose(1, 2) / f.shape[-1]
+    """[N, C, H, W] -> per-image Grams [N, C, C] = F Fᵀ / (H·W), returned in float64.
+
+    The product runs in the features' own precision (float32: a float64 product costs as much as the
+    network itself on CPU); the result is float64 so set means over many images lose nothing further.
+    """
+    f = feats.detach().flatten(2)
+    f = f if f.is_floating_point() else f.float()
+    return (f @ f.transpose(1, 2) / f.shape[-1]).to(torch.float64)
 
 
 def relative_gram_distance(mean_grams_x: list[torch.Tensor], mean_grams_y: list[torch.Tensor]) -> float:

@@ -14,6 +14,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "data.image_size": DEMO_IMAGE_SIZE,
     "data.val_count": 6,
     "model.d_ch": 32,
+    "backbone.weights": "random",  # nothing is downloaded on a demo run (a study axis may still ask for imagenet)
     "schedule.epochs": 3,
     "schedule.init_epochs": 1,
     "schedule.batch_size": 4,

@@ -93,6 +93,8 @@ def objective_metrics(data: ReportData) -> tuple[list[tuple[str, str]], str]:
         return present or wanted, ""
     fallback = [m for m in FALLBACK if data.has_metric(m[0])][:2]
     missing = ", ".join(m for m, _ in wanted) or "no objectives"
+    if not fallback:
+        return wanted, f"No trial has logged the objectives ({missing}) yet."
     return fallback, f"The objectives ({missing}) were not logged; using {', '.join(m for m, _ in fallback)}."
 
 
@@ -102,7 +104,10 @@ def setup_section(data: ReportData) -> dict[str, Any]:
     spent = float(data.attempts["duration_s"].sum()) if not data.attempts.empty else math.nan
     span = ((data.attempts["end_ms"].max() - data.attempts["start_ms"].min()) / 1000
             if not data.attempts.empty and data.attempts["end_ms"].notna().any() else math.nan)
-    section = lambda name: cfg.get(name, {}) if isinstance(cfg.get(name), dict) else {}  # noqa: E731
+
+    def section(name: str) -> dict[str, Any]:  # a config.yaml from an older schema may lack a section
+        return cfg[name] if isinstance(cfg.get(name), dict) else {}
+
     return {
         "question": spec.question if spec else "", "description": spec.description if spec else "",
         "method": spec.method if spec else "unknown", "seeds": list(spec.seeds) if spec else [],
@@ -184,11 +189,11 @@ def cell_rows(data: ReportData) -> list[dict[str, Any]]:
     rows = []
     for cell, group in data.trials.groupby("cell", sort=False):
         counts = group["outcome"].value_counts()
-        ran = int(counts.get("finished", 0) + counts.get("diverged", 0) + counts.get("pruned", 0))  # rate base
+        finished, diverged = int(counts.get("finished", 0)), int(counts.get("diverged", 0))
+        ran = finished + diverged + int(counts.get("pruned", 0))  # the divergence rate's base: trials that trained
         steps = sorted(int(s) for s in group["diverged_step"].dropna())
-        rows.append({"label": data.label(cell), "trials": len(group), "finished": int(counts.get("finished", 0)),
-                     "diverged": int(counts.get("diverged", 0)), "other": len(group) - int(counts.get("finished", 0) + counts.get("diverged", 0)),
-                     "rate": f"{counts.get('diverged', 0) / ran:.0%}" if ran else "–",
+        rows.append({"label": data.label(cell), "trials": len(group), "finished": finished, "diverged": diverged,
+                     "other": len(group) - finished - diverged, "rate": f"{diverged / ran:.0%}" if ran else "–",
                      "steps": ", ".join(map(str, steps)), "time": duration(float(group["duration_s"].mean()))})
     return rows
 
@@ -287,7 +292,9 @@ def summary_lines(data: ReportData, effects: list[dict[str, Any]], metrics: list
                      f"{'higher' if e.mean > 0 else 'lower'} by {fmt(abs(e.mean))} (95% CI {t['ci']}, "
                      f"Holm p = {t['p_holm']}, {e.n} seeds): {row['verdict']}.")
     tested = sum(1 for r in effects if math.isfinite(r["p_holm"]))
-    if effects and not lines:
+    if effects and not tested:
+        lines.append("No comparison has two or more paired finished seeds yet: nothing can be tested.")
+    elif effects and not lines:
         lines.append(f"No level differs from its baseline at Holm-adjusted p < {ALPHA} on "
                      f"{', '.join(m for m, _ in metrics)} ({tested} of {len(effects)} comparisons had 2+ seeds).")
     if any(r["text"]["ci"] == "1 seed: no interval" for r in effects):

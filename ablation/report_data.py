@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,7 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
                                 "(run it with `ablate run`, or pass --tracking-uri)", "<not found>"))
     study_yaml = _study_yaml(tracker, parent, study, workdir)
     spec = study.spec if study is not None else _parse_spec(study_yaml)
-    attempts = pd.DataFrame([_row(run) for run in runs])
+    attempts = pd.DataFrame([_row(run) for run in runs], columns=None if runs else list(_row_columns()))
     for column in ("seed", "diverged_step", "optuna", "steps"):  # nullable ints, not floats with nan
         if column in attempts:
             attempts[column] = attempts[column].astype("Int64")
@@ -101,6 +102,12 @@ def _row(run: Any) -> dict[str, Any]:
     return row
 
 
+def _row_columns() -> tuple[str, ...]:
+    """The columns of a trials frame with no runs yet, so every section can still filter it."""
+    return ("run_id", "key", "cell", "label", "seed", "outcome", "status", "diverged_step", "optuna", "steps",
+            "start_ms", "end_ms", "duration_s", "metric_keys")
+
+
 def _int(text: str | None) -> int | None:
     try:
         return int(text) if text not in (None, "") else None
@@ -115,13 +122,14 @@ def _newest_per_key(attempts: pd.DataFrame) -> pd.DataFrame:
 
 
 def _study_yaml(tracker: Tracker, parent: Any, study: Study | None, workdir: Path) -> str:
+    """The file just run wins: the parent run is reused across edits and keeps the first YAML it saw."""
+    if study is not None and study.path.exists():
+        return study.path.read_text()
     if parent is not None:
         folder = tracker.download(parent.info.run_id, "study", workdir / "parent")
         files = sorted(folder.glob("*.y*ml")) if folder is not None and folder.is_dir() else []
         if files:
             return files[0].read_text()
-    if study is not None and study.path.exists():
-        return study.path.read_text()
     return ""
 
 
@@ -138,7 +146,8 @@ def _axes(spec: StudySpec | None, trials: pd.DataFrame) -> list[Axis]:
         return []  # search points are continuous: no levels and no baseline to pair against
     if spec is not None:
         base = spec.baseline or {}
-        axes = [Axis("arm", "arm", list(spec.arms), str(base.get("arm", next(iter(spec.arms), ""))))] if spec.arms else []
+        arms = list(spec.arms)
+        axes = [Axis("arm", "arm", arms, str(base.get("arm", arms[0])))] if arms else []
         for path, values in spec.axes.items():
             levels = [format_value(v) for v in values]
             axes.append(Axis(path, short_name(path), levels, format_value(base[path]) if path in base else levels[0]))
@@ -166,7 +175,9 @@ def _order(trials: pd.DataFrame, axes: list[Axis]) -> pd.DataFrame:
     for _, row in trials.iterrows():
         position = [a.levels.index(row.get(P + a.name)) if row.get(P + a.name) in a.levels else len(a.levels)
                     for a in axes]
-        keys.append((tuple(position), str(row["label"]), -1 if pd.isna(row["seed"]) else int(row["seed"])))
+        number = -1 if pd.isna(row["optuna"]) else int(row["optuna"])  # search points: in sampling order
+        keys.append((tuple(position), number if not axes else 0, str(row["label"]),
+                     -1 if pd.isna(row["seed"]) else int(row["seed"])))
     order = sorted(range(len(keys)), key=keys.__getitem__)
     return trials.iloc[order].reset_index(drop=True)
 
@@ -185,7 +196,8 @@ def fetch_curves(tracker: Tracker, trials: pd.DataFrame, workers: int = 8) -> pd
         list(pool.map(fetch, jobs))
     rows = [(run_id, cell, seed, key, step, value) for run_id, key, cell, seed in jobs
             for step, value in cache[(run_id, key)]]
-    return pd.DataFrame(rows, columns=["run_id", "cell", "seed", "key", "step", "value"])
+    frame = pd.DataFrame(rows, columns=["run_id", "cell", "seed", "key", "step", "value"])
+    return frame.astype({"step": "int64", "value": "float64"})  # typed even when empty
 
 
 def _config(tracker: Tracker, trials: pd.DataFrame, workdir: Path) -> dict[str, Any]:
@@ -244,7 +256,9 @@ def collect_search(name: str, storage_url: str, spec: StudySpec) -> dict[str, An
         found["notes"].append(f"No Optuna storage at {storage_url}: pass --storage to show the search history.")
         return found
     try:
-        opt = optuna.load_study(study_name=name, storage=store.open_storage(storage_url, store.Heartbeat(), None))
+        with warnings.catch_warnings():  # the heartbeat argument is "experimental": noise in a report
+            warnings.simplefilter("ignore")
+            opt = optuna.load_study(study_name=name, storage=store.open_storage(storage_url, store.Heartbeat(), None))
     except Exception as exc:  # wrong URL, missing study: the rest of the report still stands
         found["notes"].append(f"Optuna study {name} not loaded from the storage ({type(exc).__name__}).")
         return found
@@ -254,16 +268,23 @@ def collect_search(name: str, storage_url: str, spec: StudySpec) -> dict[str, An
     found["values"] = {n: [t.values[i] for t in complete] for i, n in enumerate(names)}
     found["best"] = [t.number in best for t in complete]
     finite = [t for t in complete if all(math.isfinite(v) for v in t.values)]
+    if len(finite) < len(complete):
+        found["notes"].append(f"{len(complete) - len(finite)} diverged trial(s) scored ±inf (infeasible) are "
+                              "not plotted.")
     if len(finite) < 2:
         found["notes"].append(f"Parameter importances need at least 2 finite completed trials ({len(finite)} now).")
         return found
     clean = optuna.create_study(directions=opt.directions)
     clean.add_trials(finite)
-    for i, metric in enumerate(names):
+    for i, objective in enumerate(spec.objectives):
+        sign = 1.0 if objective.direction == "minimize" else -1.0  # PED-ANOVA ranks params for LOW targets
         try:
-            found["importances"][metric] = optuna.importance.get_param_importances(clean, target=lambda t, i=i: t.values[i])
+            with warnings.catch_warnings():  # it warns that it wants low targets: the sign above sees to that
+                warnings.simplefilter("ignore")
+                found["importances"][objective.metric] = optuna.importance.get_param_importances(
+                    clean, target=lambda t, i=i, sign=sign: sign * t.values[i])
         except Exception as exc:  # too few trials, a single distinct value, ...
-            found["notes"].append(f"Importances for {metric} unavailable: {type(exc).__name__}: {exc}"[:300])
+            found["notes"].append(f"Importances for {objective.metric} unavailable: {type(exc).__name__}: {exc}"[:300])
     return found
 
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # headless: reports are built on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 96
 plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False,
@@ -61,6 +62,7 @@ def curve_plot(key: str, bands: Mapping[str, pd.DataFrame], colors: Mapping[str,
                 ax.plot([marks[cell]], [at.iloc[0]], marker="v", color=color, ms=7, mec="black", mew=0.6)
     ax.set_title(plain(key))
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.grid(alpha=0.25)
     return figure_uri(fig)
 
@@ -74,10 +76,11 @@ def scatter_plot(trials: pd.DataFrame, means: pd.DataFrame, colors: Mapping[str,
     front = means[means["front"]].sort_values("x")
     if len(front) > 1:
         ax.plot(front["x"], front["y"], color="black", lw=1, ls="--", zorder=1, label="Pareto front")
-    for row in means.itertuples():
+    for i, row in enumerate(means.itertuples()):
         ax.scatter(row.x, row.y, s=90 if row.front else 45, color=colors[row.cell], zorder=3,
                    edgecolor="black" if row.front else "white", linewidth=1.6 if row.front else 0.5)
-        ax.annotate(plain(labels[row.cell]), (row.x, row.y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        offset = (5, 4) if i % 2 == 0 else (5, -10)  # alternate sides so neighbouring labels overlap less
+        ax.annotate(plain(labels[row.cell]), (row.x, row.y), textcoords="offset points", xytext=offset, fontsize=7)
     arrow = {"minimize": "lower is better", "maximize": "higher is better"}
     ax.set_xlabel(f"{plain(x)} ({arrow[directions[0]]})")
     ax.set_ylabel(f"{plain(y)} ({arrow[directions[1]]})")
@@ -90,7 +93,7 @@ def scatter_plot(trials: pd.DataFrame, means: pd.DataFrame, colors: Mapping[str,
 def history_plot(numbers: Sequence[int], values: Mapping[str, Sequence[float]], best: Sequence[bool],
                  directions: Sequence[str]) -> str:
     """Objective value per Optuna trial; best-so-far for one objective, best trials ringed for several."""
-    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 2.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 2.8), squeeze=False, layout="constrained")
     for ax, (name, series), direction in zip(axes[0], values.items(), directions):
         finite = [(n, v, b) for n, v, b in zip(numbers, series, best) if v is not None and math.isfinite(v)]
         ax.scatter([n for n, _, _ in finite], [v for _, v, _ in finite], s=14, color="#1f77b4")
@@ -103,6 +106,7 @@ def history_plot(numbers: Sequence[int], values: Mapping[str, Sequence[float]], 
             ax.step([n for n, _, _ in finite], running, where="post", color="#d62728", lw=1, label="best so far")
         ax.set_title(plain(name))
         ax.set_xlabel("Optuna trial")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.25)
         ax.legend(frameon=False, fontsize=7)
     return figure_uri(fig)
@@ -110,7 +114,9 @@ def history_plot(numbers: Sequence[int], values: Mapping[str, Sequence[float]], 
 
 def importance_plot(importances: Mapping[str, Mapping[str, float]]) -> str:
     """Horizontal bars per objective (Optuna's evaluator gives no uncertainty; the page says so)."""
-    fig, axes = plt.subplots(1, len(importances), figsize=(4.2 * len(importances), 2.6), squeeze=False)
+    height = 1.7 + 0.35 * max(len(scores) for scores in importances.values())
+    fig, axes = plt.subplots(1, len(importances), figsize=(4.6 * len(importances), height), squeeze=False,
+                             layout="constrained")
     for ax, (name, scores) in zip(axes[0], importances.items()):
         params = list(scores)[::-1]
         ax.barh([plain(p) for p in params], [scores[p] for p in params], color="#2ca02c")

@@ -56,7 +56,8 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     if dry_run:
         print("\n".join(dry_run_lines(study)))
         return 0
-    check_data_layout(study)                                              # 2. data present, or say how
+    check_data_layout(study)                                              # 2. data and weights present
+    preflight_backbones(study)
     started = time.time()
     url = store.storage_url(options.storage)
     lock = store.LocalLock(Path(".ablate") / f"{study.spec.name}.lock") if url.startswith("sqlite") else None
@@ -123,6 +124,23 @@ def run_worker(path: Path, options: RunOptions) -> int:
             work(study, opt, ctx)
         return 130 if ctx.stop else 0
     return run_in_process(study, opt, ctx, options)
+
+
+def preflight_backbones(study: Study) -> None:
+    """Load every non-random backbone once before any training: a missing weights file (or a download that
+    cannot happen offline) is an error in the study, not a failed trial per cell."""
+    from ablation.backbone import build_backbone
+
+    configs = [c.config.backbone for c in study.cells] or [study.base_config.backbone]
+    seen = set()
+    for backbone in configs:
+        if backbone.weights == "random" or backbone.model_dump_json() in seen:
+            continue
+        seen.add(backbone.model_dump_json())
+        try:
+            build_backbone(backbone, 0)
+        except UserError as exc:
+            raise UserError(*(f"{study.path}: {line}" for line in exc.lines)) from None
 
 
 def check_data_layout(study: Study) -> None:

@@ -23,7 +23,7 @@ from ablation.study import Study
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 DONE_OUTCOMES = ("finished", "diverged", "pruned")
-optuna.logging.set_verbosity(optuna.logging.WARNING)
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker reports trial outcomes itself
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ interrupted (SIGINT/SIGTERM) is FAIL, re-queued, and the worker stops.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, Callable
 
 import optuna
@@ -87,6 +88,9 @@ def make_objective(study: Study, ctx: TrialContext, opt: optuna.Study) -> Callab
             raise Interrupted(spec.key)
         if outcome.outcome == "failed":
             trial.set_user_attr("error", (outcome.error or "")[-2000:])
+            last_line = (outcome.error or "").strip().splitlines()[-1:] or ["?"]
+            print(f"ablate: trial {spec.run_name} [{spec.key}] failed: {last_line[0][:300]} "
+                  f"(traceback in {ctx.trials_dir / ctx.study_name / spec.key / 'train.log'})", file=sys.stderr)
             raise TrialFailed(spec.key)
         if outcome.outcome == "diverged" and outcome.result is not None:
             trial.set_user_attr("diverged_step", outcome.result.diverged_step)

@@ -281,7 +281,7 @@ class MlflowServer:
     """
 
     def __init__(self, backend_store_uri: str, artifacts_dir: Path, log_path: Path, *, port: int | None = None,
-                 workers: int = 1, startup_timeout: float = 120.0, extra_args: Sequence[str] = (),
+                 workers: int = 1, startup_timeout: float = 180.0, extra_args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> None:
         self.backend_store_uri = backend_store_uri
         self.artifacts_dir = Path(artifacts_dir)

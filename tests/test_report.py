@@ -42,14 +42,15 @@ def write_images(folder: Path, seed: int) -> list[Path]:
 
 
 def log_trial(tracker: Tracker, exp: str, parent: str, name: str, tmp: Path, cell: str, label: str,
-              params: dict, seed: int, outcome: str, metrics_at: dict[int, dict[str, float]]) -> str:
+              params: dict, seed: int, outcome: str, metrics_at: dict[int, dict[str, float]],
+              optuna_number: int | None = None) -> str:
     folder = tmp / "runs" / f"{cell}-{seed}-{outcome}"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(yaml.safe_dump(
         {"data": {"root": "dataset", "style": "demo", "image_size": 32, "val_count": 2},
          "schedule": {"epochs": 2, "init_epochs": 1, "batch_size": 2, "steps_per_epoch": 100}}))
     run_id = tracker.start_trial_run(exp, parent, study=name, run_name=f"{label} seed={seed}", cell=cell, seed=seed,
-                                     key=f"{cell}-s{seed}", label=label, params=params, optuna_number=None,
+                                     key=f"{cell}-s{seed}", label=label, params=params, optuna_number=optuna_number,
                                      config_yaml=folder / "config.yaml")
     logger = tracker.metric_logger(run_id)
     for step, metrics in metrics_at.items():
@@ -204,6 +205,42 @@ def test_script_names_are_escaped_and_eval_fallback(tmp_path: Path) -> None:
     assert effects[0][5] == "1" and effects[0][7] == "1 seed: no interval"
     assert math.isclose(float(effects[0][6]), 1.0)
     assert not (tmp_path / "optuna.db").exists()  # a grid report never creates an Optuna storage
+
+
+def test_search_study_history_and_importances(tmp_path: Path) -> None:
+    """A search: Optuna history and importances from the storage; a diverged (inf) trial does not break them."""
+    import optuna
+
+    spec = {"name": "srch", "base": {}, "method": "search", "seeds": [0],
+            "search": {"n_trials": 6, "space": {"loss.style_weight": {"low": 1.0, "high": 30.0, "log": True},
+                                                "loss.content_weight": {"low": 0.5, "high": 3.0}}},
+            "objectives": [{"metric": "eval/style/kid_rand"},
+                           {"metric": "eval/content/ssim_luma_blur", "direction": "maximize"}]}
+    study_path = tmp_path / "srch.yaml"
+    study_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    opt = optuna.create_study(study_name="srch", storage=storage, directions=["minimize", "maximize"])
+    dists = {"loss.style_weight": optuna.distributions.FloatDistribution(1.0, 30.0, log=True),
+             "loss.content_weight": optuna.distributions.FloatDistribution(0.5, 3.0)}
+    tracker = Tracker(uri=f"sqlite:///{tmp_path / 'mlflow.db'}", artifact_root=tmp_path / "mlartifacts")
+    exp = tracker.experiment_id("srch")
+    parent = tracker.parent_run(exp, "srch", study_path, {})
+    for i in range(6):
+        params = {"loss.style_weight": 1.0 + 5 * i, "loss.content_weight": 0.5 + 0.4 * i}
+        kid_value, ssim = (math.inf, -math.inf) if i == 5 else (1.0 / (1 + i), 0.9 - 0.05 * i)
+        opt.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=[kid_value, ssim]))
+        metrics = {10: {"loss/g/adv": 1.0}} if i == 5 else {10: {"eval/style/kid_rand": kid_value,
+                                                                 "eval/content/ssim_luma_blur": ssim}}
+        label = f"style_weight={params['loss.style_weight']:g} content_weight={params['loss.content_weight']:g}"
+        log_trial(tracker, exp, parent, "srch", tmp_path, f"c{i}", label, params, 0,
+                  "diverged" if i == 5 else "finished", metrics, optuna_number=i)
+    html = build_report("srch", tracker, storage, tmp_path / "reports").read_text()
+    assert 'id="search"' in html and 'alt="optimisation history"' in html
+    assert 'alt="parameter importances"' in html or "Importances for" in html
+    rows = tables_of(html)["trial-table"]
+    assert [r[0] for r in rows][:2] == ["style_weight=1 content_weight=0.5", "style_weight=6 content_weight=0.9"]
+    assert len(rows) == 6 and "1 diverged trial(s) scored ±inf" in html
+    assert "No levels to compare" in html  # a search has no baseline
 
 
 E2E_TINY = {

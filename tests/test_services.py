@@ -21,7 +21,7 @@ from services import REPO, MlflowServer, PostgresServer, free_port, load_compose
 
 pytestmark = [
     pytest.mark.services,
-    pytest.mark.timeout(300),
+    pytest.mark.timeout(600),  # two mlflow starts on a loaded 2-core box can take minutes
     # RDBStorage(heartbeat_interval=...) is "experimental" in Optuna 5; the warning is expected here
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
 ]
