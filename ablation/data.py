@@ -79,6 +79,9 @@ class Domains:
     val_target: torch.Tensor | None = None  # pseudo ground truth for val (demo data)
 
 
+HOLDOUT_EVERY = 10
+
+
 def load_domains(cfg: DataConfig) -> Domains:
     root, size = Path(cfg.root), cfg.image_size
     if not root.is_dir():
@@ -104,6 +107,13 @@ def load_domains(cfg: DataConfig) -> Domains:
     if val_target is not None and val_target.shape[0] != val.shape[0]:
         raise UserError(problem(target_dir, "data.root", f"one target per val image ({val.shape[0]})",
                                 val_target.shape[0]))
+    if style_ref is None and anime.shape[0] >= 2 * HOLDOUT_EVERY:
+        # no separate reference split (the public dataset has none): hold every 10th style image out of
+        # training so the style metrics compare against images the GAN never saw
+        held = torch.arange(anime.shape[0]) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+        style_ref, anime = anime[held], anime[~held]
+        if smooth.shape[0] == held.shape[0]:  # smooth/ mirrors style/ by file name, so the same rows
+            smooth = smooth[~held]
     return Domains(photo=photo, anime=anime, anime_gray=to_gray(anime), smooth=smooth, smooth_gray=to_gray(smooth),
                    val=val, style_ref=style_ref, val_target=val_target)
 

@@ -9,12 +9,13 @@ detached G(p) (every `g_steps_per_d` batches), then one G step on a fresh G(p).
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 
@@ -128,7 +129,9 @@ class MetricWindow:
 
 def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | None = None,
           resume: bool = False, stop: StopFlag | None = None, on_eval: EvalHook | None = None,
-          progress: Callable[[int, int], None] | None = None) -> TrainResult:
+          progress: Callable[[int, int], None] | None = None, evaluator: Any = None) -> TrainResult:
+    """Train one run into `out_dir`. `domains` and `evaluator` may be passed in so that a worker decodes
+    the data and computes the evaluation references once for many trials."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(to_yaml(config))
     configure_threads(config.runtime)
@@ -149,7 +152,8 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
     val_real = val_photos(domains, config.data.val_count)  # uint8 [V, 3, S, S], fixed order
     val_real_hwc = val_real.permute(0, 2, 3, 1).numpy()
     sample_dir = out_dir / "samples"
-    evaluator = _build_evaluator(config, domains, device)
+    if evaluator is None:
+        evaluator = build_evaluator(config, domains, device)
 
     window, step, first_bad, last = MetricWindow(), 0, torch.full((), -1, device=device), {}
     ckpt_path = out_dir / CHECKPOINT_NAME
@@ -279,8 +283,13 @@ def _finish_samples(result: TrainResult, models: TrialModels, val_real: torch.Te
         result.artifacts["generator"] = weights
 
 
-def _build_evaluator(config: TrainConfig, domains: Domains, device: torch.device):
+def build_evaluator(config: TrainConfig, domains: Domains, device: torch.device) -> Any:
+    """Held-out photos (val/) against the held-out style split; None when evaluation is off."""
     if not config.eval.enabled:
+        return None
+    if domains.style_ref is None or domains.style_ref.shape[0] < 4:
+        print("ablate: evaluation skipped: no held-out style split (add <style>/style_ref/ or more style images)",
+              file=sys.stderr)
         return None
     from ablation.evaluate import Evaluator  # evaluation is optional per config; keep import local
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ablation.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ablation.config import DataConfig, to_yaml
+from ablation.config import DataConfig, TrainConfig, to_yaml
+from ablation.device import resolve_device
 from ablation.console import METRICS_FILE, MetricsFile
 from ablation.data import Domains, load_domains
 from ablation.study import TrialSpec
 from ablation.tracking import Tracker
-from ablation.trainer import EvalHook, StopFlag, TrainResult, train
+from ablation.trainer import EvalHook, StopFlag, TrainResult, build_evaluator, train
 
 TRAIN_LOG = "train.log"
 
@@ -36,6 +37,7 @@ class TrialContext:
     stop: StopFlag = field(default_factory=StopFlag)
     on_progress: Callable[[int, int], None] | None = None
     domains_cache: dict[str, Domains] = field(default_factory=dict)
+    evaluator_cache: dict[str, Any] = field(default_factory=dict)
 
     def domains(self, data: DataConfig) -> Domains:
         """Decode a dataset once per worker process, not once per trial."""
@@ -43,6 +45,14 @@ class TrialContext:
         if key not in self.domains_cache:
             self.domains_cache = {key: load_domains(data)}  # keep one: memory, not speed, is the limit
         return self.domains_cache[key]
+
+    def evaluator(self, config: TrainConfig) -> Any:
+        """Evaluation references depend on the data and eval settings only: compute them once."""
+        key = config.data.model_dump_json() + config.eval.model_dump_json() + config.runtime.device
+        if key not in self.evaluator_cache:
+            device = resolve_device(config.runtime)
+            self.evaluator_cache = {key: build_evaluator(config, self.domains(config.data), device)}
+        return self.evaluator_cache[key]
 
 
 @dataclass
@@ -108,7 +118,7 @@ def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, 
 
     try:
         result = train(spec.config, folder, log, domains=ctx.domains(spec.config.data), resume=resume_step is not None,
-                       stop=ctx.stop, on_eval=on_eval, progress=ctx.on_progress)
+                       stop=ctx.stop, on_eval=on_eval, progress=ctx.on_progress, evaluator=ctx.evaluator(spec.config))
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))
         _note(log_path, f"failed: {error}")
