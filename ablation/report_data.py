@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +28,9 @@ from ablation.tracking import (TAG_CELL, TAG_KEY, TAG_LABEL, TAG_OPTUNA, TAG_OUT
                                Tracker)
 
 P, M = "params.", "metrics."  # column prefixes of the trials frame, as in mlflow.search_runs
-CURVE_PREFIXES = ("loss/", "eval/")
+CURVE_PREFIXES = ("loss/", "eval/style/", "eval/content/")
+# per-evaluator-seed parts and spreads of a metric (kid_rand_1001, kid_rand_seed_sd) belong in tables, not plots
+CURVE_SKIP = re.compile(r"_(\d+|seed_sd|subset_sd)$")
 MAX_GIF_BYTES = 6_000_000  # a 101-epoch GIF at 256 px is tens of MB; the page must stay openable
 
 
@@ -183,9 +186,9 @@ def _order(trials: pd.DataFrame, axes: list[Axis]) -> pd.DataFrame:
 
 
 def fetch_curves(tracker: Tracker, trials: pd.DataFrame, workers: int = 8) -> pd.DataFrame:
-    """Every loss/ and eval/ curve of the counted runs, fetched in parallel and cached per (run, key)."""
+    """Every loss and style/content eval curve of the counted runs, fetched in parallel, cached per (run, key)."""
     jobs = [(row.run_id, key, row.cell, row.seed) for row in trials.itertuples()
-            for key in row.metric_keys if key.startswith(CURVE_PREFIXES)]
+            for key in row.metric_keys if key.startswith(CURVE_PREFIXES) and not CURVE_SKIP.search(key)]
     cache: dict[tuple[str, str], list[tuple[int, float]]] = {}
 
     def fetch(job: tuple[str, str, str, int]) -> None:
