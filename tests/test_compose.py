@@ -250,7 +250,9 @@ def test_worker_is_scalable_gpu_service(services: dict[str, dict[str, Any]]) -> 
         assert "container_name" not in svc, f"{name}: container_name breaks --scale and parallel stacks"
     assert worker["command"] == ["worker", "studies/style_weight.yaml", "--storage",
                                  "postgresql+psycopg2://ablate:ablate@postgres:5432/optuna"]
-    assert worker["environment"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000"}  # no S3 creds on workers
+    # no S3 creds on workers; checkpoints go to the shared volume so a retried trial resumes anywhere
+    assert worker["environment"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "ABLATE_TRIALS_DIR": "/app/runs"}
+    assert "checkpoints:/app/runs" in worker["volumes"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
     assert "checkpoints:/app/runs" in worker["volumes"]
