@@ -209,7 +209,10 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
             if progress is not None:
                 progress(step, total_steps)
             epoch_end = step % steps_per_epoch == 0
-            if step % config.schedule.log_every == 0 or epoch_end or step == total_steps:
+            # also right after the first step of each phase: the raw term scales at the start are what
+            # tells whether the weights fit this backbone (and expose the write-up's colour defect)
+            first_of_phase = step == 1 or step == init_steps + 1
+            if step % config.schedule.log_every == 0 or epoch_end or step == total_steps or first_of_phase:
                 metrics = window.flush()
                 metrics.update(_learning_rates(models, step <= init_steps))
                 emit(metrics, step)
