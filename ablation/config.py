@@ -95,7 +95,7 @@ class ScheduleConfig(Frozen):
 
 class EvalConfig(Frozen):
     enabled: bool = True
-    image_size: int = Field(64, ge=32)  # fixed evaluation resolution
+    image_size: int = Field(128, ge=32)  # fixed evaluation resolution (the calibration used 128)
     max_images: int = Field(128, ge=8)
     evaluator_seeds: tuple[int, ...] = (1001, 1002, 1003)  # never used by training
     kid_subsets: int = Field(50, ge=1)

@@ -189,7 +189,12 @@ def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: 
     with make_progress() as bar, stop_on_signals(ctx.stop):
         study_task = bar.add_task("trials", total=total, completed=_done(opt), info=study.spec.name)
         trial_task = bar.add_task("  steps", total=None, info="")
-        ctx.on_progress = lambda step, steps: bar.update(trial_task, completed=step, total=steps)
+        def on_progress(step: int, steps: int) -> None:
+            if step < (bar.tasks[trial_task].completed or 0):  # a new trial: restart its clock
+                bar.reset(trial_task)
+            bar.update(trial_task, completed=step, total=steps)
+
+        ctx.on_progress = on_progress
         work(study, opt, ctx, on_trial_end=lambda: bar.update(study_task, completed=_done(opt), total=_total(study, opt)))
     return 130 if ctx.stop else 0
 

@@ -131,9 +131,13 @@ class Tracker:
                     "end run")
 
     def mark_abandoned(self, run_id: str, reason: str) -> None:
-        """A run whose worker died: FAILED, so exactly one finished child run per trial remains."""
+        """A run whose worker died: FAILED, so exactly one finished child run per trial remains.
+
+        Also a FINISHED (or KILLED) run: its worker ended it in MLflow but died, or lost the Optuna storage,
+        before the study recorded the trial, which now runs again under a new run. A FAILED run keeps its
+        own outcome and error."""
         run = self._retry(lambda: self.client.get_run(run_id), "get run")
-        if run.info.status in ("RUNNING", "SCHEDULED"):
+        if run.info.status != "FAILED":
             self.finish_run(run_id, "crashed", {"ablate.abandoned": reason})
 
     def metric_logger(self, run_id: str) -> "MetricLogger":

@@ -8,6 +8,7 @@ detached G(p) (every `g_steps_per_d` batches), then one G step on a fresh G(p).
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ from ablation.discriminator import build_discriminator
 from ablation.generator import build_generator
 from ablation.steps import TrialModels, build_optimizers, compute_targets, d_step, g_step, init_step
 
+EVAL_INFO = "eval_info.json"
 LogFn = Callable[[dict[str, float], int], None]
 # called after each evaluation with (metrics, step); returning True stops the run (pruned)
 EvalHook = Callable[[dict[str, float], int], bool]
@@ -155,6 +157,8 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
     if evaluator is None:
         evaluator = build_evaluator(config, domains, device)
 
+    if evaluator is not None:  # what produced the eval numbers, and the anchors that give the gaps meaning
+        (out_dir / EVAL_INFO).write_text(json.dumps({"info": evaluator.info(), "anchors": evaluator.anchors()}))
     window, step, first_bad, last = MetricWindow(), 0, torch.full((), -1, device=device), {}
     ckpt_path = out_dir / CHECKPOINT_NAME
     if resume and (state := load_checkpoint(ckpt_path)) is not None:
@@ -223,7 +227,9 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
                 epoch = step // steps_per_epoch
                 _write_samples(models.generator, val_real, sample_dir, epoch, device, config)
                 if evaluator is not None and _eval_due(config, epoch, step == total_steps):
-                    metrics = evaluator.evaluate(_generate(models.generator, evaluator.photos, device, config))
+                    # G sees the held-out photos at the training size; the evaluator resizes its outputs
+                    eval_photos = domains.val[:config.eval.max_images]
+                    metrics = evaluator.evaluate(_generate(models.generator, eval_photos, device, config))
                     emit(metrics, step)
                     if on_eval is not None and on_eval(metrics, step):
                         status = "pruned"

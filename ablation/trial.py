@@ -20,7 +20,7 @@ from ablation.console import METRICS_FILE, MetricsFile
 from ablation.data import Domains, load_domains
 from ablation.study import TrialSpec
 from ablation.tracking import Tracker
-from ablation.trainer import EvalHook, StopFlag, TrainResult, build_evaluator, train
+from ablation.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator, train
 
 TRAIN_LOG = "train.log"
 
@@ -134,6 +134,9 @@ def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, 
     if "generator" in result.artifacts:
         ctx.tracker.log_artifacts(run_id, [result.artifacts["generator"]], "model")
     tags = {"ablate.steps": str(result.step)}
+    if (folder / EVAL_INFO).exists():
+        tags.update(json.loads((folder / EVAL_INFO).read_text())["info"])
+        ctx.tracker.log_artifacts(run_id, [folder / EVAL_INFO], "eval")
     if result.diverged_step is not None:
         tags["ablate.diverged_step"] = str(result.diverged_step)
     ctx.tracker.finish_run(run_id, result.status, tags)

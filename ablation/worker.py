@@ -149,13 +149,20 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Calla
     ran = 0
     callbacks = [after_trial(study, lambda: bool(ctx.stop))]
     while not ctx.stop and (max_trials is None or ran < max_trials):
-        optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
-        if study.spec.method == "grid" and not store.has_waiting(opt):
-            break
-        if study.spec.method == "search" and not store.has_waiting(opt) and store.search_budget_left(study, opt) <= 0:
-            break
-        opt.optimize(make_objective(study, ctx, opt), n_trials=1, catch=(TrialFailed, Interrupted),
-                     callbacks=callbacks)
+        try:
+            optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
+            if study.spec.method == "grid" and not store.has_waiting(opt):
+                break
+            if study.spec.method == "search" and not store.has_waiting(opt) and \
+                    store.search_budget_left(study, opt) <= 0:
+                break
+            opt.optimize(make_objective(study, ctx, opt), n_trials=1, catch=(TrialFailed, Interrupted),
+                         callbacks=callbacks)
+        except Exception as exc:
+            # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
+            if (cause := store.storage_failure(exc)) is None:
+                raise
+            raise store.storage_down(opt, cause) from None
         ran += 1
         if on_trial_end is not None:
             on_trial_end()
