@@ -176,3 +176,46 @@ def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "study grid: 3 cells x 2 seeds = 6 trials" and len(out) == 7
     assert not (tmp_path / "optuna.db").exists()  # nothing was created
+
+
+def test_search_study_runs_its_budget_and_resumes_to_it(tmp_path: Path, data_root: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    study = tmp_path / "search.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "srch", "base": base, "method": "search", "seeds": [0], "objectives": OBJECTIVES,
+        "search": {"sampler": "random", "n_trials": 3, "space": {
+            "loss.style_weight": {"low": 0.5, "high": 20.0, "log": True},
+            "loss.style_target": {"choices": ["gray", "color"]}}}}))
+    assert run_study(study, options(tmp_path)) == 0
+    opt = optuna.load_study(study_name="srch", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in opt.trials] == ["COMPLETE"] * 3
+    assert all(len(t.values) == 2 and 0.5 <= t.params["loss.style_weight"] <= 20 for t in opt.trials)
+    runs = runs_by_status(tmp_path, "srch")["FINISHED"]
+    assert sorted(int(r.data.tags["ablate.optuna_trial"]) for r in runs) == [0, 1, 2]
+    assert {r.data.params["loss.style_target"] for r in runs} <= {"gray", "color"}
+    assert run_study(study, options(tmp_path)) == 0  # the budget is spent: nothing new
+    assert len(optuna.load_study(study_name="srch", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
+
+
+def test_single_objective_search_feeds_eval_metrics_to_the_pruner(tmp_path: Path, data_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    base["eval"] = {"enabled": True, "image_size": 32, "kid_subsets": 4, "kid_subset_size": 4}
+    base["schedule"].update({"epochs": 3, "eval_every": 1})
+    study = tmp_path / "prune.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "prune", "base": base, "method": "search", "seeds": [0],
+        "objectives": [{"metric": "eval/style/kid_rand", "direction": "minimize"}],
+        "search": {"sampler": "tpe", "n_trials": 1, "pruner": "median",
+                   "space": {"loss.style_weight": {"low": 1.0, "high": 10.0}}}}))
+    assert run_study(study, options(tmp_path)) == 0
+    trial = optuna.load_study(study_name="prune", storage=f"sqlite:///{tmp_path}/optuna.db").trials[0]
+    assert sorted(trial.intermediate_values) == [2, 4, 6]  # one report per epoch evaluation (2 steps/epoch)
+    run = runs_by_status(tmp_path, "prune")["FINISHED"][0]
+    assert trial.values[0] == pytest.approx(run.data.metrics["eval/style/kid_rand"])
+    assert run.data.tags["eval/evaluator/rand_1001"]  # evaluator provenance is on the run
