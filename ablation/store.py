@@ -264,6 +264,10 @@ def has_waiting(opt: optuna.Study) -> bool:
     return bool(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
+def has_running(opt: optuna.Study) -> bool:
+    return bool(opt.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
 def search_budget_left(study: Study, opt: optuna.Study) -> int:
     """Sampled configurations still allowed (retries of earlier ones do not count)."""
     assert study.spec.search is not None

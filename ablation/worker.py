@@ -8,6 +8,7 @@ interrupted (SIGINT/SIGTERM) is FAIL, re-queued, and the worker stops.
 from __future__ import annotations
 
 import math
+import time
 import sys
 from typing import Any, Callable
 
@@ -151,11 +152,14 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Calla
     while not ctx.stop and (max_trials is None or ran < max_trials):
         try:
             optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
-            if study.spec.method == "grid" and not store.has_waiting(opt):
-                break
-            if study.spec.method == "search" and not store.has_waiting(opt) and \
-                    store.search_budget_left(study, opt) <= 0:
-                break
+            nothing_new = study.spec.method == "grid" or store.search_budget_left(study, opt) <= 0
+            if nothing_new and not store.has_waiting(opt):
+                if not store.has_running(opt):
+                    break
+                # another worker holds the last trials: stay until they finish, so that one whose worker
+                # died (heartbeat gone stale) is picked up here instead of leaving the study incomplete
+                time.sleep(min(store.Heartbeat.from_env().interval, 10))
+                continue
             opt.optimize(make_objective(study, ctx, opt), n_trials=1, catch=(TrialFailed, Interrupted),
                          callbacks=callbacks)
         except Exception as exc:
