@@ -80,6 +80,7 @@ class Domains:
 
 
 HOLDOUT_EVERY = 10
+GPU_RESIDENT_BYTES = 8 << 30  # datasets up to 8 GB of uint8 pixels are kept on the GPU
 
 
 def load_domains(cfg: DataConfig) -> Domains:
@@ -192,6 +193,11 @@ class DataStreams:
                  device: torch.device | str = "cpu") -> None:
         self.domains, self.batch_size, self.device = domains, batch_size, torch.device(device)
         self.smooth_images = domains.smooth_gray if smooth_target == "gray" else domains.smooth
+        self.images = {"photo": domains.photo, "anime": domains.anime, "anime_gray": domains.anime_gray,
+                       "smooth": self.smooth_images}
+        if self.device.type == "cuda" and sum(t.numel() for t in self.images.values()) <= GPU_RESIDENT_BYTES:
+            # uint8 images live on the GPU for the whole run: a batch is a gather, never a host copy
+            self.images = {k: v.to(self.device) for k, v in self.images.items()}
         self.streams = {"photo": ImageStream(len(domains.photo), seed, "photo"),
                         "anime": ImageStream(len(domains.anime), seed, "anime"),
                         "smooth": ImageStream(len(self.smooth_images), seed, "smooth")}
@@ -201,6 +207,8 @@ class DataStreams:
         return max(1, max(len(self.domains.photo), len(self.domains.anime)) // batch)
 
     def _to_device(self, images_u8: torch.Tensor) -> torch.Tensor:
+        if images_u8.device == self.device:
+            return to_signed(images_u8)
         if self.device.type == "cuda":
             # pinned host memory lets the copy run asynchronously; the float conversion then happens on the GPU
             images_u8 = images_u8.pin_memory().to(self.device, non_blocking=True)
@@ -212,10 +220,13 @@ class DataStreams:
         photo_idx = self.streams["photo"].next_indices(self.batch_size)
         anime_idx = self.streams["anime"].next_indices(self.batch_size)  # anime and its gray: the same images
         smooth_idx = self.streams["smooth"].next_indices(self.batch_size)
-        d = self.domains
-        return Batch(real_photo=self._to_device(d.photo[photo_idx]), anime=self._to_device(d.anime[anime_idx]),
-                     anime_gray=self._to_device(d.anime_gray[anime_idx]),
-                     anime_smooth=self._to_device(self.smooth_images[smooth_idx]))
+        d = self.images
+        at = d["photo"].device  # index where the images are (GPU-resident or host)
+        photo_idx, anime_idx, smooth_idx = photo_idx.to(at), anime_idx.to(at), smooth_idx.to(at)
+        return Batch(real_photo=self._to_device(d["photo"][photo_idx]),
+                     anime=self._to_device(d["anime"][anime_idx]),
+                     anime_gray=self._to_device(d["anime_gray"][anime_idx]),
+                     anime_smooth=self._to_device(d["smooth"][smooth_idx]))
 
     def state_dict(self) -> dict[str, Any]:
         return {name: stream.state_dict() for name, stream in self.streams.items()}
