@@ -164,15 +164,7 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
     if resume and (state := load_checkpoint(ckpt_path)) is not None:
         _check_same_config(state, config, ckpt_path)
         step, last = state["step"], state["last"]
-        models.generator.load_state_dict(state["generator"])
-        models.discriminator.load_state_dict(state["discriminator"])
-        for name in ("opt_init", "opt_g", "opt_d"):
-            getattr(models, name).load_state_dict(state[name])
-        streams.load_state_dict(state["streams"])
-        window.load_state_dict(state["window"], device)
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        _restore(state, models, streams, window, device)
 
     def checkpoint() -> None:
         save_checkpoint(ckpt_path, {
@@ -246,6 +238,20 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
         result.diverged_step = bad_step
     _finish_samples(result, models, val_real, val_real_hwc, sample_dir, device, config)
     return result
+
+
+def _restore(state: dict, models: TrialModels, streams: DataStreams, window: MetricWindow,
+             device: torch.device) -> None:
+    """Everything that decides the next step: weights, optimiser moments, stream positions, RNGs."""
+    models.generator.load_state_dict(state["generator"])
+    models.discriminator.load_state_dict(state["discriminator"])
+    for name in ("opt_init", "opt_g", "opt_d"):
+        getattr(models, name).load_state_dict(state[name])
+    streams.load_state_dict(state["streams"])
+    window.load_state_dict(state["window"], device)
+    torch.set_rng_state(state["rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
 def _learning_rates(models: TrialModels, init_phase: bool) -> dict[str, float]:

@@ -219,3 +219,31 @@ def test_single_objective_search_feeds_eval_metrics_to_the_pruner(tmp_path: Path
     run = runs_by_status(tmp_path, "prune")["FINISHED"][0]
     assert trial.values[0] == pytest.approx(run.data.metrics["eval/style/kid_rand"])
     assert run.data.tags["eval/evaluator/rand_1001"]  # evaluator provenance is on the run
+
+
+def test_failed_trial_is_retried_once_then_left_until_asked(tmp_path: Path, data_root: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import ablation.steps
+
+    monkeypatch.chdir(tmp_path)
+    real_g_step = ablation.steps.g_step
+
+    def g_step_failing_for_weight_6(models, backbone, batch, targets, config):  # an injected fault
+        if config.loss.style_weight == 6.0:
+            raise RuntimeError("injected fault")
+        return real_g_step(models, backbone, batch, targets, config)
+
+    monkeypatch.setattr("ablation.trainer.g_step", g_step_failing_for_weight_6)
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0, 6.0]}, [0], name="fail")
+    assert run_study(study, options(tmp_path)) == 0
+    opt = optuna.load_study(study_name="fail", storage=f"sqlite:///{tmp_path}/optuna.db")
+    by_outcome = sorted((t.user_attrs.get("outcome"), t.user_attrs.get("attempt"), t.state.name) for t in opt.trials)
+    assert by_outcome == [("failed", 1, "FAIL"), ("failed", 2, "FAIL"), ("finished", 1, "COMPLETE")]
+    runs = runs_by_status(tmp_path, "fail")
+    assert len(runs["FINISHED"]) == 1 and len(runs["FAILED"]) == 2
+    assert all(r.data.tags["ablate.error"] == "RuntimeError: injected fault" for r in runs["FAILED"])
+    run_study(study, options(tmp_path))  # failures are re-run only on request
+    assert len(optuna.load_study(study_name="fail", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
+    monkeypatch.setattr("ablation.trainer.g_step", real_g_step)
+    run_study(study, RunOptions(**{**options(tmp_path).__dict__, "rerun_failed": True}))
+    assert len(runs_by_status(tmp_path, "fail")["FINISHED"]) == 2
