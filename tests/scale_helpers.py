@@ -1,4 +1,4 @@
-"""Helpers for tests/test_scale.py: tiny studies, `ablate worker` subprocesses, reading both stores back."""
+"""Helpers shared by tests/test_scale.py and tests/test_runner.py: tiny studies, `ablate worker` subprocesses, stores."""
 
 from __future__ import annotations
 

@@ -15,34 +15,13 @@ import yaml
 from ablation.demo import build_demo_dataset
 from ablation.runner import RunOptions, run_study
 from ablation.tracking import Tracker
-
-TINY_BASE = {
-    "data": {"style": "demo", "image_size": 32, "val_count": 2},
-    "model": {"d_ch": 8},
-    "backbone": {"weights": "random"},
-    "schedule": {"epochs": 2, "init_epochs": 1, "batch_size": 2, "steps_per_epoch": 2, "log_every": 1},
-    "eval": {"enabled": False},
-    "runtime": {"threads": 2},
-}
-OBJECTIVES = [{"metric": "loss/g/style", "direction": "minimize"},
-              {"metric": "loss/g/content", "direction": "minimize"}]
-
+from scale_helpers import OBJECTIVES, TINY_BASE, write_study
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
     return root
-
-
-def write_study(path: Path, data_root: Path, axes: dict, seeds: list[int], name: str = "grid",
-                schedule: dict | None = None) -> Path:
-    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
-    base["data"]["root"] = str(data_root)
-    base["schedule"].update(schedule or {})
-    path.write_text(yaml.safe_dump({"name": name, "base": base, "axes": axes, "seeds": seeds,
-                                    "objectives": OBJECTIVES}))
-    return path
 
 
 def options(tmp: Path) -> RunOptions:
@@ -61,7 +40,7 @@ def test_grid_runs_once_and_rerun_does_nothing(tmp_path: Path, data_root: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     study = write_study(tmp_path / "study.yaml", data_root,
-                        {"loss.style_weight": [3.0, 6.0], "loss.style_target": ["gray", "color"]}, [0, 1])
+                        {"loss.style_weight": [3.0, 6.0], "loss.style_target": ["gray", "color"]}, [0, 1], "grid")
     assert run_study(study, options(tmp_path)) == 0
     runs = runs_by_status(tmp_path, "grid")
     assert list(runs) == ["FINISHED"] and len(runs["FINISHED"]) == 8
@@ -171,7 +150,7 @@ def test_killed_process_resumes_without_duplicates(tmp_path: Path, data_root: Pa
 
 
 def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture) -> None:
-    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [1.0, 2.0, 3.0]}, [0, 1])
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [1.0, 2.0, 3.0]}, [0, 1], "grid")
     assert run_study(study, options(tmp_path), dry_run=True) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "study grid: 3 cells x 2 seeds = 6 trials" and len(out) == 7
