@@ -225,7 +225,7 @@ def _total(study: Study, opt: optuna.Study) -> int:
 
 
 def _done(opt: optuna.Study) -> int:
-    return sum(1 for t in store.latest_by_key(opt).values() if store.outcome_of(t) in ("finished", "diverged", "pruned"))
+    return sum(1 for t in store.latest_by_key(opt).values() if store.outcome_of(t) in store.DONE_OUTCOMES)
 
 
 def _count_line(study: Study, opt: optuna.Study) -> str:
