@@ -155,3 +155,17 @@ def test_evaluation_metrics_logged_at_the_end(tmp_path: Path, domains: Domains) 
     assert "eval/content/pgt_psnr" in result.metrics
     eval_steps = [step for step, m in log.rows if "eval/style/kid_rand" in m]
     assert eval_steps == [result.total_steps]
+
+
+def test_writeup_colour_defect_shows_in_the_first_logged_raw_term(tmp_path: Path, domains: Domains) -> None:
+    """The write-up's YUV-on-0-255 colour loss is orders of magnitude above the official one at the first
+    GAN step, which is logged on its own so the raw scales are visible before any averaging."""
+    first_gan = {}
+    for scale in ("unit", "255"):
+        log = Recorder()
+        train(tiny(**{"loss.color_scale": scale, "schedule.epochs": 2, "schedule.log_every": 10}),
+              tmp_path / scale, log, domains=domains)
+        rows = dict(log.rows)
+        assert 4 in rows  # init_steps + 1: the first G step is logged although log_every is 10
+        first_gan[scale] = rows[4]["loss/g/color"]
+    assert first_gan["255"] > 100 * first_gan["unit"]
