@@ -28,8 +28,8 @@ def train(
     """Train one AnimeGAN run."""
     from ablation.config import load_train_config, parse_set_options, to_yaml
     from ablation.console import TrainConsole
-    from ablation.presets import prepare_demo
-    from ablation.trainer import train as run_training
+    from ablation.data.presets import prepare_demo
+    from ablation.gan.trainer import train as run_training
 
     overrides = parse_set_options(set_)
     if demo:
@@ -49,7 +49,7 @@ def train(
 def _run_options(demo: bool, set_: list[str], storage: Optional[str], tracking_uri: Optional[str],
                  trials_dir: Optional[Path], **extra: object):
     from ablation.config import parse_set_options
-    from ablation.runner import RunOptions
+    from ablation.study.runner import RunOptions
 
     fields = {"demo": demo, "overrides": tuple(parse_set_options(set_).items()), "storage": storage,
               "tracking_uri": tracking_uri, **extra}
@@ -79,7 +79,7 @@ def run(
     report: bool = typer.Option(True, help="render reports/<study>/index.html at the end"),
 ) -> None:
     """Run a study: every missing trial of a grid, or an Optuna search; log to MLflow; render the report."""
-    from ablation.runner import run_study
+    from ablation.study.runner import run_study
 
     options = _run_options(demo, set_, storage, tracking_uri, trials_dir, workers=workers,
                            devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
@@ -99,7 +99,7 @@ def worker(
     quiet: bool = typer.Option(False, help="no progress bars (for background workers)"),
 ) -> None:
     """Join a study from any host and run queued trials until none is left."""
-    from ablation.runner import run_worker
+    from ablation.study.runner import run_worker
 
     raise typer.Exit(run_worker(study, _run_options(demo, set_, storage, tracking_uri, trials_dir, quiet=quiet)))
 
@@ -115,7 +115,7 @@ def enqueue(
     rerun_diverged: bool = typer.Option(False),
 ) -> None:
     """Create the study and its parent MLflow run once and queue the missing trials (for workers)."""
-    from ablation.runner import enqueue_study
+    from ablation.study.runner import enqueue_study
 
     raise typer.Exit(enqueue_study(study, _run_options(demo, set_, storage, tracking_uri, None,
                                                        rerun_failed=rerun_failed, rerun_diverged=rerun_diverged)))
@@ -130,10 +130,10 @@ def report(
     out: Path = typer.Option(Path("reports"), help="reports folder"),
 ) -> None:
     """Render reports/<study>/index.html from MLflow and the Optuna storage (no training)."""
-    from ablation.report import build_report
-    from ablation.runner import RunOptions, resolve_study
-    from ablation.store import storage_url
-    from ablation.tracking import Tracker
+    from ablation.report.build import build_report
+    from ablation.study.runner import RunOptions, resolve_study
+    from ablation.study.storage import storage_url
+    from ablation.study.tracking import Tracker
 
     spec = None
     name = study
@@ -151,7 +151,7 @@ def ui(tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP), por
     """Open the MLflow UI on the study runs (mlflow ui)."""
     import subprocess
 
-    from ablation.tracking import tracking_uri as resolve
+    from ablation.study.tracking import tracking_uri as resolve
 
     raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve(tracking_uri),
                                       "--port", str(port)]))
@@ -162,7 +162,7 @@ def data_smooth(style_dir: Path = typer.Argument(..., help="folder of style imag
                 size: int = typer.Option(256, help="output size (the original: 256)"),
                 out: Optional[Path] = typer.Option(None, help="default: the sibling smooth/ folder")) -> None:
     """Build <style>/smooth with the original edge-smoothing algorithm."""
-    from ablation.smooth import build_smooth_dir
+    from ablation.data.smooth import build_smooth_dir
 
     target = out or style_dir.parent / "smooth"
     count = build_smooth_dir(style_dir, target, size)
@@ -172,7 +172,7 @@ def data_smooth(style_dir: Path = typer.Argument(..., help="folder of style imag
 @data_app.command("demo")
 def data_demo(out_dir: Path = typer.Argument(...), size: int = typer.Option(128), seed: int = typer.Option(0)) -> None:
     """Build the embedded demo dataset (no network)."""
-    from ablation.demo import build_demo_dataset
+    from ablation.data.demo import build_demo_dataset
 
     root = build_demo_dataset(out_dir, image_size=size, seed=seed)
     typer.echo(f"demo dataset in {root} (style name: demo)")
@@ -183,7 +183,7 @@ def data_fetch(name: str = typer.Argument(..., help="dataset name, e.g. animegan
                url: Optional[str] = typer.Option(None, help="mirror URL"),
                sha256: Optional[str] = typer.Option(None, help="expected SHA-256 of the archive")) -> None:
     """Download a public dataset release (resumable, verified)."""
-    from ablation.fetch import fetch_dataset
+    from ablation.data.fetch import fetch_dataset
 
     root = fetch_dataset(name, dest, url=url, sha256=sha256)
     typer.echo(f"dataset ready in {root}")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from ablation.backbone import build_backbone
+from ablation.gan.backbone import build_backbone
 from ablation.config import TrainConfig, with_overrides
-from ablation.data import Batch
-from ablation.device import autocast, prepare_module, resolve_device, synchronize, to_device_layout
-from ablation.steps import compute_targets, d_step, g_step, init_step
-from ablation.trainer import build_models
+from ablation.data.streams import Batch
+from ablation.gan.device import autocast, prepare_module, resolve_device, synchronize, to_device_layout
+from ablation.gan.steps import compute_targets, d_step, g_step, init_step
+from ablation.gan.trainer import build_models
 
 RESULTS = Path(__file__).resolve().parent / "results" / "train_step.json"
 

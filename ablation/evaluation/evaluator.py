@@ -1,0 +1,217 @@
+"""Per-trial offline evaluation: "how anime, how faithful" with metrics no training loss can game (reference §4-5).
+
+`Evaluator` is built once per trial from the held-out style split and the held-out evaluation photos. The
+style split is cut deterministically into two interleaved halves, S_ref = style[0::2] (what outputs are
+compared with) and S_anchor = style[1::2] (the reference anchor of gap closure); interleaving keeps both halves
+alike when the style set is ordered by source. On construction it computes, per evaluator:
+
+- the S_ref features and one global RMS scale from them (one scalar per evaluator, never per dimension: dead
+  random channels would blow up a per-dimension standardisation, reference §4.3);
+- the two anchors' metric values: no-op = the input photos scored as outputs, reference = S_anchor.
+
+`evaluate(outputs)` then returns flat MLflow keys (`eval/style/*`, `eval/stats/*`, `eval/content/*`).
+Images are uint8: torch tensors [N, 3, H, W] or numpy arrays [N, H, W, 3]; all are centre-cropped to a
+square and resized to `cfg.image_size` once, and each set is capped at `cfg.max_images`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ablation.evaluation import metrics as M
+from ablation.config import EvalConfig
+from ablation.evaluation.features import EfficientNetEvaluator, RandomVGGEvaluator, available_efficientnet
+
+STAT_NAMES = ("flat", "palette", "saturation", "edges")
+# Smallest |m(no-op) − m(ref)| for which a gap is logged; below it the anchors are not separated (§5.7).
+# Units are each metric's own: KID and Gram ratios are ~0.1-1 between photos and anime, flat/saturation/edges
+# are shares, palette is a bin count.
+MIN_GAP_DENOMINATOR: dict[str, float] = {
+    "kid_rand": 1e-3, "kid_eff": 1e-3, "gram_rand": 1e-3, "stats_flat": 0.01,
+    "stats_palette": 0.5, "stats_saturation": 0.01, "stats_edges": 0.002,
+}
+SPLIT_RULE = "style_ref[0::2] = S_ref (compared with), style_ref[1::2] = S_anchor (reference anchor)"
+
+Images = torch.Tensor | np.ndarray
+
+
+def prepare(images: Images, size: int, cap: int | None = None) -> torch.Tensor:
+    """uint8 [N, 3, H, W] tensor or [N, H, W, 3] array -> uint8 [min(N, cap), 3, size, size] CPU tensor.
+
+    Centre crop to a square, then antialiased bilinear resize; images already at `size` pass through
+    bit-exact, so identity outputs score exactly like their inputs.
+    """
+    if isinstance(images, np.ndarray):
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected a uint8 [N, H, W, 3] array, got {images.dtype} {images.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    else:
+        t = images.detach().cpu()
+        if t.dtype != torch.uint8 or t.ndim != 4 or t.shape[1] != 3:
+            raise ValueError(f"expected a uint8 [N, 3, H, W] tensor, got {t.dtype} {tuple(t.shape)}")
+    t = t[:cap] if cap is not None else t
+    h, w = t.shape[-2:]
+    side = min(h, w)
+    t = t[..., (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+    if side != size:
+        t = F.interpolate(t.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        t = t.round().clamp(0, 255).to(torch.uint8)
+    return t.contiguous()
+
+
+def _hwc(images: torch.Tensor) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+@dataclass
+class _Scored:
+    """One image set seen through every evaluator: scaled pooled features (per evaluator) and metrics."""
+
+    feats: list[np.ndarray]
+    metrics: dict[str, float]
+
+
+class Evaluator:
+    """Scores generator outputs against a fixed style reference and their own input photos."""
+
+    def __init__(self, cfg: EvalConfig, style_ref: Images, photos: Images, pseudo_targets: Images | None = None,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.cfg = cfg
+        size, cap = cfg.image_size, cfg.max_images
+        style = prepare(style_ref, size)
+        if len(style) < 4:
+            raise ValueError(f"style_ref: expected at least 4 images (two halves of >= 2), got {len(style)}")
+        self.s_ref, self.s_anchor = style[0::2][:cap], style[1::2][:cap]
+        self.photos = prepare(photos, size, cap)
+        if len(self.photos) < 2:
+            raise ValueError(f"photos: expected at least 2 images, got {len(self.photos)}")
+        self._photos_hwc = _hwc(self.photos)
+        self._targets_hwc: np.ndarray | None = None
+        if pseudo_targets is not None:
+            targets = prepare(pseudo_targets, size, cap)
+            if len(targets) != len(self.photos):
+                raise ValueError(f"pseudo_targets: expected one per photo ({len(self.photos)}), got {len(targets)}")
+            self._targets_hwc = _hwc(targets)
+
+        self.vggs = [RandomVGGEvaluator(seed, device) for seed in cfg.evaluator_seeds]
+        self.effnet = EfficientNetEvaluator(device) if cfg.efficientnet and available_efficientnet() else None
+        # Reference side, computed once: scaled S_ref features, S_ref mean Grams, S_ref per-image statistics.
+        self.scales: list[float] = []
+        self._ref_feats: list[np.ndarray] = []
+        self._ref_grams: list[list[torch.Tensor]] = []
+        for vgg in self.vggs:
+            feats, grams = vgg.pooled_and_grams(self.s_ref)
+            self.scales.append(self._rms(feats))
+            self._ref_feats.append(feats / self.scales[-1])
+            self._ref_grams.append(grams)
+        if self.effnet is not None:
+            feats = self.effnet.pooled(self.s_ref)
+            self.eff_scale = self._rms(feats)
+            self._ref_eff = feats / self.eff_scale
+        self._ref_stats = M.cartoon_stats(_hwc(self.s_ref))
+        # Anchors: same evaluators, same reference, so the gaps of §5.7 are exact.
+        noop = self._score(self.photos)
+        self._photo_feats = noop.feats
+        self.anchor_noop = noop.metrics
+        self.anchor_ref = self._score(self.s_anchor).metrics
+
+    @staticmethod
+    def _rms(feats: np.ndarray) -> float:
+        rms = float(np.sqrt(np.mean(feats ** 2)))
+        return rms if rms > 0 else 1.0  # an all-zero evaluator output would otherwise divide by zero
+
+    def _kid(self, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, float]:
+        return M.kid(x, y, self.cfg.kid_subsets, self.cfg.kid_subset_size, seed)
+
+    def _score(self, images: torch.Tensor) -> _Scored:
+        """Style metrics of an image set scored as if it were the outputs (distances to S_ref)."""
+        feats: list[np.ndarray] = []
+        kids, subset_sds, grams = [], [], []
+        for vgg, scale, ref_feats, ref_grams in zip(self.vggs, self.scales, self._ref_feats, self._ref_grams):
+            pooled, mean_grams = vgg.pooled_and_grams(images)
+            feats.append(pooled / scale)
+            mean, sd = self._kid(feats[-1], ref_feats, vgg.seed)
+            kids.append(mean)
+            subset_sds.append(sd)
+            grams.append(M.relative_gram_distance(mean_grams, ref_grams))
+        out = {
+            "kid_rand": float(np.mean(kids)),
+            "kid_rand_seed_sd": float(np.std(kids, ddof=1)) if len(kids) > 1 else 0.0,
+            "kid_rand_subset_sd": float(np.mean(subset_sds)),
+            "gram_rand": float(np.mean(grams)),
+        }
+        for seed, value in zip(self.cfg.evaluator_seeds, kids):
+            out[f"kid_rand_{seed}"] = value  # per-seed values: the self-test checks each seed's ordering
+        if self.effnet is not None:
+            out["kid_eff"] = self._kid(self.effnet.pooled(images) / self.eff_scale, self._ref_eff, 0)[0]
+        stats = M.cartoon_stats(_hwc(images))
+        for name in STAT_NAMES:
+            out[f"stats_{name}"] = M.wasserstein_1d(stats[name], self._ref_stats[name])
+            out[f"raw_{name}"] = float(stats[name].mean())
+        return _Scored(feats, out)
+
+    def _check_outputs(self, outputs: Images) -> torch.Tensor:
+        out = prepare(outputs, self.cfg.image_size, len(self.photos))
+        if len(out) != len(self.photos):
+            raise ValueError(f"outputs: expected one per evaluation photo ({len(self.photos)}), got {len(out)}")
+        return out
+
+    def evaluate(self, outputs: Images) -> dict[str, float]:
+        """outputs[i] = G(photos[i]) -> flat MLflow metric keys (see the module docstring)."""
+        out = self._check_outputs(outputs)
+        scored = self._score(out)
+        result = _flatten(scored.metrics)
+        for name, floor in MIN_GAP_DENOMINATOR.items():
+            if name in scored.metrics:
+                gap = M.gap_closure(self.anchor_noop[name], self.anchor_ref[name], scored.metrics[name], floor)
+                if gap is not None:  # missing, not huge, when the anchors cannot be told apart
+                    result[f"eval/style/{name}_gap"] = gap
+        out_hwc = _hwc(out)
+        pairs = list(zip(out_hwc, self._photos_hwc))
+        result["eval/content/ssim_luma_blur"] = float(np.mean([M.ssim_luma_blur(o, i) for o, i in pairs]))
+        result["eval/content/edge_f1"] = float(np.mean([M.edge_f1(o, i) for o, i in pairs]))
+        # The "two FIDs" protocol (§5.6): the same features, distance to the input photos instead of S_ref.
+        result["eval/content/kid_photo"] = float(np.mean([
+            self._kid(f, p, vgg.seed)[0] for f, p, vgg in zip(scored.feats, self._photo_feats, self.vggs)]))
+        if self._targets_hwc is not None:
+            targets = list(zip(out_hwc, self._targets_hwc))
+            result["eval/content/pgt_psnr"] = float(np.mean([M.psnr(o, t) for o, t in targets]))
+            result["eval/content/pgt_ssim"] = float(np.mean([M.ssim_rgb(o, t) for o, t in targets]))
+        return result
+
+    def anchors(self) -> dict[str, float]:
+        """The anchors' own style metrics, `eval/anchor/{noop,ref}/<name>`: log once to interpret the gaps."""
+        return {f"eval/anchor/{which}/{name}": value
+                for which, values in (("noop", self.anchor_noop), ("ref", self.anchor_ref))
+                for name, value in values.items()}
+
+    def info(self) -> dict[str, str]:
+        """What produced the numbers (evaluator hashes, scales, operators, set sizes): log as tags/params."""
+        info = {f"eval/evaluator/rand_{v.seed}": v.weights_hash for v in self.vggs}
+        info.update({f"eval/scale/rand_{v.seed}": f"{s:.6g}" for v, s in zip(self.vggs, self.scales)})
+        info["eval/evaluator/rand_arch"] = RandomVGGEvaluator.name
+        if self.effnet is not None:
+            info["eval/evaluator/eff"] = self.effnet.weights_hash
+            info["eval/scale/eff"] = f"{self.eff_scale:.6g}"
+        info.update({f"eval/op/{k}": v for k, v in M.operator_constants().items()})
+        info["eval/op/split"] = SPLIT_RULE
+        info["eval/op/kid"] = (f"cubic kernel, {self.cfg.kid_subsets} subsets x "
+                               f"min({self.cfg.kid_subset_size}, n), float64, features / global RMS of S_ref")
+        info.update({"eval/n/photos": str(len(self.photos)), "eval/n/style_ref": str(len(self.s_ref)),
+                     "eval/n/style_anchor": str(len(self.s_anchor)), "eval/n/size": str(self.cfg.image_size)})
+        return info
+
+
+def _flatten(metrics: dict[str, float]) -> dict[str, float]:
+    """Internal metric names -> MLflow keys: raw_* statistics under eval/stats/, the rest under eval/style/."""
+    out: dict[str, float] = {}
+    for name, value in metrics.items():
+        if name.startswith("raw_"):
+            out[f"eval/stats/{name[4:]}"] = value
+        else:
+            out[f"eval/style/{name}"] = value
+    return out

@@ -1,0 +1,308 @@
+"""`ablate report STUDY`: one self-contained HTML page that answers the study's question.
+
+    build_report(name, tracker, storage_url, Path("reports"), study)  ->  reports/<name>/index.html
+
+Reads MLflow (and, for searches, the Optuna storage); computes seed-paired effects with t-intervals and
+Holm-adjusted p-values; embeds every figure, final frame and GIF as a data URI. Never writes to either store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from ablation.report import plots
+from ablation.report.data import M, P, ReportData, artifact_bytes, collect, collect_search, sample_run
+from ablation.report.stats import holm, mean_ci, paired_effect, pareto_front, turning_point
+from ablation.study.spec import Study
+from ablation.study.tracking import Tracker
+
+MAIN_EVAL = ("eval/style/kid_rand", "eval/style/gram_rand", "eval/content/ssim_luma_blur", "eval/content/edge_f1",
+             "eval/content/pgt_psnr")
+FALLBACK = (("eval/style/kid_rand", "minimize"), ("eval/content/ssim_luma_blur", "maximize"),
+            ("loss/g/style", "minimize"), ("loss/g/content", "minimize"))
+CURVE_RUNS = ("finished", "pruned")  # diverged runs blow up the y axis; their rate has its own table
+ALPHA = 0.05
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_dir: Path,
+                 study: Study | None = None) -> Path:
+    with tempfile.TemporaryDirectory(prefix="ablate-report-") as tmp:
+        data = collect(study_name, tracker, study, Path(tmp))                 # 1. MLflow -> frames
+        metrics, metric_note = objective_metrics(data)                         # 2. what "better" means
+        colors = plots.cell_colors(data.cells)
+        effects = effect_rows(data, metrics)                                   # 3. paired stats
+        page = {
+            "name": study_name, "setup": setup_section(data), "note": metric_note,
+            "legend": [(data.label(c), colors[c]) for c in data.cells],
+            "table": trial_table(data, metrics), "effects": effects, "axes": data.axes,
+            "cells": cell_rows(data), "curves": curve_section(data, colors),
+            "scatter": scatter_section(data, colors, metrics), "samples": sample_sheet(data, tracker),
+            "search": search_section(data, storage_url) if _is_search(data) else None,
+            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        }
+        page["summary"] = summary_lines(data, effects, metrics, page["scatter"])
+    out = reports_dir / _folder_name(study_name) / "index.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(page), encoding="utf-8")
+    return out
+
+
+def render(page: dict[str, Any]) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined)  # a typo in the template fails the test, not the page
+    return env.get_template("report.html.j2").render(**page)
+
+
+def _folder_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "study"
+
+
+def _is_search(data: ReportData) -> bool:
+    return data.spec is not None and data.spec.method == "search"
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.{digits}g}" if isinstance(value, (float, np.floating)) else str(value)
+
+
+def duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "–"
+    return str(dt.timedelta(seconds=round(seconds)))
+
+
+# ---- (1) question and setup --------------------------------------------------------------------------
+def objective_metrics(data: ReportData) -> tuple[list[tuple[str, str]], str]:
+    """The objectives that were logged; without them (evaluation off) the main losses, with a note."""
+    wanted = [(o.metric, o.direction) for o in data.spec.objectives] if data.spec else []
+    present = [m for m in wanted if data.has_metric(m[0])]
+    if present or data.trials.empty:
+        return present or wanted, ""
+    fallback = [m for m in FALLBACK if data.has_metric(m[0])][:2]
+    missing = ", ".join(m for m, _ in wanted) or "no objectives"
+    if not fallback:
+        return wanted, f"No trial has logged the objectives ({missing}) yet."
+    return fallback, f"The objectives ({missing}) were not logged; using {', '.join(m for m, _ in fallback)}."
+
+
+def setup_section(data: ReportData) -> dict[str, Any]:
+    spec, cfg, tags = data.spec, data.config, data.parent_tags
+    outcomes = data.trials["outcome"].value_counts().to_dict() if not data.trials.empty else {}
+    spent = float(data.attempts["duration_s"].sum()) if not data.attempts.empty else math.nan
+    span = ((data.attempts["end_ms"].max() - data.attempts["start_ms"].min()) / 1000
+            if not data.attempts.empty and data.attempts["end_ms"].notna().any() else math.nan)
+
+    def section(name: str) -> dict[str, Any]:  # a config.yaml from an older schema may lack a section
+        return cfg[name] if isinstance(cfg.get(name), dict) else {}
+
+    return {
+        "question": spec.question if spec else "", "description": spec.description if spec else "",
+        "method": spec.method if spec else "unknown", "seeds": list(spec.seeds) if spec else [],
+        "objectives": [(o.metric, o.direction) for o in spec.objectives] if spec else [],
+        "yaml": data.study_yaml, "data": section("data"), "schedule": section("schedule"),
+        "eval": section("eval"), "steps": sorted({int(s) for s in data.trials.get("steps", []) if pd.notna(s)}),
+        "commit": tags.get("ablate.git_commit", "unknown"), "version": tags.get("ablate.version", "unknown"),
+        "outcomes": sorted(outcomes.items()), "n_trials": len(data.trials), "n_runs": len(data.attempts),
+        "wall": duration(spent), "span": duration(span),
+        "parallel": fmt(spent / span, 2) if span and math.isfinite(span) and span > 0 else "–",
+    }
+
+
+# ---- (2) trial table -----------------------------------------------------------------------------------
+def trial_table(data: ReportData, metrics: list[tuple[str, str]]) -> dict[str, Any]:
+    shown = list(dict.fromkeys([m for m, _ in metrics] + [k for k in MAIN_EVAL if data.has_metric(k)]))
+    head = ["cell", "seed", "outcome", *(p.rsplit(".", 1)[-1] for p in data.params), *shown, "run time"]
+    rows = []
+    for row in data.trials.to_dict("records"):
+        outcome = (f"diverged at step {fmt(row['diverged_step'])}" if row["outcome"] == "diverged"
+                   and pd.notna(row.get("diverged_step")) else row["outcome"])
+        cells = [(row["label"], row["label"]), (fmt(row["seed"]), row["seed"]), (outcome, outcome)]
+        cells += [(fmt(row.get(P + p)), _sort_key(row.get(P + p))) for p in data.params]
+        cells += [(fmt(row.get(M + k)), _sort_key(row.get(M + k))) for k in shown]
+        cells.append((duration(row["duration_s"]), _sort_key(row["duration_s"])))
+        rows.append({"outcome": row["outcome"], "cells": cells})
+    return {"head": head, "rows": rows}
+
+
+def _sort_key(value: Any) -> str:
+    try:
+        number = float(value)
+        return repr(number) if math.isfinite(number) else ""
+    except (TypeError, ValueError):
+        return "" if value is None else str(value)
+
+
+# ---- (3) effects and per-cell outcome rates ------------------------------------------------------------
+def effect_rows(data: ReportData, metrics: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """Each level vs its axis's baseline, paired by seed, averaged over the other axes' matching cells."""
+    done = data.trials[data.trials["outcome"] == "finished"] if not data.trials.empty else data.trials
+    rows = []
+    for axis in data.axes:
+        others = [a for a in data.axes if a is not axis]
+        for level in (lv for lv in axis.levels if lv != axis.baseline):
+            for metric, direction in metrics:
+                base, other = _per_seed(done, axis.name, axis.baseline, level, [a.name for a in others], metric)
+                rows.append({"axis": axis.short, "level": level, "baseline": axis.baseline, "metric": metric,
+                             "direction": direction, "effect": paired_effect(base, other)})
+    for row, p_holm in zip(rows, holm([r["effect"].p for r in rows])):
+        effect = row["effect"]
+        row["p_holm"] = p_holm
+        row["significant"] = math.isfinite(p_holm) and p_holm < ALPHA
+        better = (effect.mean < 0) == (row["direction"] == "minimize")
+        row["verdict"] = ("better" if better else "worse") if row["significant"] else ""
+        row["text"] = {"n": effect.n, "mean": fmt(effect.mean), "p": fmt(effect.p, 3), "p_holm": fmt(p_holm, 3),
+                       "ci": (f"[{fmt(effect.lo)}, {fmt(effect.hi)}]" if effect.has_interval else
+                              "1 seed: no interval" if effect.n == 1 else "no paired seeds")}
+    return rows
+
+
+def _per_seed(done: pd.DataFrame, axis: str, baseline: str, level: str, others: list[str], metric: str
+              ) -> tuple[dict[int, float], dict[int, float]]:
+    """Per seed: the mean over the other-axis contexts in which both the baseline and the level ran."""
+    if done.empty or M + metric not in done or P + axis not in done:
+        return {}, {}
+    context = done[[P + o for o in others]].astype(str).agg("|".join, axis=1) if others else ""
+    frame = pd.DataFrame({"ctx": context, "seed": done["seed"], "level": done[P + axis],
+                          "value": pd.to_numeric(done[M + metric], errors="coerce")})
+    frame = frame[np.isfinite(frame["value"])]
+    wide = frame.pivot_table(index=["ctx", "seed"], columns="level", values="value", aggfunc="mean")
+    if baseline not in wide or level not in wide:
+        return {}, {}
+    both = wide[[baseline, level]].dropna().groupby(level="seed").mean()
+    return both[baseline].to_dict(), both[level].to_dict()
+
+
+def cell_rows(data: ReportData) -> list[dict[str, Any]]:
+    rows = []
+    for cell, group in data.trials.groupby("cell", sort=False):
+        counts = group["outcome"].value_counts()
+        finished, diverged = int(counts.get("finished", 0)), int(counts.get("diverged", 0))
+        ran = finished + diverged + int(counts.get("pruned", 0))  # the divergence rate's base: trials that trained
+        steps = sorted(int(s) for s in group["diverged_step"].dropna())
+        rows.append({"label": data.label(cell), "trials": len(group), "finished": finished, "diverged": diverged,
+                     "other": len(group) - finished - diverged, "rate": f"{diverged / ran:.0%}" if ran else "–",
+                     "steps": ", ".join(map(str, steps)), "time": duration(float(group["duration_s"].mean()))})
+    return rows
+
+
+# ---- (4) curves -----------------------------------------------------------------------------------------
+def curve_section(data: ReportData, colors: dict[str, str]) -> dict[str, Any]:
+    runs = set(data.trials.loc[data.trials["outcome"].isin(CURVE_RUNS), "run_id"]) if not data.trials.empty else set()
+    curves = data.curves[data.curves["run_id"].isin(runs) & np.isfinite(data.curves["value"])]
+    keys = sorted(curves["key"].unique(), key=lambda k: (not k.startswith("loss/init"), k.startswith("eval/"), k))
+    figures, single, turns = [], [], {}
+    for key in keys:
+        subset = curves[curves["key"] == key]
+        if subset.groupby("run_id")["step"].nunique().max() < 2:
+            single.append(key)  # evaluated once at the end: the tables hold it
+            continue
+        bands = {cell: _band(g) for cell, g in sorted(subset.groupby("cell"), key=lambda x: data.cells.index(x[0]))}
+        marks = {}
+        if key == "loss/g/adv":
+            marks = {c: s for c, b in bands.items() if (s := turning_point(b["step"], b["mean"])) is not None}
+            turns = {data.label(c): marks.get(c) for c in bands}
+        figures.append({"key": key, "uri": plots.curve_plot(key, bands, colors, marks)})
+    return {"figures": figures, "single": single, "turns": sorted(turns.items(), key=lambda x: x[0])}
+
+
+def _band(group: pd.DataFrame) -> pd.DataFrame:
+    rows = [(step, *mean_ci(g["value"].tolist()), g["value"].size) for step, g in group.groupby("step")]
+    band = pd.DataFrame(rows, columns=["step", "mean", "lo", "hi", "n"])
+    band.loc[band["n"] < 2, ["lo", "hi"]] = math.nan  # one seed at a step: no band rather than a flat one
+    return band
+
+
+# ---- (5) style vs content --------------------------------------------------------------------------------
+def scatter_section(data: ReportData, colors: dict[str, str], metrics: list[tuple[str, str]]) -> dict[str, Any]:
+    pair = metrics[:2] if len(metrics) >= 2 else [m for m in FALLBACK if data.has_metric(m[0])][:2]
+    if len(pair) < 2:
+        return {"uri": None, "note": "Needs two logged metrics (e.g. eval/style/kid_rand and "
+                                     "eval/content/ssim_luma_blur); fewer were logged.", "front": []}
+    (x, dx), (y, dy) = pair
+    done = data.trials[data.trials["outcome"] == "finished"]
+    points = pd.DataFrame({"cell": done["cell"], "x": pd.to_numeric(done.get(M + x), errors="coerce"),
+                           "y": pd.to_numeric(done.get(M + y), errors="coerce")}).dropna()
+    if points.empty:
+        return {"uri": None, "note": "No finished trial logged both metrics.", "front": []}
+    means = points.groupby("cell", sort=False)[["x", "y"]].mean().reset_index()
+    means["front"] = pareto_front(means[["x", "y"]].to_numpy().tolist(), [dx, dy])
+    labels = {c: data.label(c) for c in means["cell"]}
+    uri = plots.scatter_plot(points, means, colors, x, y, labels, [dx, dy])
+    return {"uri": uri, "note": "", "x": x, "y": y, "front": [labels[c] for c in means.loc[means["front"], "cell"]]}
+
+
+# ---- (6) sample sheet --------------------------------------------------------------------------------------
+def sample_sheet(data: ReportData, tracker: Tracker) -> dict[str, Any]:
+    """Rows = levels of the first axis (or arms), columns = the other axes' level combinations."""
+    by_levels = {tuple(str(r.get(P + a.name)) for a in data.axes): c for c, r in
+                 data.trials.drop_duplicates("cell").set_index("cell").iterrows()} if data.axes else {}
+    if data.axes:
+        row_axis, col_axes = data.axes[0], data.axes[1:]
+        columns = list(itertools.product(*(a.levels for a in col_axes)))
+        rows = [(f"{row_axis.short}={lv}" if row_axis.name != "arm" else lv,
+                 [by_levels.get((lv, *combo)) for combo in columns]) for lv in row_axis.levels]
+        heads = [" ".join(f"{a.short}={v}" for a, v in zip(col_axes, combo)) for combo in columns]
+    else:
+        rows, heads = [(data.label(c), [c]) for c in data.cells], [""]
+    return {"heads": heads, "rows": [(title, [_sample(data, tracker, c) for c in cells]) for title, cells in rows]}
+
+
+def _sample(data: ReportData, tracker: Tracker, cell: str | None) -> dict[str, Any] | None:
+    run = sample_run(data.trials, cell) if cell is not None else None
+    if run is None:
+        return None
+    png = artifact_bytes(tracker, run["run_id"], "samples/final.png", data.workdir)
+    gif = artifact_bytes(tracker, run["run_id"], "samples/evolution.gif", data.workdir)
+    return {"label": run["label"], "seed": run["seed"], "outcome": run["outcome"],
+            "png": plots.data_uri(png, "image/png") if png else None,
+            "gif": plots.data_uri(gif, "image/gif") if gif else None}
+
+
+# ---- (7) search studies and (8) the summary -----------------------------------------------------------------
+def search_section(data: ReportData, storage_url: str) -> dict[str, Any]:
+    assert data.spec is not None
+    found = collect_search(data.name, storage_url, data.spec)
+    if not found["numbers"]:
+        return {"history": None, "importance": None, "notes": found["notes"]}
+    directions = [o.direction for o in data.spec.objectives]
+    return {"history": plots.history_plot(found["numbers"], found["values"], found["best"], directions),
+            "importance": plots.importance_plot(found["importances"]) if found["importances"] else None,
+            "importances": found["importances"], "notes": found["notes"]}
+
+
+def summary_lines(data: ReportData, effects: list[dict[str, Any]], metrics: list[tuple[str, str]],
+                  scatter: dict[str, Any]) -> list[str]:
+    lines = []
+    for row in (r for r in effects if r["significant"]):
+        e, t = row["effect"], row["text"]
+        lines.append(f"{row['axis']}={row['level']} vs {row['baseline']}: {row['metric']} is "
+                     f"{'higher' if e.mean > 0 else 'lower'} by {fmt(abs(e.mean))} (95% CI {t['ci']}, "
+                     f"Holm p = {t['p_holm']}, {e.n} seeds): {row['verdict']}.")
+    tested = sum(1 for r in effects if math.isfinite(r["p_holm"]))
+    if effects and not tested:
+        lines.append("No comparison has two or more paired finished seeds yet: nothing can be tested.")
+    elif effects and not lines:
+        lines.append(f"No level differs from its baseline at Holm-adjusted p < {ALPHA} on "
+                     f"{', '.join(m for m, _ in metrics)} ({tested} of {len(effects)} comparisons had 2+ seeds).")
+    if any(r["text"]["ci"] == "1 seed: no interval" for r in effects):
+        lines.append("Some comparisons rest on a single seed: they show a difference but no interval or test.")
+    diverged = int((data.trials["outcome"] == "diverged").sum()) if not data.trials.empty else 0
+    if diverged:
+        lines.append(f"{diverged} of {len(data.trials)} trials diverged; they are left out of effects and curves "
+                     "(rates per cell below).")
+    if scatter.get("front"):
+        lines.append(f"Pareto front ({scatter['x']} vs {scatter['y']}): {', '.join(scatter['front'])}.")
+    return lines

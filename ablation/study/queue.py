@@ -1,0 +1,152 @@
+"""Optuna as the study's work queue and record.
+
+Grid studies: the launcher enqueues one WAITING trial per missing (cell, seed); workers pop them, so no
+two workers run the same trial. Identity lives in user attrs (`trial_key`, `cell`, `seed`, `overrides`),
+never in GridSampler positions. A trial whose worker died is failed and re-queued with the same attrs
+(heartbeat on RDB storages), and resumes from the checkpoint stored under its key.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from ablation.errors import UserError, problem
+from ablation.study.spec import Study
+
+DONE_OUTCOMES = ("finished", "diverged", "pruned")
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker reports trial outcomes itself
+
+
+def directions(study: Study) -> list[str]:
+    return [o.direction for o in study.spec.objectives]
+
+
+def sampler_for(study: Study) -> optuna.samplers.BaseSampler:
+    spec = study.spec.search
+    if spec is None:
+        return optuna.samplers.RandomSampler(seed=0)  # grids only pop enqueued trials
+    samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=spec.sampler_seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=spec.sampler_seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=spec.sampler_seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=spec.sampler_seed),
+    }
+    return samplers[spec.sampler]()
+
+
+def pruner_for(study: Study) -> optuna.pruners.BasePruner:
+    name = study.spec.search.pruner if study.spec.search else "none"
+    pruners: dict[str, Callable[[], optuna.pruners.BasePruner]] = {
+        "none": optuna.pruners.NopPruner,
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3),
+        "hyperband": optuna.pruners.HyperbandPruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+    }
+    return pruners[name]()
+
+
+def open_study(study: Study, storage: RDBStorage, create: bool) -> optuna.Study:
+    name = study.spec.name
+    if create:
+        opt = optuna.create_study(study_name=name, storage=storage, directions=directions(study),
+                                  sampler=sampler_for(study), pruner=pruner_for(study), load_if_exists=True)
+        wanted = [optuna.study.StudyDirection.MINIMIZE if d == "minimize" else optuna.study.StudyDirection.MAXIMIZE
+                  for d in directions(study)]
+        if list(opt.directions) != wanted:
+            raise UserError(problem(study.path, "objectives", f"the directions the stored study {name} was created "
+                                    f"with ({[d.name.lower() for d in opt.directions]})", directions(study)))
+        return opt
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler_for(study),
+                                 pruner=pruner_for(study))
+    except KeyError:
+        raise UserError(problem("--storage", "study", f"an existing study named {name} (start it with "
+                                "`ablate run` or `ablate enqueue`)", "<not found>")) from None
+
+
+def key_of(trial: FrozenTrial) -> str | None:
+    return trial.user_attrs.get("trial_key")
+
+
+def outcome_of(trial: FrozenTrial) -> str:
+    if trial.state == TrialState.WAITING:
+        return "waiting"
+    if trial.state == TrialState.RUNNING:
+        return "running"
+    return trial.user_attrs.get("outcome", "failed" if trial.state == TrialState.FAIL else "finished")
+
+
+def latest_by_key(opt: optuna.Study) -> dict[str, FrozenTrial]:
+    """The newest trial per key: retries supersede the attempts before them."""
+    latest: dict[str, FrozenTrial] = {}
+    for trial in opt.get_trials(deepcopy=False):
+        key = key_of(trial)
+        if key is not None and (key not in latest or trial.number > latest[key].number):
+            latest[key] = trial
+    return latest
+
+
+def enqueue_missing(study: Study, opt: optuna.Study, rerun_failed: bool = False,
+                    rerun_diverged: bool = False) -> list[str]:
+    """Enqueue every (cell, seed) that is neither done nor pending. Called by one launcher only."""
+    latest = latest_by_key(opt)
+    added = []
+    for trial in study.trials:
+        previous = latest.get(trial.key)
+        if previous is not None:
+            outcome = outcome_of(previous)
+            if outcome in ("waiting", "running") or outcome in ("finished", "pruned"):
+                continue
+            if outcome == "diverged" and not rerun_diverged:
+                continue
+            if outcome == "failed" and not rerun_failed:
+                continue
+        attempt = previous.user_attrs.get("attempt", 0) + 1 if previous is not None else 1
+        opt.enqueue_trial({"cell_id": int(trial.cell.key, 16), "seed": trial.seed}, user_attrs={
+            "trial_key": trial.key, "cell": trial.cell.key, "seed": trial.seed, "label": trial.cell.label,
+            "overrides": {p: v for p, v in trial.cell.varied}, "attempt": attempt, "retries_left": study.spec.max_retries})
+        added.append(trial.key)
+    return added
+
+
+def requeue(opt: optuna.Study, trial: FrozenTrial, reason: str, consume_retry: bool) -> None:
+    """Put a trial back as WAITING with the same params and attrs (the retry keeps its identity)."""
+    attrs = dict(trial.user_attrs)
+    attrs["attempt"] = attrs.get("attempt", 1) + 1
+    attrs["retry_of"] = trial.number
+    attrs["requeue_reason"] = reason
+    attrs.pop("outcome", None)
+    attrs.pop("mlflow_run_id", None)
+    if consume_retry:
+        attrs["retries_left"] = attrs.get("retries_left", 0) - 1
+    opt.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
+                                            distributions=trial.distributions, user_attrs=attrs))
+
+
+def count_states(opt: optuna.Study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for trial in opt.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def has_waiting(opt: optuna.Study) -> bool:
+    return bool(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def has_running(opt: optuna.Study) -> bool:
+    return bool(opt.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def search_budget_left(study: Study, opt: optuna.Study) -> int:
+    """Sampled configurations still allowed (retries of earlier ones do not count)."""
+    assert study.spec.search is not None
+    originals = [t for t in opt.get_trials(deepcopy=False) if "retry_of" not in t.user_attrs
+                 and not t.user_attrs.get("spurious")]
+    return study.spec.search.n_trials - len(originals)
+
+

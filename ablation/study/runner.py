@@ -1,0 +1,257 @@
+"""`ablate run STUDY`: validate, set up tracking and the queue, enqueue what is missing, work, report.
+
+Reads top to bottom; each step is one call one level down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from ablation.study import queue, storage
+from ablation.study.lock import LocalLock
+from ablation.errors import UserError, problem
+from ablation.data.presets import prepare_demo
+from ablation.study.spec import Study, dry_run_lines, load_study
+from ablation.study.tracking import Tracker
+from ablation.gan.trainer import stop_on_signals
+from ablation.study.trial import TrialContext
+from ablation.study.worker import work
+
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    demo: bool = False
+    overrides: tuple[tuple[str, Any], ...] = ()
+    storage: str | None = None  # Optuna storage URL (default sqlite:///optuna.db)
+    tracking_uri: str | None = None  # MLflow (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)
+    trials_dir: Path = Path(os.environ.get("ABLATE_TRIALS_DIR", ".ablate/trials"))
+    artifact_root: Path = Path("mlartifacts")
+    workers: int = 1  # local worker processes (CPU)
+    devices: tuple[str, ...] = ()  # CUDA device ids: one worker each (times trials_per_device)
+    trials_per_device: int = 1
+    rerun_failed: bool = False
+    rerun_diverged: bool = False
+    report: bool = True
+    reports_dir: Path = Path("reports")
+    quiet: bool = False
+
+
+def resolve_study(path: Path, options: RunOptions) -> Study:
+    overrides = {**(prepare_demo() if options.demo else {}), **dict(options.overrides)}
+    return load_study(path, overrides, name_suffix="-demo" if options.demo else "")
+
+
+def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
+    study = resolve_study(path, options)                                  # 1. validate everything first
+    if dry_run:
+        print("\n".join(dry_run_lines(study)))
+        return 0
+    check_data_layout(study)                                              # 2. data and weights present
+    preflight_backbones(study)
+    started = time.time()
+    url = storage.storage_url(options.storage)
+    lock = LocalLock(Path(".ablate") / f"{study.spec.name}.lock") if url.startswith("sqlite") else None
+    if lock is not None and not lock.acquire():
+        raise UserError(problem(lock.path, "lock", "no other `ablate run` of this study on this machine (join "
+                                "it with `ablate worker`)", "<held by a running process>"))
+    try:
+        tracker, ctx, opt = connect(study, path, options, url, create=True)   # 3. tracking + queue, once
+        if lock is not None:
+            reap_orphans(opt, tracker)                                    # 4. trials of a dead process
+        added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
+        _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+        if options.workers > 1 or options.devices:                        # 5. work
+            code = run_worker_processes(path, options, url, tracker.uri)
+        else:
+            code = run_in_process(study, opt, ctx, options)
+        tracker.set_parent_tags(ctx.parent_run_id, {**_summary_tags(study, opt),
+                                                    "ablate.wall_s_last": f"{time.time() - started:.0f}"})
+        _say(options, f"study {study.spec.name}: {_count_line(study, opt)}")
+    finally:
+        if lock is not None:
+            lock.release()
+    if options.report and code == 0:                                      # 6. the answer
+        from ablation.report.build import build_report
+
+        out = build_report(study.spec.name, tracker, url, options.reports_dir, study)
+        _say(options, f"report: {out}")
+    return code
+
+
+def connect(study: Study, path: Path, options: RunOptions, url: str, create: bool
+            ) -> tuple[Tracker, TrialContext, optuna.Study]:
+    tracker = Tracker(options.tracking_uri, options.artifact_root)
+    experiment_id = tracker.experiment_id(study.spec.name)
+    parent_id = tracker.parent_run(experiment_id, study.spec.name, path, _provenance())
+    opt = queue.open_study(study, open_queue(url, tracker), create=create)
+    ctx = TrialContext(study.spec.name, tracker, experiment_id, parent_id, options.trials_dir)
+    return tracker, ctx, opt
+
+
+def enqueue_study(path: Path, options: RunOptions) -> int:
+    """The launcher without work: create the study and parent run once, queue the missing trials."""
+    study = resolve_study(path, options)
+    url = storage.storage_url(options.storage)
+    tracker, ctx, opt = connect(study, path, options, url, create=True)
+    added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
+    _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+    return 0
+
+
+def run_worker(path: Path, options: RunOptions) -> int:
+    """`ablate worker`: join a study created by a launcher and work until its queue is empty."""
+    study = resolve_study(path, options)
+    check_data_layout(study)
+    url = storage.storage_url(options.storage)
+    tracker, ctx, opt = connect(study, path, options, url, create=False)
+    if fraction := os.environ.get("ABLATE_MEMORY_FRACTION"):
+        import torch
+
+        if torch.cuda.is_available():  # several trials packed on one GPU: cap each process
+            torch.cuda.set_per_process_memory_fraction(float(fraction))
+    if options.quiet:
+        with stop_on_signals(ctx.stop):
+            work(study, opt, ctx)
+        return 130 if ctx.stop else 0
+    return run_in_process(study, opt, ctx, options)
+
+
+def preflight_backbones(study: Study) -> None:
+    """Load every non-random backbone once before any training: a missing weights file (or a download that
+    cannot happen offline) is an error in the study, not a failed trial per cell."""
+    from ablation.gan.backbone import build_backbone
+
+    configs = [c.config.backbone for c in study.cells] or [study.base_config.backbone]
+    seen = set()
+    for backbone in configs:
+        if backbone.weights == "random" or backbone.model_dump_json() in seen:
+            continue
+        seen.add(backbone.model_dump_json())
+        try:
+            build_backbone(backbone, 0)
+        except UserError as exc:
+            raise UserError(*(f"{study.path}: {line}" for line in exc.lines)) from None
+
+
+def check_data_layout(study: Study) -> None:
+    """Fail before any training when a dataset folder is missing, saying where and how to get it."""
+    seen = set()
+    for data in ([t.config.data for t in study.cells] if study.cells else [study.base_config.data]):
+        if data.model_dump_json() in seen:
+            continue
+        seen.add(data.model_dump_json())
+        for folder in (data.root / "train_photo", data.root / data.style / "style", data.root / "val"):
+            if not folder.is_dir() or not any(folder.iterdir()):
+                raise UserError(problem(study.path, "base.data.root", f"a dataset folder {folder} with images "
+                                        "(get one with `ablate data fetch animegan DEST` or run with --demo)",
+                                        str(data.root)))
+
+
+def open_queue(url: str, tracker: Tracker) -> Any:
+    """RDB storage with heartbeat; a stale trial's run is marked failed and the trial re-queued."""
+
+    def on_stale(opt: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if run_id := trial.user_attrs.get("mlflow_run_id"):
+            tracker.mark_abandoned(run_id, "worker stopped sending heartbeats")
+        if trial.user_attrs.get("trial_key") is not None:
+            queue.requeue(opt, trial, "worker died", consume_retry=False)
+
+    return storage.open_storage(url, storage.Heartbeat.from_env(), on_stale)
+
+
+def reap_orphans(opt: optuna.Study, tracker: Tracker) -> None:
+    """With the local lock held, every RUNNING trial belongs to a process that is gone."""
+    for trial in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        try:
+            opt._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        if run_id := trial.user_attrs.get("mlflow_run_id"):
+            tracker.mark_abandoned(run_id, "the process running it died")
+        if trial.user_attrs.get("trial_key") is not None:
+            queue.requeue(opt, trial, "process died", consume_retry=False)
+
+
+def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: RunOptions) -> int:
+    from ablation.console import make_progress
+
+    total = _total(study, opt)
+    with make_progress() as bar, stop_on_signals(ctx.stop):
+        study_task = bar.add_task("trials", total=total, completed=_done(opt), info=study.spec.name)
+        trial_task = bar.add_task("  steps", total=None, info="")
+        def on_progress(step: int, steps: int) -> None:
+            if step < (bar.tasks[trial_task].completed or 0):  # a new trial: restart its clock
+                bar.reset(trial_task)
+            bar.update(trial_task, completed=step, total=steps)
+
+        ctx.on_progress = on_progress
+        work(study, opt, ctx, on_trial_end=lambda: bar.update(study_task, completed=_done(opt), total=_total(study, opt)))
+    return 130 if ctx.stop else 0
+
+
+def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking_uri: str) -> int:
+    """One `ablate worker` process per device (x trials_per_device), or N CPU workers."""
+    slots = [(d, k) for d in options.devices for k in range(options.trials_per_device)] or \
+            [(None, k) for k in range(options.workers)]
+    procs = []
+    for device, _ in slots:
+        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, ABLATE_TRIALS_DIR=str(options.trials_dir))
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device  # each trial sees only its device
+            if options.trials_per_device > 1:
+                env["ABLATE_MEMORY_FRACTION"] = f"{0.95 / options.trials_per_device:.3f}"
+        cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path), "--storage", storage, "--quiet"]
+        cmd += ["--demo"] if options.demo else []
+        cmd += [arg for k, v in options.overrides for arg in ("--set", f"{k}={v}")]
+        procs.append(subprocess.Popen(cmd, env=env))
+    codes = [p.wait() for p in procs]
+    return next((c for c in codes if c != 0), 0)
+
+
+def _total(study: Study, opt: optuna.Study) -> int:
+    if study.spec.method == "search" and study.spec.search is not None:
+        return study.spec.search.n_trials
+    return len(study.trials)
+
+
+def _done(opt: optuna.Study) -> int:
+    return sum(1 for t in queue.latest_by_key(opt).values() if queue.outcome_of(t) in queue.DONE_OUTCOMES)
+
+
+def _count_line(study: Study, opt: optuna.Study) -> str:
+    outcomes: dict[str, int] = {}
+    for trial in queue.latest_by_key(opt).values():
+        outcomes[queue.outcome_of(trial)] = outcomes.get(queue.outcome_of(trial), 0) + 1
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) or "nothing run yet"
+    return f"{_total(study, opt)} trials ({parts})"
+
+
+def _summary_tags(study: Study, opt: optuna.Study) -> dict[str, str]:
+    outcomes = [queue.outcome_of(t) for t in queue.latest_by_key(opt).values()]
+    return {f"ablate.trials_{k}": str(outcomes.count(k)) for k in set(outcomes)}
+
+
+def _provenance() -> dict[str, str]:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {"ablate.git_commit": commit or "unknown", "ablate.host": os.uname().nodename}
+
+
+def _say(options: RunOptions, text: str) -> None:
+    if not options.quiet:
+        print(text, flush=True)

@@ -1,0 +1,150 @@
+"""Run one (cell, seed) trial: its MLflow child run, its checkpoint folder, the trainer, its artifacts.
+
+The trial folder is keyed by (cell, seed), not by the Optuna trial number, so a retry of a trial whose
+worker died finds the checkpoint and resumes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ablation.config import DataConfig, TrainConfig, to_yaml
+from ablation.gan.device import resolve_device
+from ablation.console import METRICS_FILE, MetricsFile
+from ablation.data.streams import Domains, load_domains
+from ablation.study.spec import TrialSpec
+from ablation.study.tracking import Tracker
+from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator, train
+
+TRAIN_LOG = "train.log"
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one worker shares."""
+
+    study_name: str
+    tracker: Tracker
+    experiment_id: str
+    parent_run_id: str
+    trials_dir: Path  # a path every worker can read: checkpoints and samples live here
+    stop: StopFlag = field(default_factory=StopFlag)
+    on_progress: Callable[[int, int], None] | None = None
+    domains_cache: dict[str, Domains] = field(default_factory=dict)
+    evaluator_cache: dict[str, Any] = field(default_factory=dict)
+
+    def domains(self, data: DataConfig) -> Domains:
+        """Decode a dataset once per worker process, not once per trial."""
+        key = data.model_dump_json()
+        if key not in self.domains_cache:
+            self.domains_cache = {key: load_domains(data)}  # keep one: memory, not speed, is the limit
+        return self.domains_cache[key]
+
+    def evaluator(self, config: TrainConfig) -> Any:
+        """Evaluation references depend on the data and eval settings only: compute them once."""
+        key = config.data.model_dump_json() + config.eval.model_dump_json() + config.runtime.device
+        if key not in self.evaluator_cache:
+            device = resolve_device(config.runtime)
+            self.evaluator_cache = {key: build_evaluator(config, self.domains(config.data), device)}
+        return self.evaluator_cache[key]
+
+
+@dataclass
+class TrialOutcome:
+    outcome: str  # finished | diverged | pruned | interrupted | failed
+    metrics: dict[str, float]
+    run_id: str
+    result: TrainResult | None = None
+    error: str | None = None
+
+
+def trial_dir(ctx: TrialContext, spec: TrialSpec) -> Path:
+    return ctx.trials_dir / ctx.study_name / spec.key
+
+
+def _note(path: Path, text: str) -> None:
+    with path.open("a") as handle:
+        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+
+def _replay(ctx: TrialContext, run_id: str, folder: Path, upto: int) -> None:
+    """A resumed trial gets a new run: copy the curve logged before the checkpoint into it."""
+    path = folder / METRICS_FILE
+    if not path.exists():
+        return
+    logger = ctx.tracker.metric_logger(run_id)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        if row["step"] <= upto:
+            step = row.pop("step")
+            logger.log(row, step)
+    logger.close()
+
+
+def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, params: dict[str, Any],
+              on_eval: EvalHook | None = None, on_run: Callable[[str], None] | None = None) -> TrialOutcome:
+    folder = trial_dir(ctx, spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_path = folder / "config.yaml"
+    config_path.write_text(to_yaml(spec.config))
+    checkpoint = load_checkpoint(folder / CHECKPOINT_NAME)
+    resume_step = checkpoint["step"] if checkpoint is not None else None
+    del checkpoint  # the trainer reloads it; do not hold two copies
+    run_id = ctx.tracker.start_trial_run(
+        ctx.experiment_id, ctx.parent_run_id, study=ctx.study_name, run_name=spec.run_name, cell=spec.cell.key,
+        seed=spec.seed, key=spec.key, label=spec.cell.label, params=params, optuna_number=optuna_number,
+        config_yaml=config_path)
+    if on_run is not None:
+        on_run(run_id)
+    log_path = folder / TRAIN_LOG
+    if resume_step is not None:
+        _replay(ctx, run_id, folder, resume_step)
+        _note(log_path, f"resume from step {resume_step} (optuna trial {optuna_number}, run {run_id})")
+    else:
+        _note(log_path, f"start (optuna trial {optuna_number}, run {run_id})")
+
+    metrics_file = MetricsFile(folder / METRICS_FILE, resume=resume_step is not None)
+    logger = ctx.tracker.metric_logger(run_id)
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        metrics_file.write(metrics, step)
+        logger.log(metrics, step)
+
+    try:
+        result = train(spec.config, folder, log, domains=ctx.domains(spec.config.data), resume=resume_step is not None,
+                       stop=ctx.stop, on_eval=on_eval, progress=ctx.on_progress, evaluator=ctx.evaluator(spec.config))
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc))
+        _note(log_path, f"failed: {error}")
+        _close_quietly(logger)
+        ctx.tracker.log_artifacts(run_id, [log_path, folder / METRICS_FILE], "log")
+        ctx.tracker.finish_run(run_id, "failed", {"ablate.error": f"{type(exc).__name__}: {exc}"[:7000]})
+        return TrialOutcome("failed", {}, run_id, None, error)
+
+    logger.close()
+    _note(log_path, f"{result.status_text} after {result.step}/{result.total_steps} steps")
+    ctx.tracker.log_artifacts(run_id, [log_path, folder / METRICS_FILE], "log")
+    ctx.tracker.log_artifacts(run_id, [p for k, p in result.artifacts.items() if k != "generator"], "samples")
+    if "generator" in result.artifacts:
+        ctx.tracker.log_artifacts(run_id, [result.artifacts["generator"]], "model")
+    tags = {"ablate.steps": str(result.step)}
+    if (folder / EVAL_INFO).exists():
+        tags.update(json.loads((folder / EVAL_INFO).read_text())["info"])
+        ctx.tracker.log_artifacts(run_id, [folder / EVAL_INFO], "eval")
+    if result.diverged_step is not None:
+        tags["ablate.diverged_step"] = str(result.diverged_step)
+    ctx.tracker.finish_run(run_id, result.status, tags)
+    return TrialOutcome(result.status, result.metrics, run_id, result)
+
+
+def _close_quietly(logger: Any) -> None:
+    try:
+        logger.close()
+    except Exception:  # the original error matters more than a tracking hiccup here
+        pass

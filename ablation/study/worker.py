@@ -1,0 +1,173 @@
+"""A worker: pops trials from the shared Optuna study and runs them until the queue is empty.
+
+Outcomes stay distinct: finished and diverged are COMPLETE (a diverged trial is a result, marked
+infeasible with its step); failed (an exception) is FAIL and re-queued while retries are left;
+interrupted (SIGINT/SIGTERM) is FAIL, re-queued, and the worker stops.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import sys
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from ablation.study import queue, storage
+from ablation.study.spec import Study, TrialSpec, search_cell
+from ablation.study.trial import TrialContext, TrialOutcome, run_trial
+
+CELL_ID_MAX = 2**48  # cell hashes are 12 hex digits
+SEED_MAX = 2**31 - 1
+
+
+class Interrupted(Exception):
+    """The trial stopped on a signal; it is re-queued and resumes from its checkpoint."""
+
+
+class TrialFailed(Exception):
+    """The training raised; the MLflow run already holds the traceback."""
+
+
+def objective_values(study: Study, outcome: TrialOutcome) -> list[float]:
+    values = []
+    for objective in study.spec.objectives:
+        worst = math.inf if objective.direction == "minimize" else -math.inf
+        value = outcome.metrics.get(objective.metric)
+        if outcome.outcome == "diverged" or value is None or not math.isfinite(value):
+            value = worst  # an infinite value is COMPLETE for Optuna; NaN would turn it into FAIL
+        values.append(float(value))
+    return values
+
+
+def _grid_spec(study: Study, trial: Trial) -> TrialSpec | None:
+    key = trial.user_attrs.get("trial_key")
+    if key is None:
+        return None
+    trial.suggest_int("cell_id", 0, CELL_ID_MAX)
+    seed = trial.suggest_int("seed", 0, SEED_MAX)
+    cells = {cell.key: cell for cell in study.cells}
+    cell = cells.get(trial.user_attrs["cell"])
+    if cell is None:  # the study file changed since this trial was queued: rebuild from its overrides
+        cell = search_cell(study, {k: v for k, v in trial.user_attrs["overrides"].items() if k != "arm"})
+    return TrialSpec(cell, seed, cell.config.model_copy(update={"seed": seed}))
+
+
+def _search_params(study: Study, trial: Trial) -> dict[str, Any]:
+    assert study.spec.search is not None
+    params: dict[str, Any] = {}
+    for name, p in study.spec.search.space.items():
+        if p.choices is not None:
+            params[name] = trial.suggest_categorical(name, p.choices)
+        elif p.int:
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+    return params
+
+
+def make_objective(study: Study, ctx: TrialContext, opt: optuna.Study) -> Callable[[Trial], list[float]]:
+    prune = study.spec.search is not None and study.spec.search.pruner != "none"
+    metric = study.spec.objectives[0].metric
+
+    def on_eval_for(trial: Trial) -> Callable[[dict[str, float], int], bool]:
+        def on_eval(metrics: dict[str, float], step: int) -> bool:
+            if not prune or metric not in metrics:
+                return False
+            trial.report(metrics[metric], step)
+            return trial.should_prune()
+        return on_eval
+
+    def run(trial: Trial, spec: TrialSpec, params: dict[str, Any]) -> TrialOutcome:
+        trial.set_user_attr("attempt", trial.user_attrs.get("attempt", 1))
+        outcome = run_trial(ctx, spec, optuna_number=trial.number, params=params, on_eval=on_eval_for(trial),
+                            on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        trial.set_user_attr("outcome", outcome.outcome)
+        if outcome.outcome == "interrupted":
+            raise Interrupted(spec.key)
+        if outcome.outcome == "failed":
+            trial.set_user_attr("error", (outcome.error or "")[-2000:])
+            last_line = (outcome.error or "").strip().splitlines()[-1:] or ["?"]
+            print(f"ablate: trial {spec.run_name} [{spec.key}] failed: {last_line[0][:300]} "
+                  f"(traceback in {ctx.trials_dir / ctx.study_name / spec.key / 'train.log'})", file=sys.stderr)
+            raise TrialFailed(spec.key)
+        if outcome.outcome == "diverged" and outcome.result is not None:
+            trial.set_user_attr("diverged_step", outcome.result.diverged_step)
+        return outcome
+
+    def objective(trial: Trial) -> list[float]:
+        if study.spec.method == "grid":
+            spec = _grid_spec(study, trial)
+            if spec is None:  # the queue ran dry between our check and Optuna's ask
+                trial.set_user_attr("spurious", True)
+                raise optuna.TrialPruned("no queued trial left")
+            outcome = run(trial, spec, {p: v for p, v in spec.cell.varied})
+            values = objective_values(study, outcome)
+        else:
+            params = _search_params(study, trial)
+            cell = search_cell(study, params)
+            trial.set_user_attr("cell", cell.key)
+            trial.set_user_attr("trial_key", f"search:{cell.key}")
+            results = []
+            for seed in study.spec.seeds:  # replicates of one sampled point; the objective is their mean
+                spec = TrialSpec(cell, seed, cell.config.model_copy(update={"seed": seed}))
+                results.append(run(trial, spec, params))
+                if results[-1].outcome == "pruned":
+                    raise optuna.TrialPruned()
+            per_seed = [objective_values(study, r) for r in results]
+            values = [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(study.spec.objectives))]
+            outcome = results[-1] if any(r.outcome == "diverged" for r in results) else results[0]
+        diverged = outcome.outcome == "diverged"
+        if hasattr(trial, "set_constraint"):  # Optuna 5: infeasible, so samplers learn to avoid it
+            trial.set_constraint("diverged", 1.0 if diverged else -1.0)
+        return values
+
+    return objective
+
+
+def after_trial(study: Study, stop_requested: Callable[[], bool]) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """Bounded automatic retry of failures; interrupted trials go back to the queue."""
+
+    def callback(opt: optuna.Study, trial: FrozenTrial) -> None:
+        outcome = trial.user_attrs.get("outcome")
+        if trial.state != TrialState.FAIL or trial.user_attrs.get("trial_key") is None:
+            return
+        if outcome == "interrupted":
+            queue.requeue(opt, trial, "interrupted", consume_retry=False)
+        elif outcome == "failed" and trial.user_attrs.get("retries_left", 0) > 0:
+            queue.requeue(opt, trial, "failed: automatic retry", consume_retry=True)
+        if stop_requested():
+            opt.stop()
+
+    return callback
+
+
+def work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Callable[[], None] | None = None,
+         max_trials: int | None = None) -> int:
+    """Run trials until none is left (grid) or the budget is spent (search). Returns trials run."""
+    ran = 0
+    callbacks = [after_trial(study, lambda: bool(ctx.stop))]
+    while not ctx.stop and (max_trials is None or ran < max_trials):
+        try:
+            optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
+            nothing_new = study.spec.method == "grid" or queue.search_budget_left(study, opt) <= 0
+            if nothing_new and not queue.has_waiting(opt):
+                if not queue.has_running(opt):
+                    break
+                # another worker holds the last trials: stay until they finish, so that one whose worker
+                # died (heartbeat gone stale) is picked up here instead of leaving the study incomplete
+                time.sleep(min(storage.Heartbeat.from_env().interval, 10))
+                continue
+            opt.optimize(make_objective(study, ctx, opt), n_trials=1, catch=(TrialFailed, Interrupted),
+                         callbacks=callbacks)
+        except Exception as exc:
+            # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
+            if (cause := storage.storage_failure(exc)) is None:
+                raise
+            raise storage.storage_down(opt, cause) from None
+        ran += 1
+        if on_trial_end is not None:
+            on_trial_end()
+    return ran

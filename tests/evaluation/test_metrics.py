@@ -1,0 +1,155 @@
+"""Pure metric functions against hand-computed values (reference §5)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ablation.evaluation import metrics as M
+
+
+def _image(colours: list[tuple[tuple[int, int, int], int]], width: int = 10) -> np.ndarray:
+    """An image whose rows are filled with the given colours in the given pixel counts (multiples of width)."""
+    rows = [np.tile(np.array(rgb, np.uint8), (count // width, width, 1)) for rgb, count in colours]
+    return np.concatenate(rows, axis=0)
+
+
+def _rectangle(left: int, size: int = 32) -> np.ndarray:
+    image = np.zeros((size, size, 3), np.uint8)
+    image[8:24, left:24] = 200
+    return image
+
+
+# --- KID ---
+
+def test_kid_matches_hand_computation_on_three_1d_vectors() -> None:
+    # d = 1, k(a, b) = (ab + 1)^3; x = [0, 1, 2], y = [0, 0, 1]; subset_size = n = 3, so no sampling.
+    # Σ_{i≠j} k(x_i, x_j) = 2·(k(0,1) + k(0,2) + k(1,2)) = 2·(1 + 1 + 27) = 58
+    # Σ_{i≠j} k(y_i, y_j) = 2·(k(0,0) + k(0,1) + k(0,1)) = 2·(1 + 1 + 1) = 6
+    # Σ_{i,j} k(x_i, y_j) = (1+1+1) + (1+1+8) + (1+1+27) = 42
+    # MMD² = (58 + 6) / (3·2) − 2·42 / 3² = 32/3 − 28/3 = 4/3
+    x = np.array([[0.0], [1.0], [2.0]])
+    y = np.array([[0.0], [0.0], [1.0]])
+    mean, std = M.kid(x, y, subsets=5, subset_size=3, seed=0)
+    assert mean == pytest.approx(4 / 3, abs=1e-12)
+    assert std == 0.0
+    # subset_size above n is clipped to n: the same exact answer.
+    assert M.kid(x, y, subsets=5, subset_size=100, seed=1)[0] == pytest.approx(4 / 3, abs=1e-12)
+
+
+def test_kid_near_zero_for_a_split_set_and_positive_for_a_shifted_one() -> None:
+    x = np.random.default_rng(0).normal(size=(200, 16))
+    same, same_sd = M.kid(x[:100], x[100:], subsets=20, subset_size=50, seed=0)
+    shifted, _ = M.kid(x[:100], x[100:] + 0.5, subsets=20, subset_size=50, seed=0)
+    assert abs(same) < 0.05 and same_sd > 0  # unbiased: scatters around 0, may be negative
+    assert shifted > 0.5
+    # Seeded: the same call gives the same numbers.
+    assert M.kid(x[:100], x[100:], 20, 50, 0) == (same, same_sd)
+
+
+def test_kid_rejects_mismatched_features() -> None:
+    with pytest.raises(ValueError):
+        M.kid(np.zeros((4, 3)), np.zeros((4, 2)), 1, 4, 0)
+
+
+# --- Gram distance ---
+
+def test_gram_distance_is_zero_for_equal_sets_and_scale_aware() -> None:
+    feats = [torch.rand(3, 4, 5, 5), torch.rand(3, 2, 3, 3)]
+    assert M.gram_distance(feats, feats) == pytest.approx(0.0, abs=1e-12)
+    # Features ×2 -> Grams ×4 -> ‖4G − G‖ / ‖G‖ = 3 on every layer.
+    assert M.gram_distance([2 * f for f in feats], feats) == pytest.approx(3.0, rel=1e-6)
+
+
+# --- gap closure ---
+
+def test_gap_closure_hand_values() -> None:
+    assert M.gap_closure(noop=1.0, ref=0.2, value=0.6, min_denominator=1e-3) == pytest.approx(0.5)
+    assert M.gap_closure(1.0, 0.2, 1.0, 1e-3) == pytest.approx(0.0)
+    assert M.gap_closure(1.0, 0.2, 0.2, 1e-3) == pytest.approx(1.0)
+    assert M.gap_closure(1.0, 0.2, 1.4, 1e-3) == pytest.approx(-0.5)  # worse than doing nothing
+    assert M.gap_closure(0.2, 1.0, 0.6, 1e-3) == pytest.approx(0.5)  # higher-is-closer metrics work too
+
+
+def test_gap_closure_is_missing_when_anchors_coincide() -> None:
+    assert M.gap_closure(0.5, 0.5 + 1e-5, 0.3, min_denominator=1e-3) is None
+    assert M.gap_closure(0.5, float("nan"), 0.3, min_denominator=1e-3) is None
+
+
+# --- cartoon statistics ---
+
+def test_palette95_counts_bins_covering_95_percent() -> None:
+    three = _image([((250, 10, 10), 50), ((10, 250, 10), 30), ((10, 10, 250), 20)])
+    assert M.palette95(three) == 3  # 50 + 30 = 80 % < 95 %
+    assert M.palette95(_image([((250, 10, 10), 97), ((10, 250, 10), 3)])) == 1
+    assert M.palette95(_image([((250, 10, 10), 950), ((10, 250, 10), 50)])) == 1  # exactly 95 % suffices
+    # Colours in one 32-wide bin per channel count once.
+    assert M.palette95(_image([((200, 200, 200), 50), ((210, 220, 215), 50)])) == 1
+
+
+def test_flat_fraction() -> None:
+    assert M.flat_fraction(np.full((10, 10, 3), 77, np.uint8)) == 1.0
+    step = np.zeros((10, 10, 3), np.uint8)
+    step[:, 5:] = 100  # the 3×3 Sobel sees the step in columns 4 and 5 only
+    assert M.flat_fraction(step) == pytest.approx(0.8)
+
+
+def test_saturation() -> None:
+    assert M.saturation(np.full((4, 4, 3), (255, 0, 0), np.uint8)) == 1.0
+    assert M.saturation(np.full((4, 4, 3), 128, np.uint8)) == 0.0
+    assert M.saturation(np.zeros((4, 4, 3), np.uint8)) == 0.0  # black: max = 0
+    assert M.saturation(np.full((4, 4, 3), (200, 100, 50), np.uint8)) == pytest.approx(0.75)
+
+
+def test_edge_density_and_cartoon_stats_shapes() -> None:
+    assert M.edge_density(np.zeros((16, 16, 3), np.uint8)) == 0.0
+    assert 0 < M.edge_density(_rectangle(8)) < 0.2
+    stats = M.cartoon_stats(np.stack([_rectangle(8), np.zeros((32, 32, 3), np.uint8)]))
+    assert set(stats) == {"flat", "palette", "saturation", "edges"}
+    assert all(v.shape == (2,) and v.dtype == np.float64 for v in stats.values())
+    assert stats["palette"][1] == 1 and stats["flat"][1] == 1.0
+
+
+def test_wasserstein_1d_hand_values() -> None:
+    assert M.wasserstein_1d(np.array([0.0, 1.0, 3.0]), np.array([5.0, 6.0, 8.0])) == pytest.approx(5.0)
+    assert M.wasserstein_1d(np.array([0.0]), np.array([1.0, 3.0])) == pytest.approx(2.0)
+    assert M.wasserstein_1d(np.array([2.0, 0.0]), np.array([0.0, 2.0])) == 0.0
+
+
+# --- content metrics ---
+
+def test_content_metrics_of_identity_are_one() -> None:
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    image[8:24, 8:24] = 255
+    assert M.ssim_luma_blur(image, image) == pytest.approx(1.0)
+    assert M.edge_f1(image, image) == 1.0
+    assert M.ssim_rgb(image, image) == pytest.approx(1.0)
+    assert M.psnr(image, image) == M.PSNR_MAX_DB
+
+
+def test_edge_f1_tolerates_a_one_pixel_shift_only_with_tolerance() -> None:
+    a, b = _rectangle(10), _rectangle(11)
+    assert M.edge_f1(a, b, tolerance=2) == 1.0
+    assert M.edge_f1(a, b, tolerance=0) < 0.8  # the shifted vertical edge no longer matches
+    assert M.ssim_luma_blur(a, b) < 1.0
+
+
+def test_edge_f1_empty_maps() -> None:
+    flat = np.full((16, 16, 3), 90, np.uint8)
+    assert M.edge_f1(flat, flat.copy()) == 1.0  # nothing to keep, nothing invented
+    assert M.edge_f1(flat, _rectangle(8, 16)) == 0.0
+
+
+def test_psnr_hand_value() -> None:
+    a = np.zeros((4, 4, 3), np.uint8)
+    assert M.psnr(a, a + 1) == pytest.approx(10 * math.log10(255.0 ** 2))  # MSE = 1
+
+
+def test_metrics_reject_wrong_inputs() -> None:
+    with pytest.raises(ValueError):
+        M.palette95(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError):
+        M.edge_f1(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8))

@@ -1,0 +1,93 @@
+"""ablation.report.stats against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ablation.report.stats import holm, mean_ci, paired_effect, pareto_front, turning_point
+
+T_975_DF2 = 4.302653  # t(0.975, df=2), from a table
+T_975_DF1 = 12.706205
+
+
+def test_paired_effect_diffs_1_2_3() -> None:
+    baseline = {0: 10.0, 1: 20.0, 2: 30.0}
+    level = {0: 11.0, 1: 22.0, 2: 33.0}  # differences 1, 2, 3: mean 2, sd 1
+    effect = paired_effect(baseline, level)
+    half = T_975_DF2 * 1.0 / math.sqrt(3)
+    assert effect.n == 3
+    assert effect.mean == pytest.approx(2.0)
+    assert effect.sd == pytest.approx(1.0)
+    assert effect.lo == pytest.approx(2.0 - half, abs=1e-5)
+    assert effect.hi == pytest.approx(2.0 + half, abs=1e-5)
+    # t = 2 / (1/sqrt 3) = 3.4641 on 2 df: two-sided p = 0.07418
+    assert effect.p == pytest.approx(0.07418, abs=1e-4)
+    assert not effect.single_seed and effect.has_interval
+
+
+def test_paired_effect_uses_only_shared_finite_seeds() -> None:
+    baseline = {0: 1.0, 1: 1.0, 2: 1.0, 3: float("nan")}
+    level = {0: 2.0, 1: 4.0, 3: 9.0, 4: 9.0}  # only seeds 0 and 1 pair up: diffs 1 and 3
+    effect = paired_effect(baseline, level)
+    assert effect.n == 2
+    assert effect.mean == pytest.approx(2.0)
+    assert effect.sd == pytest.approx(math.sqrt(2))
+    assert effect.hi - effect.mean == pytest.approx(T_975_DF1 * math.sqrt(2) / math.sqrt(2), abs=1e-5)
+
+
+def test_single_seed_marker() -> None:
+    effect = paired_effect({0: 1.0}, {0: 1.5})
+    assert effect.single_seed and not effect.has_interval
+    assert effect.n == 1 and effect.mean == pytest.approx(0.5)
+    assert math.isnan(effect.lo) and math.isnan(effect.p)
+    empty = paired_effect({0: 1.0}, {1: 2.0})
+    assert empty.n == 0 and math.isnan(empty.mean)
+
+
+def test_holm_hand_example() -> None:
+    # sorted 0.01, 0.02, 0.03, 0.04 -> x4, x3, x2, x1 = 0.04, 0.06, 0.06 (monotone), 0.06 (monotone)
+    adjusted = holm([0.04, 0.01, 0.03, 0.02])
+    assert adjusted == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    with_nan = holm([0.01, float("nan"), 0.04])
+    assert with_nan[0] == pytest.approx(0.02) and math.isnan(with_nan[1]) and with_nan[2] == pytest.approx(0.04)
+
+
+def test_mean_ci() -> None:
+    mean, lo, hi = mean_ci([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0)
+    assert (hi - mean) == pytest.approx(T_975_DF2 / math.sqrt(3), abs=1e-5)
+    assert lo == pytest.approx(2 * mean - hi)
+    assert mean_ci([5.0]) == (5.0, 5.0, 5.0)
+    assert all(math.isnan(v) for v in mean_ci([]))
+
+
+def test_pareto_front_hand_case() -> None:
+    # minimise x (style distance), maximise y (content similarity)
+    points = [(1.0, 0.5), (2.0, 0.9), (2.0, 0.4), (3.0, 0.9), (0.5, 0.1), (float("nan"), 1.0)]
+    # (2, .4) is dominated by (1, .5); (3, .9) by (2, .9); nan never on the front
+    assert pareto_front(points, ["minimize", "maximize"]) == [True, True, False, False, True, False]
+    assert pareto_front([(1.0, 1.0), (1.0, 1.0)], ["minimize", "minimize"]) == [True, True]  # ties stay
+
+
+def test_turning_point_v_shape() -> None:
+    steps = list(range(0, 210, 10))
+    values = [abs(s - 120) / 10.0 for s in steps]  # falls until step 120, then rises
+    assert turning_point(steps, values) == 120
+    assert turning_point(steps, values, window=1) == 120
+
+
+def test_turning_point_monotone_and_short() -> None:
+    steps = list(range(20))
+    assert turning_point(steps, [10.0 - s for s in steps]) is None  # only falls
+    assert turning_point(steps, [float(s) for s in steps]) is None  # only rises
+    assert turning_point([0, 1], [1.0, 0.0]) is None
+
+
+def test_turning_point_ignores_a_noisy_dip() -> None:
+    steps = list(range(40))
+    values = [40.0 - s for s in steps]
+    values[5] = 0.0  # one bad log point early on, the curve still only falls
+    assert turning_point(steps, values, window=9) is None

@@ -1,0 +1,228 @@
+"""Study runner on real Optuna + MLflow (SQLite in tmp_path) with tiny trials: runs, resume, extend,
+diverged outcomes, crash recovery."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from ablation.data.demo import build_demo_dataset
+from ablation.study.runner import RunOptions, run_study
+from ablation.study.tracking import Tracker
+from scale_helpers import OBJECTIVES, TINY_BASE, write_study
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
+    return root
+
+
+def options(tmp: Path) -> RunOptions:
+    return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                      trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True)
+
+
+def runs_by_status(tmp: Path, name: str) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for run in Tracker(f"sqlite:///{tmp}/mlflow.db").trial_runs(name):
+        out.setdefault(run.info.status, []).append(run)
+    return out
+
+
+def test_grid_runs_once_and_rerun_does_nothing(tmp_path: Path, data_root: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = write_study(tmp_path / "study.yaml", data_root,
+                        {"loss.style_weight": [3.0, 6.0], "loss.style_target": ["gray", "color"]}, [0, 1], "grid")
+    assert run_study(study, options(tmp_path)) == 0
+    runs = runs_by_status(tmp_path, "grid")
+    assert list(runs) == ["FINISHED"] and len(runs["FINISHED"]) == 8
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = tracker.parent_run_of("grid")
+    assert parent is not None and parent.data.tags["ablate.version"] == "0.1.0"
+    keys = set()
+    for run in runs["FINISHED"]:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["ablate.outcome"] == "finished"
+        assert params["loss.style_weight"] in ("3", "6") and params["loss.style_target"] in ("gray", "color")
+        assert params["seed"] == tags["ablate.seed"] and run.info.run_name.endswith(f"seed={params['seed']}")
+        assert "loss/g/style" in run.data.metrics and "perf/images_per_s" in run.data.metrics
+        keys.add(tags["ablate.trial_key"])
+    assert len(keys) == 8
+    one = runs["FINISHED"][0].info.run_id
+    artifacts = {f.path for d in ("samples", "log", "model", "config")
+                 for f in tracker.client.list_artifacts(one, d)}
+    assert artifacts == {"samples/final.png", "samples/evolution.gif", "log/train.log", "log/metrics.jsonl",
+                         "model/generator.pt", "config/config.yaml"}
+    history = tracker.history(one, "loss/g/total")
+    assert [step for step, _ in history] == [3, 4]
+
+    assert run_study(study, options(tmp_path)) == 0  # nothing missing: nothing runs
+    assert len(runs_by_status(tmp_path, "grid")["FINISHED"]) == 8
+    opt = optuna.load_study(study_name="grid", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert len(opt.trials) == 8
+
+
+def test_extending_the_grid_runs_only_new_cells(tmp_path: Path, data_root: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0], name="ext")
+    run_study(study, options(tmp_path))
+    first = {r.info.run_id for r in runs_by_status(tmp_path, "ext")["FINISHED"]}
+    write_study(study, data_root, {"loss.style_weight": [3.0, 9.0]}, [0, 1], name="ext")
+    run_study(study, options(tmp_path))
+    finished = runs_by_status(tmp_path, "ext")["FINISHED"]
+    assert len(finished) == 4 and first <= {r.info.run_id for r in finished}
+    new = [r for r in finished if r.info.run_id not in first]
+    assert sorted((r.data.params["loss.style_weight"], r.data.params["seed"]) for r in new) == \
+        [("3", "1"), ("9", "0"), ("9", "1")]
+
+
+def test_diverged_trial_is_a_result_and_the_study_continues(tmp_path: Path, data_root: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    # content weight 1e39 overflows float32: the very first init loss is inf
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.content_weight": [1.5, 1.0e39]}, [0], name="nan")
+    assert run_study(study, options(tmp_path)) == 0
+    runs = runs_by_status(tmp_path, "nan")["FINISHED"]
+    outcomes = {r.data.params["loss.content_weight"]: r.data.tags for r in runs}
+    assert outcomes["1.5"]["ablate.outcome"] == "finished"
+    assert outcomes["1e+39"]["ablate.outcome"] == "diverged" and outcomes["1e+39"]["ablate.diverged_step"] == "0"
+    opt = optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path}/optuna.db")
+    states = sorted((t.user_attrs["outcome"], t.state.name) for t in opt.trials)
+    assert states == [("diverged", "COMPLETE"), ("finished", "COMPLETE")]
+    diverged = next(t for t in opt.trials if t.user_attrs["outcome"] == "diverged")
+    assert diverged.values == [float("inf"), float("inf")] and diverged.user_attrs["diverged_step"] == 0
+    # re-running leaves a diverged trial alone unless asked
+    run_study(study, options(tmp_path))
+    assert len(optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 2
+    run_study(study, RunOptions(**{**options(tmp_path).__dict__, "rerun_diverged": True}))
+    assert len(optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
+
+
+def test_killed_process_resumes_without_duplicates(tmp_path: Path, data_root: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0, 6.0]}, [0], name="kill",
+                        schedule={"epochs": 6, "steps_per_epoch": 2})
+    opts = options(tmp_path)
+    cmd = [sys.executable, "-m", "ablation.cli", "run", str(study), "--storage", opts.storage, "--tracking-uri",
+           opts.tracking_uri, "--trials-dir", str(opts.trials_dir), "--no-report"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    checkpoint = None
+    while time.monotonic() < deadline and checkpoint is None:
+        found = list((tmp_path / "trials" / "kill").glob("*/checkpoint.pt"))
+        checkpoint = found[0] if found else None
+        time.sleep(0.2)
+    assert checkpoint is not None, proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint"
+    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the trial stays RUNNING
+    proc.wait()
+    killed_key = checkpoint.parent.name
+
+    assert run_study(study, opts) == 0
+    runs = Tracker(opts.tracking_uri).trial_runs("kill")
+    finished = [r for r in runs if r.info.status == "FINISHED"]
+    assert sorted(r.data.tags["ablate.trial_key"] for r in finished) == sorted({r.data.tags["ablate.trial_key"]
+                                                                                for r in runs})
+    assert len(finished) == 2
+    crashed = [r for r in runs if r.info.status == "FAILED"]
+    assert [r.data.tags["ablate.trial_key"] for r in crashed] == [killed_key]
+    assert crashed[0].data.tags["ablate.outcome"] == "crashed"
+    log = (checkpoint.parent / "train.log").read_text()
+    assert "resume from step" in log
+    resumed = next(r for r in finished if r.data.tags["ablate.trial_key"] == killed_key)
+    steps = [s for s, _ in Tracker(opts.tracking_uri).history(resumed.info.run_id, "loss/init/content")]
+    assert steps == [1, 2]  # the curve from before the kill was copied into the new run
+    opt = optuna.load_study(study_name="kill", storage=opts.storage)
+    complete = [t for t in opt.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2 and len({t.user_attrs["trial_key"] for t in complete}) == 2
+
+
+def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture) -> None:
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [1.0, 2.0, 3.0]}, [0, 1], "grid")
+    assert run_study(study, options(tmp_path), dry_run=True) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "study grid: 3 cells x 2 seeds = 6 trials" and len(out) == 7
+    assert not (tmp_path / "optuna.db").exists()  # nothing was created
+
+
+def test_search_study_runs_its_budget_and_resumes_to_it(tmp_path: Path, data_root: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    study = tmp_path / "search.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "srch", "base": base, "method": "search", "seeds": [0], "objectives": OBJECTIVES,
+        "search": {"sampler": "random", "n_trials": 3, "space": {
+            "loss.style_weight": {"low": 0.5, "high": 20.0, "log": True},
+            "loss.style_target": {"choices": ["gray", "color"]}}}}))
+    assert run_study(study, options(tmp_path)) == 0
+    opt = optuna.load_study(study_name="srch", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in opt.trials] == ["COMPLETE"] * 3
+    assert all(len(t.values) == 2 and 0.5 <= t.params["loss.style_weight"] <= 20 for t in opt.trials)
+    runs = runs_by_status(tmp_path, "srch")["FINISHED"]
+    assert sorted(int(r.data.tags["ablate.optuna_trial"]) for r in runs) == [0, 1, 2]
+    assert {r.data.params["loss.style_target"] for r in runs} <= {"gray", "color"}
+    assert run_study(study, options(tmp_path)) == 0  # the budget is spent: nothing new
+    assert len(optuna.load_study(study_name="srch", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
+
+
+def test_single_objective_search_feeds_eval_metrics_to_the_pruner(tmp_path: Path, data_root: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    base["eval"] = {"enabled": True, "image_size": 32, "kid_subsets": 4, "kid_subset_size": 4}
+    base["schedule"].update({"epochs": 3, "eval_every": 1})
+    study = tmp_path / "prune.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "prune", "base": base, "method": "search", "seeds": [0],
+        "objectives": [{"metric": "eval/style/kid_rand", "direction": "minimize"}],
+        "search": {"sampler": "tpe", "n_trials": 1, "pruner": "median",
+                   "space": {"loss.style_weight": {"low": 1.0, "high": 10.0}}}}))
+    assert run_study(study, options(tmp_path)) == 0
+    trial = optuna.load_study(study_name="prune", storage=f"sqlite:///{tmp_path}/optuna.db").trials[0]
+    assert sorted(trial.intermediate_values) == [2, 4, 6]  # one report per epoch evaluation (2 steps/epoch)
+    run = runs_by_status(tmp_path, "prune")["FINISHED"][0]
+    assert trial.values[0] == pytest.approx(run.data.metrics["eval/style/kid_rand"])
+    assert run.data.tags["eval/evaluator/rand_1001"]  # evaluator provenance is on the run
+
+
+def test_failed_trial_is_retried_once_then_left_until_asked(tmp_path: Path, data_root: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import ablation.gan.steps
+
+    monkeypatch.chdir(tmp_path)
+    real_g_step = ablation.gan.steps.g_step
+
+    def g_step_failing_for_weight_6(models, backbone, batch, targets, config):  # an injected fault
+        if config.loss.style_weight == 6.0:
+            raise RuntimeError("injected fault")
+        return real_g_step(models, backbone, batch, targets, config)
+
+    monkeypatch.setattr("ablation.gan.trainer.g_step", g_step_failing_for_weight_6)
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0, 6.0]}, [0], name="fail")
+    assert run_study(study, options(tmp_path)) == 0
+    opt = optuna.load_study(study_name="fail", storage=f"sqlite:///{tmp_path}/optuna.db")
+    by_outcome = sorted((t.user_attrs.get("outcome"), t.user_attrs.get("attempt"), t.state.name) for t in opt.trials)
+    assert by_outcome == [("failed", 1, "FAIL"), ("failed", 2, "FAIL"), ("finished", 1, "COMPLETE")]
+    runs = runs_by_status(tmp_path, "fail")
+    assert len(runs["FINISHED"]) == 1 and len(runs["FAILED"]) == 2
+    assert all(r.data.tags["ablate.error"] == "RuntimeError: injected fault" for r in runs["FAILED"])
+    run_study(study, options(tmp_path))  # failures are re-run only on request
+    assert len(optuna.load_study(study_name="fail", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
+    monkeypatch.setattr("ablation.gan.trainer.g_step", real_g_step)
+    run_study(study, RunOptions(**{**options(tmp_path).__dict__, "rerun_failed": True}))
+    assert len(runs_by_status(tmp_path, "fail")["FINISHED"]) == 2
