@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
 from ablation.errors import EXIT_USER_ERROR, UserError
+from ablation.process import configure_process
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AnimeGAN loss-weight ablations: train, run studies, report.")
@@ -18,9 +18,9 @@ app.add_typer(data_app, name="data")
 
 @app.command()
 def train(
-    config: Optional[Path] = typer.Argument(None, help="training config YAML (defaults: official AnimeGAN v1)"),
+    config: Path | None = typer.Argument(None, help="training config YAML (defaults: official AnimeGAN v1)"),
     set_: list[str] = typer.Option([], "--set", help="override a field: --set loss.style_weight=6"),
-    out: Optional[Path] = typer.Option(None, help="run folder (default runs/<config name>)"),
+    out: Path | None = typer.Option(None, help="run folder (default runs/<config name>)"),
     resume: bool = typer.Option(False, help="continue from the run folder's checkpoint"),
     print_config: bool = typer.Option(False, "--print-config", help="print the resolved config and exit"),
     demo: bool = typer.Option(False, help="embedded demo data, 64 px, a short CPU schedule"),
@@ -30,6 +30,7 @@ def train(
     from ablation.console import TrainConsole
     from ablation.data.presets import prepare_demo
     from ablation.gan.trainer import train as run_training
+    from ablation.outcomes import Outcome
 
     overrides = parse_set_options(set_)
     if demo:
@@ -42,12 +43,12 @@ def train(
     with TrainConsole(out_dir, resume) as console:
         result = run_training(cfg, out_dir, console.log, resume=resume, progress=console.progress)
     typer.echo(f"{result.status_text}: {result.step}/{result.total_steps} steps, outputs in {out_dir}")
-    if result.status == "interrupted":
+    if result.status is Outcome.INTERRUPTED:
         raise typer.Exit(130)
 
 
-def _run_options(demo: bool, set_: list[str], storage: Optional[str], tracking_uri: Optional[str],
-                 trials_dir: Optional[Path], **extra: object):
+def _run_options(demo: bool, set_: list[str], storage: str | None, tracking_uri: str | None,
+                 trials_dir: Path | None, **extra: object):
     from ablation.config import parse_set_options
     from ablation.study.runner import RunOptions
 
@@ -68,11 +69,12 @@ def run(
     demo: bool = typer.Option(False, help="demo data, small images, short schedule (CPU, minutes)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved trials and their count, then exit"),
     set_: list[str] = typer.Option([], "--set", help="override a base config field for every trial"),
-    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
-    trials_dir: Optional[Path] = typer.Option(None, help="checkpoints and samples (default .ablate/trials)"),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+    trials_dir: Path | None = typer.Option(None, envvar="ABLATE_TRIALS_DIR",
+                                            help="checkpoints and samples (default .ablate/trials)"),
     workers: int = typer.Option(1, help="local worker processes (CPU)"),
-    devices: Optional[str] = typer.Option(None, help="CUDA devices, one worker each: 0,1,2,3"),
+    devices: str | None = typer.Option(None, help="CUDA devices, one worker each: 0,1,2,3"),
     trials_per_device: int = typer.Option(1, help="pack K trials on each GPU"),
     rerun_failed: bool = typer.Option(False, help="run failed trials again"),
     rerun_diverged: bool = typer.Option(False, help="run diverged trials again"),
@@ -91,9 +93,10 @@ def run(
 @app.command()
 def worker(
     study: Path = typer.Argument(...),
-    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
-    trials_dir: Optional[Path] = typer.Option(None, help="checkpoints: a path every worker can read"),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+    trials_dir: Path | None = typer.Option(None, envvar="ABLATE_TRIALS_DIR",
+                                            help="checkpoints: a path every worker can read"),
     demo: bool = typer.Option(False),
     set_: list[str] = typer.Option([], "--set"),
     quiet: bool = typer.Option(False, help="no progress bars (for background workers)"),
@@ -107,8 +110,8 @@ def worker(
 @app.command()
 def enqueue(
     study: Path = typer.Argument(...),
-    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
     demo: bool = typer.Option(False),
     set_: list[str] = typer.Option([], "--set"),
     rerun_failed: bool = typer.Option(False),
@@ -125,8 +128,8 @@ def enqueue(
 def report(
     study: str = typer.Argument(..., help="study name or study YAML"),
     demo: bool = typer.Option(False, help="the --demo variant of the study"),
-    storage: Optional[str] = typer.Option(None, help=STORAGE_HELP),
-    tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP),
+    storage: str | None = typer.Option(None, help=STORAGE_HELP),
+    tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
     out: Path = typer.Option(Path("reports"), help="reports folder"),
 ) -> None:
     """Render reports/<study>/index.html from MLflow and the Optuna storage (no training)."""
@@ -147,20 +150,20 @@ def report(
 
 
 @app.command()
-def ui(tracking_uri: Optional[str] = typer.Option(None, help=TRACKING_HELP), port: int = typer.Option(5000)) -> None:
+def ui(tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP), port: int = typer.Option(5000)) -> None:
     """Open the MLflow UI on the study runs (mlflow ui)."""
     import subprocess
 
     from ablation.study.tracking import tracking_uri as resolve
 
-    raise typer.Exit(subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve(tracking_uri),
-                                      "--port", str(port)]))
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve(tracking_uri), "--port", str(port)]
+    raise typer.Exit(subprocess.call(command))
 
 
 @data_app.command("smooth")
 def data_smooth(style_dir: Path = typer.Argument(..., help="folder of style images (<style>/style)"),
                 size: int = typer.Option(256, help="output size (the original: 256)"),
-                out: Optional[Path] = typer.Option(None, help="default: the sibling smooth/ folder")) -> None:
+                out: Path | None = typer.Option(None, help="default: the sibling smooth/ folder")) -> None:
     """Build <style>/smooth with the original edge-smoothing algorithm."""
     from ablation.data.smooth import build_smooth_dir
 
@@ -180,8 +183,8 @@ def data_demo(out_dir: Path = typer.Argument(...), size: int = typer.Option(128)
 
 @data_app.command("fetch")
 def data_fetch(name: str = typer.Argument(..., help="dataset name, e.g. animegan"), dest: Path = typer.Argument(...),
-               url: Optional[str] = typer.Option(None, help="mirror URL"),
-               sha256: Optional[str] = typer.Option(None, help="expected SHA-256 of the archive")) -> None:
+               url: str | None = typer.Option(None, help="mirror URL"),
+               sha256: str | None = typer.Option(None, help="expected SHA-256 of the archive")) -> None:
     """Download a public dataset release (resumable, verified)."""
     from ablation.data.fetch import fetch_dataset
 
@@ -190,6 +193,7 @@ def data_fetch(name: str = typer.Argument(..., help="dataset name, e.g. animegan
 
 
 def main() -> None:
+    configure_process()  # this process is ablate's own; library imports stay side-effect free
     try:
         app(standalone_mode=False)
     except UserError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ablation.errors import UserError, from_validation_error, problem
 
 GanType = Literal["lsgan", "gan", "hinge", "wgan-gp", "wgan-lp", "dragan"]
-GAN_TYPES: tuple[str, ...] = ("lsgan", "gan", "hinge", "wgan-gp", "wgan-lp", "dragan")
+GAN_TYPES: tuple[str, ...] = get_args(GanType)
 
 
 class Frozen(BaseModel):
@@ -132,7 +132,7 @@ class TrainConfig(Frozen):
         return schedule
 
     @model_validator(mode="after")
-    def _possible_combinations(self) -> "TrainConfig":
+    def _possible_combinations(self) -> TrainConfig:
         bb = self.backbone
         if bb.arch == "mobilenet_v2" and bb.weights == "imagenet" and bb.width != 1.0:
             raise ValueError(f"backbone.weights: expected random or a local weights file for mobilenet_v2 at "
@@ -149,18 +149,6 @@ def cell_hash(config: TrainConfig) -> str:
     payload = config.model_dump(mode="json", exclude={"seed", *NON_IDENTITY_SECTIONS})
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"loss": {"style_weight": 3}} -> {"loss.style_weight": 3}."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{path}."))
-        else:
-            out[path] = value
-    return out
 
 
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -15,6 +20,51 @@ def make_progress(transient: bool = False) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                     transient=transient)
+
+
+class BarProgress:
+    """Two rich bars: trials done of the study, and the running trial's steps."""
+
+    def __init__(self, bar: Progress, name: str, total: int, done: int) -> None:
+        self.bar = bar
+        self.study_task = bar.add_task("trials", total=total, completed=done, info=name)
+        self.trial_task = bar.add_task("  steps", total=None, info="")
+
+    def step(self, step: int, steps: int) -> None:
+        if step < (self.bar.tasks[self.trial_task].completed or 0):  # a new trial: restart its clock
+            self.bar.reset(self.trial_task)
+        self.bar.update(self.trial_task, completed=step, total=steps)
+
+    def trial_done(self, line: str | None, done: int, total: int) -> None:
+        self.bar.update(self.study_task, completed=done, total=total)
+
+
+class LineProgress:
+    """One plain line per finished trial: what a log file or a pipe can show (rich bars print at the end)."""
+
+    def __init__(self, out: TextIO, name: str, total: int, done: int) -> None:
+        self.out, self.name, self.started = out, name, time.monotonic()
+        print(f"{name}: {done}/{total} trials done", file=out, flush=True)
+
+    def step(self, step: int, steps: int) -> None:
+        pass  # per-step lines would flood a log; the trial line carries the time
+
+    def trial_done(self, line: str | None, done: int, total: int) -> None:
+        if line is not None:
+            elapsed = time.monotonic() - self.started
+            print(f"[{done}/{total}] {line} [{elapsed / 60:.1f} min elapsed]", file=self.out, flush=True)
+
+
+@contextmanager
+def study_progress(name: str, total: int, done: int, out: TextIO | None = None
+                   ) -> Iterator[BarProgress | LineProgress]:
+    """Bars on a terminal, plain lines elsewhere (`ablate run ... > log.txt`, CI, a pipe)."""
+    stream = out if out is not None else sys.stdout
+    if not stream.isatty():
+        yield LineProgress(stream, name, total, done)
+        return
+    with make_progress() as bar:
+        yield BarProgress(bar, name, total, done)
 
 
 class MetricsFile:
@@ -49,7 +99,7 @@ class TrainConsole:
         self.bar = make_progress()
         self.task = self.bar.add_task("train", total=None, info="")
 
-    def __enter__(self) -> "TrainConsole":
+    def __enter__(self) -> TrainConsole:
         self.bar.start()
         return self
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ablation.gan.backbone import build_backbone
 from ablation.config import TrainConfig, with_overrides
 from ablation.data.streams import Batch
+from ablation.gan.backbone import build_backbone
 from ablation.gan.device import autocast, prepare_module, resolve_device, synchronize, to_device_layout
 from ablation.gan.steps import compute_targets, d_step, g_step, init_step
 from ablation.gan.trainer import build_models
@@ -82,11 +82,13 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(TrainConfig().runtime)
     rows = [bench(g, s, args.batch, args.repeats) for g in args.generators for s in args.sizes]
-    print(f"device: {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else platform.processor() or 'cpu'}), "
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"
+    print(f"device: {device} ({device_name}), "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, VGG19 random weights")
     print(f"{'G':>3} {'px':>5} {'init s/step':>12} {'D+G s/step':>11} {'images/s':>9}")
     for r in rows:
-        print(f"{r['generator']:>3} {r['size']:>5} {r['init_step_s']:>12.3f} {r['gan_step_s']:>11.3f} {r['images_per_s']:>9.2f}")
+        print(f"{r['generator']:>3} {r['size']:>5} {r['init_step_s']:>12.3f} {r['gan_step_s']:>11.3f} "
+              f"{r['images_per_s']:>9.2f}")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"device": str(device), "torch": torch.__version__,
                                    "threads": torch.get_num_threads(), "rows": rows}, indent=2))

@@ -1,14 +1,23 @@
-"""Shared fixtures. The service machinery lives in tests/services.py; this file only registers it."""
+"""Shared fixtures: the process settings `ablate` applies, and the service machinery (which lives in
+tests/services.py; this file only registers it)."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-
 from services import PG_MISSING_MESSAGE, MlflowServer, PostgresServer, find_postgres_bin_dir
+
+from ablation.process import configure_process
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ablate_process_settings() -> None:
+    """Library code under test runs as `ablate` runs it: with the CLI's process settings (short MLflow
+    retries, quiet Optuna). Importing ablation no longer applies them, so the test session does."""
+    configure_process()
 
 
 @pytest.fixture(scope="session")

@@ -1,15 +1,18 @@
-"""Helpers shared by tests/test_scale.py and tests/test_runner.py: tiny studies, `ablate worker` subprocesses, stores."""
+"""Helpers shared by tests/study/test_scale.py and tests/study/test_runner.py: tiny studies, `ablate worker`
+subprocesses, stores."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import optuna
 import yaml
@@ -71,10 +74,8 @@ class Proc:
 
     def kill(self) -> None:
         if self.popen.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.popen.wait()
         self._close()
 

@@ -8,6 +8,7 @@ other tests may import them directly (`from services import PostgresServer`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
@@ -20,8 +21,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from psycopg2.extensions import connection as PgConnection
@@ -363,19 +365,13 @@ class MlflowServer:
         """SIGTERM the process group, SIGKILL what is left after `timeout`. No-op when stopped."""
         proc = self.process
         if proc is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
             # the leader may be gone while workers linger in the group: kill the group regardless
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
             proc.wait(timeout=timeout)
             self.process = None
         if self._log_file is not None:

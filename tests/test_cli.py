@@ -55,3 +55,13 @@ def test_bad_study_exit_2_and_dry_run_counts(tmp_path: Path) -> None:
                                   "loss.style_weight, got <unknown>")
     out = ablate("run", str(STUDIES / "writeup.yaml"), "--dry-run", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.splitlines()[0] == "study writeup: 9 cells x 3 seeds = 27 trials"
+
+
+def test_misspelt_objective_fails_the_dry_run_in_one_line(tmp_path: Path) -> None:
+    study = tmp_path / "typo.yaml"
+    study.write_text("name: typo\naxes: {loss.style_weight: [1, 2]}\nobjectives: [{metric: eval/style/kid_rnd}]\n")
+    out = ablate("run", str(study), "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"error: {study}: objectives.0.metric: expected a logged metric key")
+    assert "eval/style/kid_rand," in line and line.endswith("got 'eval/style/kid_rnd'")

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from services import COMPOSE, COMPOSE_ESCAPE, COMPOSE_VAR, REPO, compose_strings, interpolate, load_compose
 
 ENV_EXAMPLE = REPO / ".env.example"
@@ -85,7 +84,7 @@ def command_text(cmd: str | list[str]) -> str:
 
 def test_compose_spec_has_no_version_key_and_required_services(compose: dict[str, Any]) -> None:
     assert "version" not in compose  # obsolete in the Compose spec; compose v2 warns about it
-    assert REQUIRED_SERVICES <= set(compose["services"])
+    assert set(compose["services"]) >= REQUIRED_SERVICES
 
 
 def test_every_image_is_pinned_to_an_exact_non_latest_tag(services: dict[str, dict[str, Any]]) -> None:
@@ -232,7 +231,8 @@ def test_mlflow_server_image_matches_the_client_version(services: dict[str, dict
 
 def test_every_postgres_url_names_the_psycopg2_driver(compose: dict[str, Any]) -> None:
     # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which no image here installs
-    urls = [m for value in compose_strings(compose) for m in re.findall(r"postgres(?:ql)?(?:\+\w+)?://[^\s\"']+", value)]
+    pattern = r"postgres(?:ql)?(?:\+\w+)?://[^\s\"']+"
+    urls = [m for value in compose_strings(compose) for m in re.findall(pattern, value)]
     assert len(urls) == 3, urls  # mlflow backend, dashboard, worker
     assert all(u.startswith("postgresql+psycopg2://") for u in urls), urls
 

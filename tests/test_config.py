@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ablation.config import TrainConfig, cell_hash, load_train_config, parse_set_options
 from ablation.errors import UserError
@@ -23,7 +24,7 @@ def test_defaults_are_official_animegan_v1() -> None:
 
 def test_config_is_frozen() -> None:
     cfg = TrainConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         cfg.loss.style_weight = 5.0  # type: ignore[misc]
 
 

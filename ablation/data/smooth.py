@@ -4,30 +4,19 @@ their edges, giving D a "clear edges removed" negative. Built once per style fol
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ablation.data.images import list_images
 from ablation.errors import UserError, problem
+from ablation.files import atomic_write_bytes
 
 # cv2.getGaussianKernel(5, 0) uses OpenCV's fixed table for ksize 5: [1, 4, 6, 4, 1] / 16. Integer weights keep
 # the sum exact, so the final truncation to uint8 matches the original float64 computation bit for bit.
 KERNEL_1D = np.array([1, 4, 6, 4, 1], np.int64)
 DILATE_KERNEL = np.ones((5, 5), np.uint8)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # AnimeGANv2 #40: style sets come as .jpeg too
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files of `folder`, sorted, suffix case-insensitive; [] when the folder is missing.
-
-    Lives here rather than in data.py so that smoothing and the demo build do not import torch.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def edge_mask(gray: np.ndarray) -> np.ndarray:
@@ -73,13 +62,11 @@ def _image_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
-def _write_atomic(path: Path, bgr: np.ndarray) -> None:
+def _write_image(path: Path, bgr: np.ndarray) -> None:
     ok, data = cv2.imencode(path.suffix or ".png", bgr)
     if not ok:
         raise UserError(problem(path, "<file>", "a suffix OpenCV can encode (.png, .jpg, .bmp, .webp)", path.suffix))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data.tobytes())
-    os.replace(tmp, path)  # readers (parallel workers) never see a half-written image
+    atomic_write_bytes(path, data.tobytes())  # readers (parallel workers) never see a half-written image
 
 
 def build_smooth_dir(style_dir: Path, smooth_dir: Path, image_size: int, progress: bool = True,
@@ -115,5 +102,5 @@ def build_smooth_dir(style_dir: Path, smooth_dir: Path, image_size: int, progres
         bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_LINEAR)
         gray = cv2.resize(gray, size, interpolation=cv2.INTER_LINEAR)
         rgb = np.ascontiguousarray(bgr[..., ::-1])
-        _write_atomic(smooth_dir / src.name, np.ascontiguousarray(edge_smooth(rgb, gray)[..., ::-1]))
+        _write_image(smooth_dir / src.name, np.ascontiguousarray(edge_smooth(rgb, gray)[..., ::-1]))
     return len(todo)

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from ablation.config import DataConfig
+from ablation.data.images import IMAGE_SUFFIXES, list_images, to_signed
+from ablation.data.smooth import build_smooth_dir, edge_smooth
 from ablation.errors import UserError, problem
-from ablation.data.smooth import IMAGE_SUFFIXES, build_smooth_dir, edge_smooth, list_images
 
-__all__ = ["IMAGE_SUFFIXES", "Batch", "DataStreams", "Domains", "ImageStream", "domains_from_arrays", "list_images",
-           "load_domains", "load_folder", "to_gray", "to_signed", "val_photos"]
+__all__ = ["Batch", "DataStreams", "Domains", "ImageStream", "domains_from_arrays", "load_domains", "load_folder",
+           "to_gray", "val_photos"]
 GET_DATA = "get data with `ablate data fetch animegan DEST` or run with --demo"
 
 
@@ -46,7 +47,7 @@ def load_folder(folder: Path, image_size: int, field: str) -> torch.Tensor:
     folder = Path(folder)
     files = list_images(folder)
     if not files:
-        given = "<no images (.jpg .jpeg .png .bmp .webp)>" if folder.is_dir() else "<missing folder>"
+        given = f"<no images ({' '.join(IMAGE_SUFFIXES)})>" if folder.is_dir() else "<missing folder>"
         raise UserError(problem(folder, field, f"a folder of images; {GET_DATA}", given))
     # cv2 releases the GIL while decoding, so threads give a real speed-up on thousands of JPEGs
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
@@ -60,11 +61,6 @@ def to_gray(images_u8: torch.Tensor) -> torch.Tensor:
     # cv2's 8-bit path: coefficients scaled by 2^14 and rounded, so results equal cv2.cvtColor bit for bit
     y = (4899 * x[:, 0] + 9617 * x[:, 1] + 1868 * x[:, 2] + 8192) >> 14
     return y.clamp(0, 255).to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-
-
-def to_signed(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1], as the original's `/127.5 - 1`."""
-    return images_u8.float() / 127.5 - 1.0
 
 
 @dataclass

@@ -9,7 +9,8 @@ alike when the style set is ordered by source. On construction it computes, per 
   random channels would blow up a per-dimension standardisation, reference §4.3);
 - the two anchors' metric values: no-op = the input photos scored as outputs, reference = S_anchor.
 
-`evaluate(outputs)` then returns flat MLflow keys (`eval/style/*`, `eval/stats/*`, `eval/content/*`).
+`evaluate(outputs)` then returns flat MLflow keys (`eval/style/*`, `eval/stats/*`, `eval/content/*`), every one
+an entry of `ablation.evaluation.registry` (its tests check each key emitted here against it).
 Images are uint8: torch tensors [N, 3, H, W] or numpy arrays [N, H, W, 3]; all are centre-cropped to a
 square and resized to `cfg.image_size` once, and each set is capped at `cfg.max_images`.
 """
@@ -22,18 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ablation.evaluation import metrics as M
 from ablation.config import EvalConfig
+from ablation.evaluation import metrics as M
 from ablation.evaluation.features import EfficientNetEvaluator, RandomVGGEvaluator, available_efficientnet
+from ablation.evaluation.registry import KID_RAND_PER_SEED, METRICS, anchor_key, gap_key
 
 STAT_NAMES = ("flat", "palette", "saturation", "edges")
-# Smallest |m(no-op) − m(ref)| for which a gap is logged; below it the anchors are not separated (§5.7).
-# Units are each metric's own: KID and Gram ratios are ~0.1-1 between photos and anime, flat/saturation/edges
-# are shares, palette is a bin count.
-MIN_GAP_DENOMINATOR: dict[str, float] = {
-    "kid_rand": 1e-3, "kid_eff": 1e-3, "gram_rand": 1e-3, "stats_flat": 0.01,
-    "stats_palette": 0.5, "stats_saturation": 0.01, "stats_edges": 0.002,
-}
+CPU = torch.device("cpu")  # the default device: a module constant, not a call in every signature
 SPLIT_RULE = "style_ref[0::2] = S_ref (compared with), style_ref[1::2] = S_anchor (reference anchor)"
 
 Images = torch.Tensor | np.ndarray
@@ -72,14 +68,14 @@ class _Scored:
     """One image set seen through every evaluator: scaled pooled features (per evaluator) and metrics."""
 
     feats: list[np.ndarray]
-    metrics: dict[str, float]
+    metrics: dict[str, float]  # MLflow keys: eval/style/* and eval/stats/*
 
 
 class Evaluator:
     """Scores generator outputs against a fixed style reference and their own input photos."""
 
     def __init__(self, cfg: EvalConfig, style_ref: Images, photos: Images, pseudo_targets: Images | None = None,
-                 device: torch.device = torch.device("cpu")) -> None:
+                 device: torch.device = CPU) -> None:
         self.cfg = cfg
         size, cap = cfg.image_size, cfg.max_images
         style = prepare(style_ref, size)
@@ -131,7 +127,8 @@ class Evaluator:
         """Style metrics of an image set scored as if it were the outputs (distances to S_ref)."""
         feats: list[np.ndarray] = []
         kids, subset_sds, grams = [], [], []
-        for vgg, scale, ref_feats, ref_grams in zip(self.vggs, self.scales, self._ref_feats, self._ref_grams):
+        for vgg, scale, ref_feats, ref_grams in zip(self.vggs, self.scales, self._ref_feats, self._ref_grams,
+                                                        strict=True):
             pooled, mean_grams = vgg.pooled_and_grams(images)
             feats.append(pooled / scale)
             mean, sd = self._kid(feats[-1], ref_feats, vgg.seed)
@@ -139,19 +136,19 @@ class Evaluator:
             subset_sds.append(sd)
             grams.append(M.relative_gram_distance(mean_grams, ref_grams))
         out = {
-            "kid_rand": float(np.mean(kids)),
-            "kid_rand_seed_sd": float(np.std(kids, ddof=1)) if len(kids) > 1 else 0.0,
-            "kid_rand_subset_sd": float(np.mean(subset_sds)),
-            "gram_rand": float(np.mean(grams)),
+            "eval/style/kid_rand": float(np.mean(kids)),
+            "eval/style/kid_rand_seed_sd": float(np.std(kids, ddof=1)) if len(kids) > 1 else 0.0,
+            "eval/style/kid_rand_subset_sd": float(np.mean(subset_sds)),
+            "eval/style/gram_rand": float(np.mean(grams)),
         }
-        for seed, value in zip(self.cfg.evaluator_seeds, kids):
-            out[f"kid_rand_{seed}"] = value  # per-seed values: the self-test checks each seed's ordering
+        for seed, value in zip(self.cfg.evaluator_seeds, kids, strict=True):
+            out[KID_RAND_PER_SEED.format(seed=seed)] = value  # the self-test checks each seed's ordering
         if self.effnet is not None:
-            out["kid_eff"] = self._kid(self.effnet.pooled(images) / self.eff_scale, self._ref_eff, 0)[0]
+            out["eval/style/kid_eff"] = self._kid(self.effnet.pooled(images) / self.eff_scale, self._ref_eff, 0)[0]
         stats = M.cartoon_stats(_hwc(images))
         for name in STAT_NAMES:
-            out[f"stats_{name}"] = M.wasserstein_1d(stats[name], self._ref_stats[name])
-            out[f"raw_{name}"] = float(stats[name].mean())
+            out[f"eval/style/stats_{name}"] = M.wasserstein_1d(stats[name], self._ref_stats[name])
+            out[f"eval/stats/{name}"] = float(stats[name].mean())
         return _Scored(feats, out)
 
     def _check_outputs(self, outputs: Images) -> torch.Tensor:
@@ -164,35 +161,38 @@ class Evaluator:
         """outputs[i] = G(photos[i]) -> flat MLflow metric keys (see the module docstring)."""
         out = self._check_outputs(outputs)
         scored = self._score(out)
-        result = _flatten(scored.metrics)
-        for name, floor in MIN_GAP_DENOMINATOR.items():
-            if name in scored.metrics:
-                gap = M.gap_closure(self.anchor_noop[name], self.anchor_ref[name], scored.metrics[name], floor)
+        result = dict(scored.metrics)
+        for key, value in scored.metrics.items():
+            floor = METRICS[key].gap_floor if key in METRICS else None  # per-seed family members have none
+            if floor is not None:
+                gap = M.gap_closure(self.anchor_noop[key], self.anchor_ref[key], value, floor)
                 if gap is not None:  # missing, not huge, when the anchors cannot be told apart
-                    result[f"eval/style/{name}_gap"] = gap
+                    result[gap_key(key)] = gap
         out_hwc = _hwc(out)
-        pairs = list(zip(out_hwc, self._photos_hwc))
+        pairs = list(zip(out_hwc, self._photos_hwc, strict=True))
         result["eval/content/ssim_luma_blur"] = float(np.mean([M.ssim_luma_blur(o, i) for o, i in pairs]))
         result["eval/content/edge_f1"] = float(np.mean([M.edge_f1(o, i) for o, i in pairs]))
         # The "two FIDs" protocol (§5.6): the same features, distance to the input photos instead of S_ref.
         result["eval/content/kid_photo"] = float(np.mean([
-            self._kid(f, p, vgg.seed)[0] for f, p, vgg in zip(scored.feats, self._photo_feats, self.vggs)]))
+            self._kid(f, p, vgg.seed)[0]
+            for f, p, vgg in zip(scored.feats, self._photo_feats, self.vggs, strict=True)]))
         if self._targets_hwc is not None:
-            targets = list(zip(out_hwc, self._targets_hwc))
+            targets = list(zip(out_hwc, self._targets_hwc, strict=True))
             result["eval/content/pgt_psnr"] = float(np.mean([M.psnr(o, t) for o, t in targets]))
             result["eval/content/pgt_ssim"] = float(np.mean([M.ssim_rgb(o, t) for o, t in targets]))
         return result
 
     def anchors(self) -> dict[str, float]:
-        """The anchors' own style metrics, `eval/anchor/{noop,ref}/<name>`: log once to interpret the gaps."""
-        return {f"eval/anchor/{which}/{name}": value
+        """The anchors' own style metrics, `eval/anchor/{noop,ref}/style/kid_rand` for `eval/style/kid_rand`:
+        log once to interpret the gaps."""
+        return {anchor_key(which, key): value
                 for which, values in (("noop", self.anchor_noop), ("ref", self.anchor_ref))
-                for name, value in values.items()}
+                for key, value in values.items()}
 
     def info(self) -> dict[str, str]:
         """What produced the numbers (evaluator hashes, scales, operators, set sizes): log as tags/params."""
         info = {f"eval/evaluator/rand_{v.seed}": v.weights_hash for v in self.vggs}
-        info.update({f"eval/scale/rand_{v.seed}": f"{s:.6g}" for v, s in zip(self.vggs, self.scales)})
+        info.update({f"eval/scale/rand_{v.seed}": f"{s:.6g}" for v, s in zip(self.vggs, self.scales, strict=True)})
         info["eval/evaluator/rand_arch"] = RandomVGGEvaluator.name
         if self.effnet is not None:
             info["eval/evaluator/eff"] = self.effnet.weights_hash
@@ -204,14 +204,3 @@ class Evaluator:
         info.update({"eval/n/photos": str(len(self.photos)), "eval/n/style_ref": str(len(self.s_ref)),
                      "eval/n/style_anchor": str(len(self.s_anchor)), "eval/n/size": str(self.cfg.image_size)})
         return info
-
-
-def _flatten(metrics: dict[str, float]) -> dict[str, float]:
-    """Internal metric names -> MLflow keys: raw_* statistics under eval/stats/, the rest under eval/style/."""
-    out: dict[str, float] = {}
-    for name, value in metrics.items():
-        if name.startswith("raw_"):
-            out[f"eval/stats/{name[4:]}"] = value
-        else:
-            out[f"eval/style/{name}"] = value
-    return out

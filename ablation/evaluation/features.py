@@ -21,8 +21,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from ablation.gan.backbone import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
 from ablation.evaluation.metrics import gram_matrices
+from ablation.gan.backbone import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
 
 VGG_RELU2_2 = 9  # features[:9] ends with relu2_2
 VGG_RELU3_3 = 16  # features[:16] ends with relu3_3
@@ -90,15 +90,6 @@ class RandomVGGEvaluator:
         """uint8 [N, 3, H, W] -> float64 [N, 2C]: per-channel mean and std over H×W of relu3_3."""
         return self.pooled_and_grams(images_u8)[0]
 
-    def gram_feats(self, images_u8: torch.Tensor) -> list[torch.Tensor]:
-        """uint8 [N, 3, H, W] -> [relu2_2, relu3_3] float32 CPU feature maps (for `metrics.gram_distance`)."""
-        out: list[list[torch.Tensor]] = [[], []]
-        with torch.inference_mode():
-            for batch in self._batches(images_u8):
-                for slot, feat in zip(out, self._layers(batch)):
-                    slot.append(feat.float().cpu())
-        return [torch.cat(slot) for slot in out]
-
     def pooled_and_grams(self, images_u8: torch.Tensor) -> tuple[np.ndarray, list[torch.Tensor]]:
         """One forward pass: pooled features [N, 2C] and the set-mean Gram per layer (float64 [C, C], CPU).
 
@@ -112,7 +103,7 @@ class RandomVGGEvaluator:
                 relu2_2, relu3_3 = self._layers(batch)
                 pooled.append(self._pool(relu3_3).double().cpu())
                 sums = [gram_matrices(f).sum(0).cpu() for f in (relu2_2, relu3_3)]
-                gram_sums = sums if not gram_sums else [a + b for a, b in zip(gram_sums, sums)]
+                gram_sums = sums if not gram_sums else [a + b for a, b in zip(gram_sums, sums, strict=True)]
                 count += len(batch)
         if count == 0:
             raise ValueError("expected at least one image")

@@ -85,17 +85,15 @@ def gram_matrices(feats: torch.Tensor) -> torch.Tensor:
 
 
 def relative_gram_distance(mean_grams_x: list[torch.Tensor], mean_grams_y: list[torch.Tensor]) -> float:
-    """Mean over layers of ‖Ḡ_x − Ḡ_y‖_F / ‖Ḡ_y‖_F (y is the reference); scale-free by construction."""
+    """§5.2: mean over layers of ‖Ḡ_x − Ḡ_y‖_F / ‖Ḡ_y‖_F for set-mean Grams Ḡ (y is the reference).
+
+    A ratio: scaling both sets alike leaves it unchanged, so no evaluator's feature scale enters the number.
+    """
     if len(mean_grams_x) != len(mean_grams_y) or not mean_grams_x:
         raise ValueError("relative_gram_distance: expected the same, non-zero number of layers on both sides")
-    ratios = [float(torch.linalg.norm(gx - gy) / torch.linalg.norm(gy)) for gx, gy in zip(mean_grams_x, mean_grams_y)]
+    ratios = [float(torch.linalg.norm(gx - gy) / torch.linalg.norm(gy))
+              for gx, gy in zip(mean_grams_x, mean_grams_y, strict=True)]
     return float(np.mean(ratios))
-
-
-def gram_distance(feats_x: list[torch.Tensor], feats_y: list[torch.Tensor]) -> float:
-    """§5.2: relative Frobenius distance between the set-mean Grams, averaged over layers (y = reference)."""
-    return relative_gram_distance([gram_matrices(f).mean(0) for f in feats_x],
-                                  [gram_matrices(f).mean(0) for f in feats_y])
 
 
 def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:

@@ -6,7 +6,8 @@
 
 The trunk keeps torchvision's key paths (without the `features.` prefix), so a state dict saved from the full
 torchvision model or from the trunk loads into it. Activation magnitudes differ between weights and
-preprocessings, so `describe()` and `weights_hash` exist for runs to log exactly which ones they used.
+preprocessings, so `describe()` (which includes `weights_hash`) records exactly which ones a run used: the trainer
+writes it to the run folder's backbone.json and a study tags its MLflow run with it (`ablate.backbone.*`).
 """
 
 from __future__ import annotations

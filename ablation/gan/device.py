@@ -6,7 +6,7 @@ Everything here is a no-op on CPU, so tests and laptops never need CUDA.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -68,7 +68,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        for p, flag in zip(module.parameters(), flags):
+        for p, flag in zip(module.parameters(), flags, strict=True):
             p.requires_grad_(flag)
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-LRELU_SLOPE = 0.2
+from ablation.gan.generator import LRELU_SLOPE
 
 
 class Discriminator(nn.Module):

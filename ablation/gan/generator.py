@@ -17,7 +17,7 @@ from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 NormFactory = Callable[[int], nn.Module]
 
-LRELU_SLOPE = 0.2
+LRELU_SLOPE = 0.2  # both official nets use leaky_relu(alpha=0.2); the discriminator imports it from here
 
 
 def _instance_norm(eps: float) -> NormFactory:

@@ -7,7 +7,8 @@ differences are squared and lose too much (fp16 overflows, bf16 keeps ~3 signifi
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F

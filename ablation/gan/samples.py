@@ -10,15 +10,8 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
-import torch
 
-from ablation.gan.checkpoint import atomic_write_bytes
-
-
-def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8."""
-    scaled = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return scaled.permute(0, 2, 3, 1).cpu().numpy()
+from ablation.files import atomic_write_bytes
 
 
 def tile_row(images: np.ndarray) -> np.ndarray:
@@ -55,7 +48,7 @@ def write_gif(sample_dir: Path, real_photo: np.ndarray, duration_ms: int = 400) 
 
 def write_side_by_side(sample_dir: Path, real_photo: np.ndarray, fake_anime: np.ndarray) -> Path:
     """Final PNG: one row per validation photo, input | output."""
-    rows = [np.concatenate([photo, fake], axis=1) for photo, fake in zip(real_photo, fake_anime)]
+    rows = [np.concatenate([photo, fake], axis=1) for photo, fake in zip(real_photo, fake_anime, strict=True)]
     path = sample_dir / "final.png"
     _write_png(path, np.concatenate(rows, axis=0))
     return path

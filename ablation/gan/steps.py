@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ablation.gan import losses
 from ablation.config import TrainConfig
 from ablation.data.streams import Batch
+from ablation.gan import losses
 from ablation.gan.device import frozen
 
 

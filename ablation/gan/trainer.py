@@ -13,44 +13,56 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
 
 import torch
 
+from ablation.config import TrainConfig, cell_hash, to_yaml
+from ablation.data.images import to_signed, to_uint8
+from ablation.data.streams import DataStreams, Domains, load_domains, val_photos
+from ablation.evaluation.protocol import TrialEvaluator
+from ablation.files import atomic_write_text
 from ablation.gan import samples
 from ablation.gan.backbone import build_backbone
 from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from ablation.config import TrainConfig, cell_hash, to_yaml
-from ablation.data.streams import DataStreams, Domains, load_domains, val_photos
-from ablation.gan.device import (autocast, configure_threads, maybe_compile, prepare_module, resolve_device,
-                             synchronize, to_device_layout)
+from ablation.gan.device import (
+    autocast,
+    configure_threads,
+    maybe_compile,
+    prepare_module,
+    resolve_device,
+    synchronize,
+    to_device_layout,
+)
 from ablation.gan.discriminator import build_discriminator
 from ablation.gan.generator import build_generator
 from ablation.gan.steps import TrialModels, build_optimizers, compute_targets, d_step, g_step, init_step
+from ablation.outcomes import Outcome
 
 EVAL_INFO = "eval_info.json"
+BACKBONE_INFO = "backbone.json"
 LogFn = Callable[[dict[str, float], int], None]
 # called after each evaluation with (metrics, step); returning True stops the run (pruned)
 EvalHook = Callable[[dict[str, float], int], bool]
-Status = Literal["finished", "diverged", "interrupted", "pruned"]
 
 
 @dataclass
 class TrainResult:
-    status: Status
+    status: Outcome  # one of TRAIN_STATUSES
     step: int  # steps completed
     total_steps: int
     diverged_step: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)  # last logged value of every key
     out_dir: Path = Path(".")
     artifacts: dict[str, Path] = field(default_factory=dict)
+    backbone_info: dict[str, str] = field(default_factory=dict)  # FrozenBackbone.describe(), as in backbone.json
 
     @property
     def status_text(self) -> str:
-        if self.status == "diverged":
+        if self.status is Outcome.DIVERGED:
             return f"diverged at step {self.diverged_step}"
         return self.status
 
@@ -113,7 +125,7 @@ class MetricWindow:
         keys = list(self.sums)
         means = torch.stack([self.sums[k] / self.counts[k] for k in keys]).tolist() if keys else []
         elapsed = max(time.perf_counter() - self.started, 1e-9)
-        out = dict(zip(keys, means))
+        out = dict(zip(keys, means, strict=True))
         out["perf/step_s"] = elapsed / max(self.steps, 1)
         out["perf/images_per_s"] = self.images / elapsed
         self.sums, self.counts, self.images, self.steps = {}, {}, 0, 0
@@ -131,7 +143,8 @@ class MetricWindow:
 
 def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | None = None,
           resume: bool = False, stop: StopFlag | None = None, on_eval: EvalHook | None = None,
-          progress: Callable[[int, int], None] | None = None, evaluator: Any = None) -> TrainResult:
+          progress: Callable[[int, int], None] | None = None,
+          evaluator: TrialEvaluator | None = None) -> TrainResult:
     """Train one run into `out_dir`. `domains` and `evaluator` may be passed in so that a worker decodes
     the data and computes the evaluation references once for many trials."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +159,11 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
     total_steps = config.schedule.epochs * steps_per_epoch
     init_steps = config.schedule.init_epochs * steps_per_epoch
 
-    backbone = prepare_module(build_backbone(config.backbone, config.seed), device, config.runtime)
+    frozen_backbone = build_backbone(config.backbone, config.seed)
+    # which weights the content and style losses saw: their scales differ between weights and preprocessings
+    backbone_info = frozen_backbone.describe()
+    atomic_write_text(out_dir / BACKBONE_INFO, json.dumps(backbone_info))
+    backbone = prepare_module(frozen_backbone, device, config.runtime)
     models = build_models(config, device)
     generator_fast = maybe_compile(models.generator, device, config.runtime)
     run_models = TrialModels(generator_fast, models.discriminator, models.opt_init, models.opt_g, models.opt_d)
@@ -180,7 +197,7 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
         last.update(metrics)
         log(metrics, at)
 
-    status: Status = "finished"
+    status = Outcome.FINISHED
     window.started = time.perf_counter()  # step time excludes set-up
     with stop_on_signals(stop):
         while step < total_steps:
@@ -213,7 +230,7 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
                 metrics.update(_learning_rates(models, step <= init_steps))
                 emit(metrics, step)
                 if (bad_step := int(first_bad.item())) >= 0:
-                    status = "diverged"
+                    status = Outcome.DIVERGED
                     break
             if epoch_end:
                 epoch = step // steps_per_epoch
@@ -224,17 +241,17 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
                     metrics = evaluator.evaluate(_generate(models.generator, eval_photos, device, config))
                     emit(metrics, step)
                     if on_eval is not None and on_eval(metrics, step):
-                        status = "pruned"
+                        status = Outcome.PRUNED
                         break
                 checkpoint()
             if stop:
                 checkpoint()
-                status = "interrupted"
+                status = Outcome.INTERRUPTED
                 break
 
     synchronize(device)
-    result = TrainResult(status, step, total_steps, metrics=dict(last), out_dir=out_dir)
-    if status == "diverged":
+    result = TrainResult(status, step, total_steps, metrics=dict(last), out_dir=out_dir, backbone_info=backbone_info)
+    if status is Outcome.DIVERGED:
         result.diverged_step = bad_step
     _finish_samples(result, models, val_real, val_real_hwc, sample_dir, device, config)
     return result
@@ -271,10 +288,10 @@ def _generate(generator: torch.nn.Module, photos_u8: torch.Tensor, device: torch
     """uint8 [N, 3, H, W] photos -> uint8 [N, 3, H, W] generator outputs, in eval-free chunks."""
     outs = []
     for start in range(0, photos_u8.shape[0], chunk):
-        real_photo = photos_u8[start:start + chunk].to(device).float() / 127.5 - 1
+        real_photo = to_signed(photos_u8[start:start + chunk].to(device))
         with autocast(device, config.runtime):
             fake_anime = generator(to_device_layout(real_photo, device, config.runtime))
-        outs.append(((fake_anime.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu())
+        outs.append(to_uint8(fake_anime).cpu())
     return torch.cat(outs)
 
 
@@ -292,13 +309,13 @@ def _finish_samples(result: TrainResult, models: TrialModels, val_real: torch.Te
     gif = samples.write_gif(sample_dir, val_real_hwc)
     if gif is not None:
         result.artifacts["gif"] = gif
-    if result.status == "finished":
+    if result.status is Outcome.FINISHED:
         weights = result.out_dir / "generator.pt"
         torch.save(models.generator.state_dict(), weights)
         result.artifacts["generator"] = weights
 
 
-def build_evaluator(config: TrainConfig, domains: Domains, device: torch.device) -> Any:
+def build_evaluator(config: TrainConfig, domains: Domains, device: torch.device) -> TrialEvaluator | None:
     """Held-out photos (val/) against the held-out style split; None when evaluation is off."""
     if not config.eval.enabled:
         return None

@@ -20,17 +20,21 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from ablation.evaluation import registry
+from ablation.outcomes import Outcome
 from ablation.report import plots
 from ablation.report.data import M, P, ReportData, artifact_bytes, collect, collect_search, sample_run
 from ablation.report.stats import holm, mean_ci, paired_effect, pareto_front, turning_point
 from ablation.study.spec import Study
 from ablation.study.tracking import Tracker
 
+# Trial-table columns shown whenever logged (tests check them against the metric registry).
 MAIN_EVAL = ("eval/style/kid_rand", "eval/style/gram_rand", "eval/content/ssim_luma_blur", "eval/content/edge_f1",
              "eval/content/pgt_psnr")
-FALLBACK = (("eval/style/kid_rand", "minimize"), ("eval/content/ssim_luma_blur", "maximize"),
-            ("loss/g/style", "minimize"), ("loss/g/content", "minimize"))
-CURVE_RUNS = ("finished", "pruned")  # diverged runs blow up the y axis; their rate has its own table
+# What "better" means when the objectives were not logged (evaluation off): the directions are the registry's.
+FALLBACK = tuple((k, registry.lookup(k).direction) for k in ("eval/style/kid_rand", "eval/content/ssim_luma_blur",
+                                                             "loss/g/style", "loss/g/content"))
+CURVE_RUNS = (Outcome.FINISHED, Outcome.PRUNED)  # diverged runs blow up the y axis; their rate has its own table
 ALPHA = 0.05
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -61,6 +65,7 @@ def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_di
 def render(page: dict[str, Any]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined)  # a typo in the template fails the test, not the page
+    env.globals["tip"] = registry.tooltip  # every metric name on the page explains itself from the registry
     return env.get_template("report.html.j2").render(**page)
 
 
@@ -127,7 +132,7 @@ def trial_table(data: ReportData, metrics: list[tuple[str, str]]) -> dict[str, A
     head = ["cell", "seed", "outcome", *(p.rsplit(".", 1)[-1] for p in data.params), *shown, "run time"]
     rows = []
     for row in data.trials.to_dict("records"):
-        outcome = (f"diverged at step {fmt(row['diverged_step'])}" if row["outcome"] == "diverged"
+        outcome = (f"diverged at step {fmt(row['diverged_step'])}" if row["outcome"] == Outcome.DIVERGED
                    and pd.notna(row.get("diverged_step")) else row["outcome"])
         cells = [(row["label"], row["label"]), (fmt(row["seed"]), row["seed"]), (outcome, outcome)]
         cells += [(fmt(row.get(P + p)), _sort_key(row.get(P + p))) for p in data.params]
@@ -148,7 +153,7 @@ def _sort_key(value: Any) -> str:
 # ---- (3) effects and per-cell outcome rates ------------------------------------------------------------
 def effect_rows(data: ReportData, metrics: list[tuple[str, str]]) -> list[dict[str, Any]]:
     """Each level vs its axis's baseline, paired by seed, averaged over the other axes' matching cells."""
-    done = data.trials[data.trials["outcome"] == "finished"] if not data.trials.empty else data.trials
+    done = data.trials[data.trials["outcome"] == Outcome.FINISHED] if not data.trials.empty else data.trials
     rows = []
     for axis in data.axes:
         others = [a for a in data.axes if a is not axis]
@@ -157,7 +162,7 @@ def effect_rows(data: ReportData, metrics: list[tuple[str, str]]) -> list[dict[s
                 base, other = _per_seed(done, axis.name, axis.baseline, level, [a.name for a in others], metric)
                 rows.append({"axis": axis.short, "level": level, "baseline": axis.baseline, "metric": metric,
                              "direction": direction, "effect": paired_effect(base, other)})
-    for row, p_holm in zip(rows, holm([r["effect"].p for r in rows])):
+    for row, p_holm in zip(rows, holm([r["effect"].p for r in rows]), strict=True):
         effect = row["effect"]
         row["p_holm"] = p_holm
         row["significant"] = math.isfinite(p_holm) and p_holm < ALPHA
@@ -189,8 +194,8 @@ def cell_rows(data: ReportData) -> list[dict[str, Any]]:
     rows = []
     for cell, group in data.trials.groupby("cell", sort=False):
         counts = group["outcome"].value_counts()
-        finished, diverged = int(counts.get("finished", 0)), int(counts.get("diverged", 0))
-        ran = finished + diverged + int(counts.get("pruned", 0))  # the divergence rate's base: trials that trained
+        finished, diverged = int(counts.get(Outcome.FINISHED, 0)), int(counts.get(Outcome.DIVERGED, 0))
+        ran = finished + diverged + int(counts.get(Outcome.PRUNED, 0))  # the divergence rate's base: trained trials
         steps = sorted(int(s) for s in group["diverged_step"].dropna())
         rows.append({"label": data.label(cell), "trials": len(group), "finished": finished, "diverged": diverged,
                      "other": len(group) - finished - diverged, "rate": f"{diverged / ran:.0%}" if ran else "–",
@@ -232,7 +237,7 @@ def scatter_section(data: ReportData, colors: dict[str, str], metrics: list[tupl
         return {"uri": None, "note": "Needs two logged metrics (e.g. eval/style/kid_rand and "
                                      "eval/content/ssim_luma_blur); fewer were logged.", "front": []}
     (x, dx), (y, dy) = pair
-    done = data.trials[data.trials["outcome"] == "finished"]
+    done = data.trials[data.trials["outcome"] == Outcome.FINISHED]
     points = pd.DataFrame({"cell": done["cell"], "x": pd.to_numeric(done.get(M + x), errors="coerce"),
                            "y": pd.to_numeric(done.get(M + y), errors="coerce")}).dropna()
     if points.empty:
@@ -254,7 +259,7 @@ def sample_sheet(data: ReportData, tracker: Tracker) -> dict[str, Any]:
         columns = list(itertools.product(*(a.levels for a in col_axes)))
         rows = [(f"{row_axis.short}={lv}" if row_axis.name != "arm" else lv,
                  [by_levels.get((lv, *combo)) for combo in columns]) for lv in row_axis.levels]
-        heads = [" ".join(f"{a.short}={v}" for a, v in zip(col_axes, combo)) for combo in columns]
+        heads = [" ".join(f"{a.short}={v}" for a, v in zip(col_axes, combo, strict=True)) for combo in columns]
     else:
         rows, heads = [(data.label(c), [c]) for c in data.cells], [""]
     return {"heads": heads, "rows": [(title, [_sample(data, tracker, c) for c in cells]) for title, cells in rows]}
@@ -299,7 +304,7 @@ def summary_lines(data: ReportData, effects: list[dict[str, Any]], metrics: list
                      f"{', '.join(m for m, _ in metrics)} ({tested} of {len(effects)} comparisons had 2+ seeds).")
     if any(r["text"]["ci"] == "1 seed: no interval" for r in effects):
         lines.append("Some comparisons rest on a single seed: they show a difference but no interval or test.")
-    diverged = int((data.trials["outcome"] == "diverged").sum()) if not data.trials.empty else 0
+    diverged = int((data.trials["outcome"] == Outcome.DIVERGED).sum()) if not data.trials.empty else 0
     if diverged:
         lines.append(f"{diverged} of {len(data.trials)} trials diverged; they are left out of effects and curves "
                      "(rates per cell below).")

@@ -8,9 +8,8 @@ bulk history call in its client. Artifacts are downloaded into a temporary folde
 
 from __future__ import annotations
 
+import difflib
 import math
-import os
-import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,14 +22,12 @@ import pandas as pd
 import yaml
 
 from ablation.errors import UserError, problem
+from ablation.evaluation import registry
+from ablation.outcomes import Outcome
 from ablation.study.spec import Study, StudySpec, format_value, short_name
-from ablation.study.tracking import (TAG_CELL, TAG_KEY, TAG_LABEL, TAG_OPTUNA, TAG_OUTCOME, TAG_SEED, TAG_STEP,
-                               Tracker)
+from ablation.study.tracking import TAG_CELL, TAG_KEY, TAG_LABEL, TAG_OPTUNA, TAG_OUTCOME, TAG_SEED, TAG_STEP, Tracker
 
 P, M = "params.", "metrics."  # column prefixes of the trials frame, as in mlflow.search_runs
-CURVE_PREFIXES = ("loss/", "eval/style/", "eval/content/")
-# per-evaluator-seed parts and spreads of a metric (kid_rand_1001, kid_rand_seed_sd) belong in tables, not plots
-CURVE_SKIP = re.compile(r"_(\d+|seed_sd|subset_sd)$")
 MAX_GIF_BYTES = 6_000_000  # a 101-epoch GIF at 256 px is tens of MB; the page must stay openable
 
 
@@ -68,12 +65,11 @@ class ReportData:
 
 
 def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> ReportData:
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per file floods the console
     parent = tracker.parent_run_of(name)
     runs = tracker.trial_runs(name)
     if parent is None and not runs:
         raise UserError(problem(tracker.uri, "study", f"an MLflow experiment named {name} with runs "
-                                "(run it with `ablate run`, or pass --tracking-uri)", "<not found>"))
+                                "(run it with `ablate run`, or pass --tracking-uri)", _not_found(name, tracker)))
     study_yaml = _study_yaml(tracker, parent, study, workdir)
     spec = study.spec if study is not None else _parse_spec(study_yaml)
     attempts = pd.DataFrame([_row(run) for run in runs], columns=None if runs else list(_row_columns()))
@@ -86,6 +82,16 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
     params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c != P + "seed")
     return ReportData(name, spec, study_yaml, dict(parent.data.tags) if parent else {}, trials, attempts,
                       fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params)
+
+
+def _not_found(name: str, tracker: Tracker) -> str:
+    """'<not found>', with the study a user most likely meant: the demo variant is the common case."""
+    names = tracker.study_names()
+    close = [n for n in names if n == f"{name}-demo"] or difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    if not close:
+        return "<not found>"
+    hint = " (use --demo)" if close[0] == f"{name}-demo" else ""
+    return f"<not found>; found: {close[0]}{hint}"
 
 
 def _row(run: Any) -> dict[str, Any]:
@@ -186,9 +192,10 @@ def _order(trials: pd.DataFrame, axes: list[Axis]) -> pd.DataFrame:
 
 
 def fetch_curves(tracker: Tracker, trials: pd.DataFrame, workers: int = 8) -> pd.DataFrame:
-    """Every loss and style/content eval curve of the counted runs, fetched in parallel, cached per (run, key)."""
+    """Every curve the metric registry marks as plotted, of the counted runs, fetched in parallel, cached per
+    (run, key). Per-seed parts and spreads (kid_rand_1001, kid_rand_seed_sd) are not plotted: tables hold them."""
     jobs = [(row.run_id, key, row.cell, row.seed) for row in trials.itertuples()
-            for key in row.metric_keys if key.startswith(CURVE_PREFIXES) and not CURVE_SKIP.search(key)]
+            for key in row.metric_keys if registry.plotted(key)]
     cache: dict[tuple[str, str], list[tuple[int, float]]] = {}
 
     def fetch(job: tuple[str, str, str, int]) -> None:
@@ -215,7 +222,7 @@ def _config(tracker: Tracker, trials: pd.DataFrame, workdir: Path) -> dict[str, 
 def _preferred(trials: pd.DataFrame) -> pd.DataFrame:
     if trials.empty:
         return trials
-    return trials.assign(_rank=trials["outcome"].ne("finished")).sort_values(["_rank", "seed"], kind="stable")
+    return trials.assign(_rank=trials["outcome"].ne(Outcome.FINISHED)).sort_values(["_rank", "seed"], kind="stable")
 
 
 def sample_run(trials: pd.DataFrame, cell: str) -> pd.Series | None:
@@ -261,7 +268,8 @@ def collect_search(name: str, storage_url: str, spec: StudySpec) -> dict[str, An
     try:
         with warnings.catch_warnings():  # the heartbeat argument is "experimental": noise in a report
             warnings.simplefilter("ignore")
-            opt = optuna.load_study(study_name=name, storage=storage.open_storage(storage_url, storage.Heartbeat(), None))
+            opt = optuna.load_study(study_name=name,
+                                    storage=storage.open_storage(storage_url, storage.Heartbeat(), None))
     except Exception as exc:  # wrong URL, missing study: the rest of the report still stands
         found["notes"].append(f"Optuna study {name} not loaded from the storage ({type(exc).__name__}).")
         return found

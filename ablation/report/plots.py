@@ -1,24 +1,43 @@
-"""Report figures: matplotlib (Agg) rendered to base64 PNG data URIs, so the page needs no other file."""
+"""Report figures: matplotlib rendered to base64 PNG data URIs, so the page needs no other file.
+
+Every figure is a `matplotlib.figure.Figure` drawn by the Agg canvas directly: no pyplot, so no backend is
+selected and no GUI is needed (reports are built on servers and in CI), and the report's style applies
+through `rc_context` inside each plot function, so importing or calling this module leaves the caller's
+matplotlib settings as they were.
+"""
 
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
-from typing import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import ParamSpec
 
 import matplotlib
-
-matplotlib.use("Agg")  # headless: reports are built on servers and in CI
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.colors
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DPI = 96
-plt.rcParams.update({"font.size": 8, "axes.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False,
-                     "text.usetex": False, "axes.formatter.useoffset": False})
+STYLE = {"font.size": 8, "axes.titlesize": 9, "axes.spines.top": False, "axes.spines.right": False,
+         "text.usetex": False, "axes.formatter.useoffset": False}
+
+P = ParamSpec("P")
+
+
+def styled(plot: Callable[P, str]) -> Callable[P, str]:
+    """Draw and save the figure under the report style; the caller's rcParams are restored afterwards."""
+
+    @functools.wraps(plot)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> str:
+        with matplotlib.rc_context(STYLE):  # rcParams are read both when artists are made and when drawn
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def data_uri(data: bytes, mime: str) -> str:
@@ -27,8 +46,8 @@ def data_uri(data: bytes, mime: str) -> str:
 
 def figure_uri(fig: Figure) -> str:
     buffer = io.BytesIO()
+    FigureCanvasAgg(fig)  # attaches itself to the figure: PNG without any backend or pyplot figure manager
     fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
     return data_uri(buffer.getvalue(), "image/png")
 
 
@@ -40,15 +59,17 @@ def plain(text: str) -> str:
 def cell_colors(cells: Sequence[str]) -> dict[str, str]:
     """One stable colour per cell: tab10 for up to 10 cells, tab20 up to 20, then an evenly spaced map."""
     n = len(cells)
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20" if n <= 20 else "turbo"]
     positions = range(n) if n <= 20 else [i / max(n - 1, 1) for i in range(n)]
-    return {cell: matplotlib.colors.to_hex(cmap(p)) for cell, p in zip(cells, positions)}
+    return {cell: matplotlib.colors.to_hex(cmap(p)) for cell, p in zip(cells, positions, strict=True)}
 
 
+@styled
 def curve_plot(key: str, bands: Mapping[str, pd.DataFrame], colors: Mapping[str, str],
                marks: Mapping[str, int] | None = None) -> str:
     """Mean over seeds per cell with its t-band; `marks` draws a dashed line at a step per cell."""
-    fig, ax = plt.subplots(figsize=(4.4, 2.7))
+    fig = Figure(figsize=(4.4, 2.7))
+    ax = fig.subplots()
     for cell, band in bands.items():
         color = colors[cell]
         ax.plot(band["step"], band["mean"], color=color, lw=1.3, marker="o" if len(band) < 4 else None, ms=3)
@@ -67,12 +88,14 @@ def curve_plot(key: str, bands: Mapping[str, pd.DataFrame], colors: Mapping[str,
     return figure_uri(fig)
 
 
+@styled
 def scatter_plot(trials: pd.DataFrame, means: pd.DataFrame, colors: Mapping[str, str], x: str, y: str,
                  labels: Mapping[str, str], directions: Sequence[str]) -> str:
     """Trials as small dots, cell means with their label; the Pareto front (column `front`) outlined."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.subplots()
     for row in trials.itertuples():
-        ax.scatter(getattr(row, "x"), getattr(row, "y"), s=14, color=colors[row.cell], alpha=0.45, lw=0)
+        ax.scatter(row.x, row.y, s=14, color=colors[row.cell], alpha=0.45, lw=0)
     front = means[means["front"]].sort_values("x")
     if len(front) > 1:
         ax.plot(front["x"], front["y"], color="black", lw=1, ls="--", zorder=1, label="Pareto front")
@@ -90,12 +113,15 @@ def scatter_plot(trials: pd.DataFrame, means: pd.DataFrame, colors: Mapping[str,
     return figure_uri(fig)
 
 
+@styled
 def history_plot(numbers: Sequence[int], values: Mapping[str, Sequence[float]], best: Sequence[bool],
                  directions: Sequence[str]) -> str:
     """Objective value per Optuna trial; best-so-far for one objective, best trials ringed for several."""
-    fig, axes = plt.subplots(1, len(values), figsize=(4.2 * len(values), 2.8), squeeze=False, layout="constrained")
-    for ax, (name, series), direction in zip(axes[0], values.items(), directions):
-        finite = [(n, v, b) for n, v, b in zip(numbers, series, best) if v is not None and math.isfinite(v)]
+    fig = Figure(figsize=(4.2 * len(values), 2.8), layout="constrained")
+    axes = fig.subplots(1, len(values), squeeze=False)
+    for ax, (name, series), direction in zip(axes[0], values.items(), directions, strict=True):
+        finite = [(n, v, b) for n, v, b in zip(numbers, series, best, strict=True)
+                  if v is not None and math.isfinite(v)]
         ax.scatter([n for n, _, _ in finite], [v for _, v, _ in finite], s=14, color="#1f77b4")
         ringed = [(n, v) for n, v, b in finite if b]
         ax.scatter([n for n, _ in ringed], [v for _, v in ringed], s=60, facecolor="none", edgecolor="#d62728",
@@ -112,12 +138,13 @@ def history_plot(numbers: Sequence[int], values: Mapping[str, Sequence[float]], 
     return figure_uri(fig)
 
 
+@styled
 def importance_plot(importances: Mapping[str, Mapping[str, float]]) -> str:
     """Horizontal bars per objective (Optuna's evaluator gives no uncertainty; the page says so)."""
     height = 1.7 + 0.35 * max(len(scores) for scores in importances.values())
-    fig, axes = plt.subplots(1, len(importances), figsize=(4.6 * len(importances), height), squeeze=False,
-                             layout="constrained")
-    for ax, (name, scores) in zip(axes[0], importances.items()):
+    fig = Figure(figsize=(4.6 * len(importances), height), layout="constrained")
+    axes = fig.subplots(1, len(importances), squeeze=False)
+    for ax, (name, scores) in zip(axes[0], importances.items(), strict=True):
         params = list(scores)[::-1]
         ax.barh([plain(p) for p in params], [scores[p] for p in params], color="#2ca02c")
         ax.set_title(plain(name))

@@ -7,8 +7,8 @@ about 2.2x too narrow. Nothing here touches MLflow, pandas or plotting, so it is
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -54,10 +54,8 @@ def paired_effect(baseline: Mapping[Hashable, float], level: Mapping[Hashable, f
         return Effect(1, mean, math.nan, math.nan, math.nan, math.nan)
     sd = float(diffs.std(ddof=1))
     half = float(sps.t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
-    if sd == 0.0:  # identical differences: the t statistic is undefined; p is 0 unless there is no effect
-        p = 1.0 if mean == 0.0 else 0.0
-    else:
-        p = float(2 * sps.t.sf(abs(mean) / (sd / math.sqrt(n)), df=n - 1))
+    # identical differences: the t statistic is undefined; p is 0 unless there is no effect
+    p = (1.0 if mean == 0.0 else 0.0) if sd == 0.0 else float(2 * sps.t.sf(abs(mean) / (sd / math.sqrt(n)), df=n - 1))
     return Effect(n, mean, sd, mean - half, mean + half, p)
 
 
@@ -113,7 +111,7 @@ def turning_point(steps: Sequence[int], values: Sequence[float], window: int | N
     None when the smoothed minimum sits at either end, i.e. the curve only falls or only rises. Smoothing
     keeps single noisy log points from being reported as the turn.
     """
-    pairs = [(s, v) for s, v in sorted(zip(steps, values)) if _finite(v)]
+    pairs = [(s, v) for s, v in sorted(zip(steps, values, strict=False)) if _finite(v)]
     if len(pairs) < 3:
         return None
     window = window or max(1, (len(pairs) // 8) | 1)  # odd, about an eighth of the curve

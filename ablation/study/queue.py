@@ -8,17 +8,15 @@ never in GridSampler positions. A trial whose worker died is failed and re-queue
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from ablation.errors import UserError, problem
+from ablation.outcomes import Outcome
 from ablation.study.spec import Study
-
-DONE_OUTCOMES = ("finished", "diverged", "pruned")
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # the worker reports trial outcomes itself
 
 
 def directions(study: Study) -> list[str]:
@@ -72,12 +70,13 @@ def key_of(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get("trial_key")
 
 
-def outcome_of(trial: FrozenTrial) -> str:
+def outcome_of(trial: FrozenTrial) -> Outcome:
     if trial.state == TrialState.WAITING:
-        return "waiting"
+        return Outcome.WAITING
     if trial.state == TrialState.RUNNING:
-        return "running"
-    return trial.user_attrs.get("outcome", "failed" if trial.state == TrialState.FAIL else "finished")
+        return Outcome.RUNNING
+    default = Outcome.FAILED if trial.state == TrialState.FAIL else Outcome.FINISHED
+    return Outcome(trial.user_attrs.get("outcome", default))
 
 
 def latest_by_key(opt: optuna.Study) -> dict[str, FrozenTrial]:
@@ -99,16 +98,17 @@ def enqueue_missing(study: Study, opt: optuna.Study, rerun_failed: bool = False,
         previous = latest.get(trial.key)
         if previous is not None:
             outcome = outcome_of(previous)
-            if outcome in ("waiting", "running") or outcome in ("finished", "pruned"):
+            if outcome.pending or outcome in (Outcome.FINISHED, Outcome.PRUNED):
                 continue
-            if outcome == "diverged" and not rerun_diverged:
+            if outcome is Outcome.DIVERGED and not rerun_diverged:
                 continue
-            if outcome == "failed" and not rerun_failed:
+            if outcome is Outcome.FAILED and not rerun_failed:
                 continue
         attempt = previous.user_attrs.get("attempt", 0) + 1 if previous is not None else 1
         opt.enqueue_trial({"cell_id": int(trial.cell.key, 16), "seed": trial.seed}, user_attrs={
             "trial_key": trial.key, "cell": trial.cell.key, "seed": trial.seed, "label": trial.cell.label,
-            "overrides": {p: v for p, v in trial.cell.varied}, "attempt": attempt, "retries_left": study.spec.max_retries})
+            "overrides": dict(trial.cell.varied), "attempt": attempt,
+            "retries_left": study.spec.max_retries})
         added.append(trial.key)
     return added
 
@@ -125,13 +125,6 @@ def requeue(opt: optuna.Study, trial: FrozenTrial, reason: str, consume_retry: b
         attrs["retries_left"] = attrs.get("retries_left", 0) - 1
     opt.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
                                             distributions=trial.distributions, user_attrs=attrs))
-
-
-def count_states(opt: optuna.Study) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for trial in opt.get_trials(deepcopy=False):
-        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-    return counts
 
 
 def has_waiting(opt: optuna.Study) -> bool:

@@ -9,24 +9,23 @@ import os
 import subprocess
 import sys
 import time
-import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
+from ablation.data.presets import prepare_demo
+from ablation.errors import UserError, problem
+from ablation.gan.trainer import stop_on_signals
+from ablation.outcomes import Outcome
 from ablation.study import queue, storage
 from ablation.study.lock import LocalLock
-from ablation.errors import UserError, problem
-from ablation.data.presets import prepare_demo
 from ablation.study.spec import Study, dry_run_lines, load_study
 from ablation.study.tracking import Tracker
-from ablation.gan.trainer import stop_on_signals
 from ablation.study.trial import TrialContext
 from ablation.study.worker import work
-
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class RunOptions:
     overrides: tuple[tuple[str, Any], ...] = ()
     storage: str | None = None  # Optuna storage URL (default sqlite:///optuna.db)
     tracking_uri: str | None = None  # MLflow (default MLFLOW_TRACKING_URI or sqlite:///mlflow.db)
-    trials_dir: Path = Path(os.environ.get("ABLATE_TRIALS_DIR", ".ablate/trials"))
+    trials_dir: Path = Path(".ablate/trials")  # the CLI reads $ABLATE_TRIALS_DIR; library calls pass it
     artifact_root: Path = Path("mlartifacts")
     workers: int = 1  # local worker processes (CPU)
     devices: tuple[str, ...] = ()  # CUDA device ids: one worker each (times trials_per_device)
@@ -66,7 +65,7 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
         raise UserError(problem(lock.path, "lock", "no other `ablate run` of this study on this machine (join "
                                 "it with `ablate worker`)", "<held by a running process>"))
     try:
-        tracker, ctx, opt = connect(study, path, options, url, create=True)   # 3. tracking + queue, once
+        tracker, ctx, opt = connect(study, path, options, create=True)    # 3. tracking + queue, once
         if lock is not None:
             reap_orphans(opt, tracker)                                    # 4. trials of a dead process
         added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
@@ -75,7 +74,7 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
             code = run_worker_processes(path, options, url, tracker.uri)
         else:
             code = run_in_process(study, opt, ctx, options)
-        tracker.set_parent_tags(ctx.parent_run_id, {**_summary_tags(study, opt),
+        tracker.set_parent_tags(ctx.parent_run_id, {**_summary_tags(opt),
                                                     "ablate.wall_s_last": f"{time.time() - started:.0f}"})
         _say(options, f"study {study.spec.name}: {_count_line(study, opt)}")
     finally:
@@ -89,8 +88,10 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     return code
 
 
-def connect(study: Study, path: Path, options: RunOptions, url: str, create: bool
+def connect(study: Study, path: Path, options: RunOptions, create: bool
             ) -> tuple[Tracker, TrialContext, optuna.Study]:
+    """The study's MLflow experiment and parent run, and its Optuna queue (created by launchers only)."""
+    url = storage.storage_url(options.storage)
     tracker = Tracker(options.tracking_uri, options.artifact_root)
     experiment_id = tracker.experiment_id(study.spec.name)
     parent_id = tracker.parent_run(experiment_id, study.spec.name, path, _provenance())
@@ -102,8 +103,7 @@ def connect(study: Study, path: Path, options: RunOptions, url: str, create: boo
 def enqueue_study(path: Path, options: RunOptions) -> int:
     """The launcher without work: create the study and parent run once, queue the missing trials."""
     study = resolve_study(path, options)
-    url = storage.storage_url(options.storage)
-    tracker, ctx, opt = connect(study, path, options, url, create=True)
+    tracker, ctx, opt = connect(study, path, options, create=True)
     added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
     _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
     return 0
@@ -113,8 +113,7 @@ def run_worker(path: Path, options: RunOptions) -> int:
     """`ablate worker`: join a study created by a launcher and work until its queue is empty."""
     study = resolve_study(path, options)
     check_data_layout(study)
-    url = storage.storage_url(options.storage)
-    tracker, ctx, opt = connect(study, path, options, url, create=False)
+    tracker, ctx, opt = connect(study, path, options, create=False)
     if fraction := os.environ.get("ABLATE_MEMORY_FRACTION"):
         import torch
 
@@ -184,20 +183,35 @@ def reap_orphans(opt: optuna.Study, tracker: Tracker) -> None:
 
 
 def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: RunOptions) -> int:
-    from ablation.console import make_progress
+    from ablation.console import study_progress
 
-    total = _total(study, opt)
-    with make_progress() as bar, stop_on_signals(ctx.stop):
-        study_task = bar.add_task("trials", total=total, completed=_done(opt), info=study.spec.name)
-        trial_task = bar.add_task("  steps", total=None, info="")
-        def on_progress(step: int, steps: int) -> None:
-            if step < (bar.tasks[trial_task].completed or 0):  # a new trial: restart its clock
-                bar.reset(trial_task)
-            bar.update(trial_task, completed=step, total=steps)
+    # bars on a terminal; one plain line per finished trial in a file or pipe, where bars show nothing
+    with study_progress(study.spec.name, _total(study, opt), _done(opt)) as progress, stop_on_signals(ctx.stop):
+        ctx.on_progress = progress.step
 
-        ctx.on_progress = on_progress
-        work(study, opt, ctx, on_trial_end=lambda: bar.update(study_task, completed=_done(opt), total=_total(study, opt)))
+        def on_trial_end(trial: optuna.trial.FrozenTrial | None) -> None:
+            real = trial is not None and not trial.user_attrs.get("spurious")  # not an empty-queue ask
+            progress.trial_done(trial_line(study, trial) if real else None, _done(opt), _total(study, opt))
+
+        work(study, opt, ctx, on_trial_end=on_trial_end)
     return 130 if ctx.stop else 0
+
+
+def trial_line(study: Study, trial: optuna.trial.FrozenTrial) -> str:
+    """`style_weight=10 seed=1: finished, eval/style/kid_rand 0.0123, ... (42 s)`: one trial that ended."""
+    attrs = trial.user_attrs
+    name = attrs.get("label") or f"trial {trial.number}"
+    seed = f" seed={attrs['seed']}" if "seed" in attrs else ""
+    outcome = queue.outcome_of(trial)
+    if outcome is Outcome.DIVERGED and "diverged_step" in attrs:
+        outcome_text = f"diverged at step {attrs['diverged_step']}"
+    else:
+        outcome_text = outcome.value
+    values = ""
+    if trial.values is not None and outcome is not Outcome.DIVERGED:
+        values = "".join(f", {o.metric} {v:.4g}" for o, v in zip(study.spec.objectives, trial.values, strict=False))
+    seconds = f" ({trial.duration.total_seconds():.0f} s)" if trial.duration is not None else ""
+    return f"{name}{seed}: {outcome_text}{values}{seconds}"
 
 
 def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking_uri: str) -> int:
@@ -206,12 +220,13 @@ def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking
             [(None, k) for k in range(options.workers)]
     procs = []
     for device, _ in slots:
-        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, ABLATE_TRIALS_DIR=str(options.trials_dir))
+        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device  # each trial sees only its device
             if options.trials_per_device > 1:
                 env["ABLATE_MEMORY_FRACTION"] = f"{0.95 / options.trials_per_device:.3f}"
-        cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path), "--storage", storage, "--quiet"]
+        cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path), "--storage", storage,
+               "--trials-dir", str(options.trials_dir), "--quiet"]
         cmd += ["--demo"] if options.demo else []
         cmd += [arg for k, v in options.overrides for arg in ("--set", f"{k}={v}")]
         procs.append(subprocess.Popen(cmd, env=env))
@@ -225,21 +240,22 @@ def _total(study: Study, opt: optuna.Study) -> int:
     return len(study.trials)
 
 
+def _outcomes(opt: optuna.Study) -> Counter[Outcome]:
+    """How each trial key stands now (its newest attempt)."""
+    return Counter(queue.outcome_of(t) for t in queue.latest_by_key(opt).values())
+
+
 def _done(opt: optuna.Study) -> int:
-    return sum(1 for t in queue.latest_by_key(opt).values() if queue.outcome_of(t) in queue.DONE_OUTCOMES)
+    return sum(n for outcome, n in _outcomes(opt).items() if outcome.done)
 
 
 def _count_line(study: Study, opt: optuna.Study) -> str:
-    outcomes: dict[str, int] = {}
-    for trial in queue.latest_by_key(opt).values():
-        outcomes[queue.outcome_of(trial)] = outcomes.get(queue.outcome_of(trial), 0) + 1
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items())) or "nothing run yet"
+    parts = ", ".join(f"{n} {k}" for k, n in sorted(_outcomes(opt).items())) or "nothing run yet"
     return f"{_total(study, opt)} trials ({parts})"
 
 
-def _summary_tags(study: Study, opt: optuna.Study) -> dict[str, str]:
-    outcomes = [queue.outcome_of(t) for t in queue.latest_by_key(opt).values()]
-    return {f"ablate.trials_{k}": str(outcomes.count(k)) for k in set(outcomes)}
+def _summary_tags(opt: optuna.Study) -> dict[str, str]:
+    return {f"ablate.trials_{k}": str(n) for k, n in _outcomes(opt).items()}
 
 
 def _provenance() -> dict[str, str]:

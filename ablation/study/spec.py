@@ -6,31 +6,61 @@ A cell is one resolved training config without its seed (identified by `cell_has
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ablation.config import (Frozen, TrainConfig, apply_overrides, build_config, cell_hash, field_paths,
-                             read_yaml)
+from ablation.config import Frozen, TrainConfig, apply_overrides, build_config, cell_hash, field_paths, read_yaml
 from ablation.errors import UserError, from_validation_error, problem
+from ablation.evaluation import registry
 
-KNOWN_METRIC_PREFIXES = ("loss/", "eval/", "perf/")
+
+def _objective_entry(metric: Any) -> registry.Metric | None:
+    """The registry entry of a metric a study may optimise; None for an unknown key or a diagnostic."""
+    entry = registry.find(metric) if isinstance(metric, str) else None
+    return entry if entry is not None and entry.objective else None
 
 
 class Objective(Frozen):
+    """A metric from `ablation.evaluation.registry`, checked before any training: a typo would otherwise
+    train every trial and end as ±inf objective values and a note in the report."""
+
     metric: str
-    direction: Literal["minimize", "maximize"] = "minimize"
+    direction: Literal["minimize", "maximize"] = "minimize"  # when omitted: the registry's (see below)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _registered_direction_by_default(cls, data: Any) -> Any:
+        # an omitted direction is the metric's own, so a higher-is-better metric is never minimised by default
+        if isinstance(data, dict) and "direction" not in data and (entry := _objective_entry(data.get("metric"))):
+            return {**data, "direction": entry.direction}
+        return data
 
     @field_validator("metric")
     @classmethod
-    def _known_prefix(cls, metric: str) -> str:
-        if not metric.startswith(KNOWN_METRIC_PREFIXES):
-            raise ValueError(f"a logged metric key starting with one of {', '.join(KNOWN_METRIC_PREFIXES)}")
+    def _registered(cls, metric: str) -> str:
+        if _objective_entry(metric) is None:
+            try:  # a known key deserves to hear why it is refused, a typo the name it probably meant
+                why = f" ({registry.resolve(metric)} is logged, but as a diagnostic)"
+            except registry.UnknownMetric:
+                close = difflib.get_close_matches(metric, registry.objective_names(), n=1)
+                why = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"a logged metric key that can be an objective{why}, one of "
+                             + ", ".join(registry.objective_names()))
         return metric
+
+    @field_validator("direction")
+    @classmethod
+    def _agrees_with_registry(cls, direction: str, info: ValidationInfo) -> str:
+        entry = _objective_entry(info.data.get("metric"))  # no metric here: its own error says enough
+        if entry is not None and direction != entry.direction:
+            raise ValueError(f"{entry.direction}, the registered direction of {info.data['metric']}")
+        return direction
 
 
 class SearchParam(Frozen):
@@ -42,7 +72,7 @@ class SearchParam(Frozen):
     choices: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _range_or_choices(self) -> "SearchParam":
+    def _range_or_choices(self) -> SearchParam:
         if self.choices is None and (self.low is None or self.high is None):
             raise ValueError("either choices: [...] or low: and high:")
         if self.choices is None and self.low is not None and self.high is not None and self.low >= self.high:
@@ -74,7 +104,7 @@ class StudySpec(Frozen):
     max_retries: int = Field(1, ge=0)  # automatic re-runs of a trial that failed with an exception
 
     @model_validator(mode="after")
-    def _method_needs(self) -> "StudySpec":
+    def _method_needs(self) -> StudySpec:
         if self.method == "search" and self.search is None:
             raise ValueError("method: search needs a search: section (sampler, n_trials, space)")
         if self.method == "grid" and not (self.axes or self.arms):
@@ -106,6 +136,11 @@ class TrialSpec:
     def run_name(self) -> str:
         return f"{self.cell.label} seed={self.seed}"
 
+    @classmethod
+    def of(cls, cell: Cell, seed: int) -> TrialSpec:
+        """The trial of `cell` at `seed`: the seed is written into the config, which is what the trainer reads."""
+        return cls(cell, seed, cell.config.model_copy(update={"seed": seed}))
+
 
 @dataclass(frozen=True)
 class Study:
@@ -116,16 +151,11 @@ class Study:
 
     @property
     def trials(self) -> list[TrialSpec]:
-        return [TrialSpec(cell, seed, cell.config.model_copy(update={"seed": seed}))
-                for cell in self.cells for seed in self.spec.seeds]
+        return [TrialSpec.of(cell, seed) for cell in self.cells for seed in self.spec.seeds]
 
     @property
     def base_config(self) -> TrainConfig:
         return build_config(_copy(self.base), self.path, "base.")
-
-    @property
-    def axis_names(self) -> list[str]:
-        return (["arm"] if self.spec.arms else []) + list(self.spec.axes)
 
 
 def short_name(path: str) -> str:
@@ -194,16 +224,18 @@ def _check_axes(spec: StudySpec, base: dict[str, Any], path: Path) -> list[str]:
         if len(set(map(repr, values))) != len(values):
             errors.append(problem(path, f"axes.{axis}", "distinct levels", values))
         for i, value in enumerate(values):
-            _collect(errors, lambda: _validate_with(base, {axis: value}, path, f"axes.{axis}[{i}]"))
+            _collect(errors, lambda axis=axis, value=value, i=i: _validate_with(base, {axis: value}, path,
+                                                                          f"axes.{axis}[{i}]"))
     for arm, overrides in spec.arms.items():
-        _collect(errors, lambda: _validate_with(base, overrides, path, f"arms.{arm}"))
+        _collect(errors, lambda arm=arm, overrides=overrides: _validate_with(base, overrides, path, f"arms.{arm}"))
     if spec.search is not None:
         for name, param in spec.search.space.items():
             if name not in known:
                 errors.append(problem(path, f"search.space.{name}", "a config field path", "<unknown>"))
                 continue
             probe = param.choices[0] if param.choices else param.low
-            _collect(errors, lambda: _validate_with(base, {name: probe}, path, f"search.space.{name}"))
+            _collect(errors, lambda name=name, probe=probe: _validate_with(base, {name: probe}, path,
+                                                                           f"search.space.{name}"))
     if spec.baseline:
         for key, value in spec.baseline.items():
             levels = list(spec.arms) if key == "arm" else spec.axes.get(key)
@@ -230,10 +262,12 @@ def _expand(spec: StudySpec, base: dict[str, Any], path: Path) -> tuple[Cell, ..
     errors: list[str] = []
     for arm, arm_overrides in arms:
         for combo in itertools.product(*(values for _, values in axes)):
-            varied = ([("arm", arm)] if arm is not None else []) + [(p, v) for (p, _), v in zip(axes, combo)]
+            named = [(p, v) for (p, _), v in zip(axes, combo, strict=True)]  # one value per axis
+            varied = ([("arm", arm)] if arm is not None else []) + named
             overrides = {**arm_overrides, **{p: v for p, v in varied if p != "arm"}}
             where = " ".join(f"{p}={format_value(v)}" for p, v in varied)
-            config = _collect(errors, lambda: _validate_with(base, overrides, path, f"cell [{where}]"))
+            config = _collect(errors, lambda overrides=overrides, where=where: _validate_with(base, overrides, path,
+                                                                                              f"cell [{where}]"))
             if config is None:
                 continue
             key = cell_hash(config)

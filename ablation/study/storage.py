@@ -6,14 +6,16 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError, problem
+from ablation.study.outages import database_outage
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
@@ -24,7 +26,7 @@ class Heartbeat:
     grace: int = 120  # a trial silent this long is stale: its worker is presumed dead
 
     @classmethod
-    def from_env(cls) -> "Heartbeat":
+    def from_env(cls) -> Heartbeat:
         interval = int(os.environ.get("ABLATE_HEARTBEAT_S", "30"))
         return cls(interval, int(os.environ.get("ABLATE_GRACE_S", str(4 * interval))))
 
@@ -50,7 +52,7 @@ class Storage(RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except Exception as exc:
-            cause = storage_failure(exc)
+            cause = database_outage(exc)
             if cause is None:
                 raise
             with self._heartbeat_lock:
@@ -66,29 +68,6 @@ class Storage(RDBStorage):
             self._heartbeat_down.discard(trial_id)
         if back:
             print(f"ablate: Optuna storage {redact(self.url)} is back", file=sys.stderr, flush=True)
-
-
-OUTAGE_ERRORS = ("OperationalError", "InterfaceError", "DisconnectionError", "TimeoutError")
-
-
-def storage_failure(exc: BaseException) -> BaseException | None:
-    """The database error behind `exc` when the storage could not be reached, else None.
-
-    Optuna wraps driver errors in StorageInternalError, and an error while it records a failed trial can
-    surface as an unrelated exception whose context holds the database error: follow the whole chain.
-    """
-    seen: set[int] = set()
-    todo: list[BaseException] = [exc]
-    while todo:
-        current = todo.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        module = type(current).__module__ or ""
-        if type(current).__name__ in OUTAGE_ERRORS and module.startswith(("sqlalchemy", "psycopg", "sqlite3")):
-            return current
-        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return None
 
 
 def redact(url: str) -> str:

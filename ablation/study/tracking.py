@@ -13,31 +13,27 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 
 import ablation
+from ablation.outcomes import Outcome
+from ablation.study.outages import TRANSIENT_HTTP_STATUS, tracking_outage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TAG_ROLE, TAG_STUDY, TAG_CELL, TAG_SEED = "ablate.role", "ablate.study", "ablate.cell", "ablate.seed"
 TAG_KEY, TAG_OUTCOME, TAG_OPTUNA = "ablate.trial_key", "ablate.outcome", "ablate.optuna_trial"
 TAG_LABEL, TAG_STEP = "ablate.cell_label", "ablate.diverged_step"
-STATUS_BY_OUTCOME = {"finished": "FINISHED", "diverged": "FINISHED", "pruned": "FINISHED",
-                     "failed": "FAILED", "crashed": "FAILED", "interrupted": "KILLED"}
 RETRY_SECONDS = 5.0
 
 
 def tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-def _quiet_client_retries() -> None:
-    # our own retry loop reports outages in one clear line; MLflow's silent backoff would stall for minutes
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
 
 
 def retry(action: Callable[[], Any], what: str, uri: str, give_up_after: float = 900.0) -> Any:
@@ -49,8 +45,8 @@ def retry(action: Callable[[], Any], what: str, uri: str, give_up_after: float =
             if warned:
                 print(f"ablate: MLflow at {uri} is back; {what} done", file=sys.stderr)
             return result
-        except Exception as exc:  # mlflow raises MlflowException / requests errors for outages
-            if not _looks_like_outage(exc) or time.monotonic() - started > give_up_after:
+        except Exception as exc:  # MlflowException over a requests or SQLAlchemy error; see outages
+            if tracking_outage(exc, mlflow_unavailable) is None or time.monotonic() - started > give_up_after:
                 raise
             if not warned:
                 print(f"ablate: MLflow at {uri} unreachable ({type(exc).__name__}); retrying {what} every "
@@ -59,15 +55,20 @@ def retry(action: Callable[[], Any], what: str, uri: str, give_up_after: float =
             time.sleep(RETRY_SECONDS)
 
 
-def _looks_like_outage(exc: Exception) -> bool:
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(word in text for word in ("connection", "timed out", "timeout", "max retries", "refused",
-                                         "temporarily", "503", "502", "database is locked"))
+# MLflow's "try again later" codes: its SQL store raises TEMPORARILY_UNAVAILABLE for a locked or unreachable
+# database, and a REST answer's error code (or HTTP status) is mapped onto these by MlflowException.
+UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "SERVICE_UNDER_MAINTENANCE", "DEADLINE_EXCEEDED",
+                               "WORKSPACE_TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"})
+
+
+def mlflow_unavailable(exc: BaseException) -> bool:
+    """An MlflowException that says the server or its store is busy or away (not a bad request, not a bug)."""
+    return isinstance(exc, MlflowException) and (
+        exc.error_code in UNAVAILABLE_CODES or exc.get_http_status_code() in TRANSIENT_HTTP_STATUS)
 
 
 class Tracker:
     def __init__(self, uri: str | None = None, artifact_root: Path | None = None) -> None:
-        _quiet_client_retries()
         self.uri = tracking_uri(uri)
         self.client = MlflowClient(tracking_uri=self.uri)
         self.artifact_root = artifact_root
@@ -108,26 +109,28 @@ class Tracker:
                         seed: int, key: str, label: str, params: dict[str, Any], optuna_number: int | None,
                         config_yaml: Path) -> str:
         tags = {"mlflow.parentRunId": parent_id, TAG_ROLE: "trial", TAG_STUDY: study, TAG_CELL: cell,
-                TAG_SEED: str(seed), TAG_KEY: key, TAG_LABEL: label, TAG_OUTCOME: "running"}
+                TAG_SEED: str(seed), TAG_KEY: key, TAG_LABEL: label, TAG_OUTCOME: Outcome.RUNNING.value}
         if optuna_number is not None:
             tags[TAG_OPTUNA] = str(optuna_number)
         run = self._retry(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), "create run")
         run_id = run.info.run_id
         values = [Param(k, _param_text(v)) for k, v in {**params, "seed": seed}.items()]
         for start in range(0, len(values), 100):  # MLflow takes 100 params per batch
-            self._retry(lambda: self.client.log_batch(run_id, params=values[start:start + 100]), "log params")
+            batch = values[start:start + 100]
+            self._retry(lambda batch=batch: self.client.log_batch(run_id, params=batch), "log params")
         self.log_artifacts(run_id, [config_yaml], "config")
         return run_id
 
     def log_artifacts(self, run_id: str, paths: Iterable[Path], artifact_path: str | None = None) -> None:
         for path in paths:
             if path.exists():
-                self._retry(lambda: self.client.log_artifact(run_id, str(path), artifact_path), f"upload {path.name}")
+                self._retry(lambda path=path: self.client.log_artifact(run_id, str(path), artifact_path),
+                            f"upload {path.name}")
 
-    def finish_run(self, run_id: str, outcome: str, extra_tags: dict[str, str] | None = None) -> None:
-        tags = [RunTag(TAG_OUTCOME, outcome), *(RunTag(k, str(v)) for k, v in (extra_tags or {}).items())]
+    def finish_run(self, run_id: str, outcome: Outcome, extra_tags: dict[str, str] | None = None) -> None:
+        tags = [RunTag(TAG_OUTCOME, outcome.value), *(RunTag(k, str(v)) for k, v in (extra_tags or {}).items())]
         self._retry(lambda: self.client.log_batch(run_id, tags=tags), "tag outcome")
-        self._retry(lambda: self.client.set_terminated(run_id, STATUS_BY_OUTCOME.get(outcome, "FAILED")),
+        self._retry(lambda: self.client.set_terminated(run_id, outcome.mlflow_status),
                     "end run")
 
     def mark_abandoned(self, run_id: str, reason: str) -> None:
@@ -138,12 +141,17 @@ class Tracker:
         own outcome and error."""
         run = self._retry(lambda: self.client.get_run(run_id), "get run")
         if run.info.status != "FAILED":
-            self.finish_run(run_id, "crashed", {"ablate.abandoned": reason})
+            self.finish_run(run_id, Outcome.CRASHED, {"ablate.abandoned": reason})
 
-    def metric_logger(self, run_id: str) -> "MetricLogger":
+    def metric_logger(self, run_id: str) -> MetricLogger:
         return MetricLogger(self, run_id)
 
     # ---- queries (report, tests) -------------------------------------------------------------------
+    def study_names(self) -> list[str]:
+        """Names of the experiments that hold a study (a parent run), for "did you mean" hints."""
+        experiments = self._retry(lambda: self.client.search_experiments(ViewType.ACTIVE_ONLY), "list experiments")
+        return [e.name for e in experiments if e.name != "Default"]
+
     def trial_runs(self, study: str) -> list[Any]:
         exp = self.client.get_experiment_by_name(study)
         if exp is None:
@@ -208,7 +216,7 @@ class MetricLogger:
             while pending:
                 chunk = pending[:self.BATCH]
                 try:
-                    self.tracker._retry(lambda: self.tracker.client.log_batch(self.run_id, metrics=chunk),
+                    self.tracker._retry(lambda chunk=chunk: self.tracker.client.log_batch(self.run_id, metrics=chunk),
                                         "log metrics")
                 except BaseException as exc:  # keep the error for close(); metrics stay pending
                     self.error = exc

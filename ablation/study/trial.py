@@ -6,21 +6,25 @@ worker died finds the checkpoint and resumes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ablation.config import DataConfig, TrainConfig, to_yaml
-from ablation.gan.device import resolve_device
 from ablation.console import METRICS_FILE, MetricsFile
 from ablation.data.streams import Domains, load_domains
+from ablation.evaluation.protocol import TrialEvaluator
+from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ablation.gan.device import resolve_device
+from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator, train
+from ablation.outcomes import Outcome
 from ablation.study.spec import TrialSpec
 from ablation.study.tracking import Tracker
-from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator, train
 
 TRAIN_LOG = "train.log"
 
@@ -37,7 +41,7 @@ class TrialContext:
     stop: StopFlag = field(default_factory=StopFlag)
     on_progress: Callable[[int, int], None] | None = None
     domains_cache: dict[str, Domains] = field(default_factory=dict)
-    evaluator_cache: dict[str, Any] = field(default_factory=dict)
+    evaluator_cache: dict[str, TrialEvaluator | None] = field(default_factory=dict)
 
     def domains(self, data: DataConfig) -> Domains:
         """Decode a dataset once per worker process, not once per trial."""
@@ -46,8 +50,8 @@ class TrialContext:
             self.domains_cache = {key: load_domains(data)}  # keep one: memory, not speed, is the limit
         return self.domains_cache[key]
 
-    def evaluator(self, config: TrainConfig) -> Any:
-        """Evaluation references depend on the data and eval settings only: compute them once."""
+    def evaluator(self, config: TrainConfig) -> TrialEvaluator | None:
+        """Evaluation references depend on the data and eval settings only: compute them once (None: eval off)."""
         key = config.data.model_dump_json() + config.eval.model_dump_json() + config.runtime.device
         if key not in self.evaluator_cache:
             device = resolve_device(config.runtime)
@@ -57,7 +61,7 @@ class TrialContext:
 
 @dataclass
 class TrialOutcome:
-    outcome: str  # finished | diverged | pruned | interrupted | failed
+    outcome: Outcome
     metrics: dict[str, float]
     run_id: str
     result: TrainResult | None = None
@@ -124,8 +128,8 @@ def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, 
         _note(log_path, f"failed: {error}")
         _close_quietly(logger)
         ctx.tracker.log_artifacts(run_id, [log_path, folder / METRICS_FILE], "log")
-        ctx.tracker.finish_run(run_id, "failed", {"ablate.error": f"{type(exc).__name__}: {exc}"[:7000]})
-        return TrialOutcome("failed", {}, run_id, None, error)
+        ctx.tracker.finish_run(run_id, Outcome.FAILED, {"ablate.error": f"{type(exc).__name__}: {exc}"[:7000]})
+        return TrialOutcome(Outcome.FAILED, {}, run_id, None, error)
 
     logger.close()
     _note(log_path, f"{result.status_text} after {result.step}/{result.total_steps} steps")
@@ -134,6 +138,7 @@ def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, 
     if "generator" in result.artifacts:
         ctx.tracker.log_artifacts(run_id, [result.artifacts["generator"]], "model")
     tags = {"ablate.steps": str(result.step)}
+    tags.update({f"ablate.backbone.{name}": value for name, value in result.backbone_info.items()})
     if (folder / EVAL_INFO).exists():
         tags.update(json.loads((folder / EVAL_INFO).read_text())["info"])
         ctx.tracker.log_artifacts(run_id, [folder / EVAL_INFO], "eval")
@@ -144,7 +149,5 @@ def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, 
 
 
 def _close_quietly(logger: Any) -> None:
-    try:
+    with contextlib.suppress(Exception):  # the original error matters more than a tracking hiccup here
         logger.close()
-    except Exception:  # the original error matters more than a tracking hiccup here
-        pass

@@ -8,14 +8,17 @@ interrupted (SIGINT/SIGTERM) is FAIL, re-queued, and the worker stops.
 from __future__ import annotations
 
 import math
-import time
 import sys
-from typing import Any, Callable
+import time
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ablation.outcomes import Outcome
 from ablation.study import queue, storage
+from ablation.study.outages import database_outage
 from ablation.study.spec import Study, TrialSpec, search_cell
 from ablation.study.trial import TrialContext, TrialOutcome, run_trial
 
@@ -36,7 +39,7 @@ def objective_values(study: Study, outcome: TrialOutcome) -> list[float]:
     for objective in study.spec.objectives:
         worst = math.inf if objective.direction == "minimize" else -math.inf
         value = outcome.metrics.get(objective.metric)
-        if outcome.outcome == "diverged" or value is None or not math.isfinite(value):
+        if outcome.outcome is Outcome.DIVERGED or value is None or not math.isfinite(value):
             value = worst  # an infinite value is COMPLETE for Optuna; NaN would turn it into FAIL
         values.append(float(value))
     return values
@@ -52,7 +55,7 @@ def _grid_spec(study: Study, trial: Trial) -> TrialSpec | None:
     cell = cells.get(trial.user_attrs["cell"])
     if cell is None:  # the study file changed since this trial was queued: rebuild from its overrides
         cell = search_cell(study, {k: v for k, v in trial.user_attrs["overrides"].items() if k != "arm"})
-    return TrialSpec(cell, seed, cell.config.model_copy(update={"seed": seed}))
+    return TrialSpec.of(cell, seed)
 
 
 def _search_params(study: Study, trial: Trial) -> dict[str, Any]:
@@ -85,15 +88,15 @@ def make_objective(study: Study, ctx: TrialContext, opt: optuna.Study) -> Callab
         outcome = run_trial(ctx, spec, optuna_number=trial.number, params=params, on_eval=on_eval_for(trial),
                             on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         trial.set_user_attr("outcome", outcome.outcome)
-        if outcome.outcome == "interrupted":
+        if outcome.outcome is Outcome.INTERRUPTED:
             raise Interrupted(spec.key)
-        if outcome.outcome == "failed":
+        if outcome.outcome is Outcome.FAILED:
             trial.set_user_attr("error", (outcome.error or "")[-2000:])
             last_line = (outcome.error or "").strip().splitlines()[-1:] or ["?"]
             print(f"ablate: trial {spec.run_name} [{spec.key}] failed: {last_line[0][:300]} "
                   f"(traceback in {ctx.trials_dir / ctx.study_name / spec.key / 'train.log'})", file=sys.stderr)
             raise TrialFailed(spec.key)
-        if outcome.outcome == "diverged" and outcome.result is not None:
+        if outcome.outcome is Outcome.DIVERGED and outcome.result is not None:
             trial.set_user_attr("diverged_step", outcome.result.diverged_step)
         return outcome
 
@@ -112,14 +115,14 @@ def make_objective(study: Study, ctx: TrialContext, opt: optuna.Study) -> Callab
             trial.set_user_attr("trial_key", f"search:{cell.key}")
             results = []
             for seed in study.spec.seeds:  # replicates of one sampled point; the objective is their mean
-                spec = TrialSpec(cell, seed, cell.config.model_copy(update={"seed": seed}))
+                spec = TrialSpec.of(cell, seed)
                 results.append(run(trial, spec, params))
-                if results[-1].outcome == "pruned":
+                if results[-1].outcome is Outcome.PRUNED:
                     raise optuna.TrialPruned()
             per_seed = [objective_values(study, r) for r in results]
             values = [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(study.spec.objectives))]
-            outcome = results[-1] if any(r.outcome == "diverged" for r in results) else results[0]
-        diverged = outcome.outcome == "diverged"
+            outcome = results[-1] if any(r.outcome is Outcome.DIVERGED for r in results) else results[0]
+        diverged = outcome.outcome is Outcome.DIVERGED
         if hasattr(trial, "set_constraint"):  # Optuna 5: infeasible, so samplers learn to avoid it
             trial.set_constraint("diverged", 1.0 if diverged else -1.0)
         return values
@@ -134,9 +137,9 @@ def after_trial(study: Study, stop_requested: Callable[[], bool]) -> Callable[[o
         outcome = trial.user_attrs.get("outcome")
         if trial.state != TrialState.FAIL or trial.user_attrs.get("trial_key") is None:
             return
-        if outcome == "interrupted":
+        if outcome == Outcome.INTERRUPTED:
             queue.requeue(opt, trial, "interrupted", consume_retry=False)
-        elif outcome == "failed" and trial.user_attrs.get("retries_left", 0) > 0:
+        elif outcome == Outcome.FAILED and trial.user_attrs.get("retries_left", 0) > 0:
             queue.requeue(opt, trial, "failed: automatic retry", consume_retry=True)
         if stop_requested():
             opt.stop()
@@ -144,11 +147,14 @@ def after_trial(study: Study, stop_requested: Callable[[], bool]) -> Callable[[o
     return callback
 
 
-def work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Callable[[], None] | None = None,
-         max_trials: int | None = None) -> int:
-    """Run trials until none is left (grid) or the budget is spent (search). Returns trials run."""
+def work(study: Study, opt: optuna.Study, ctx: TrialContext,
+         on_trial_end: Callable[[FrozenTrial | None], None] | None = None, max_trials: int | None = None) -> int:
+    """Run trials until none is left (grid) or the budget is spent (search). Returns trials run.
+
+    `on_trial_end` gets each trial this worker ended (None when Optuna's ask found the queue empty)."""
     ran = 0
-    callbacks = [after_trial(study, lambda: bool(ctx.stop))]
+    ended: list[FrozenTrial] = []
+    callbacks = [after_trial(study, lambda: bool(ctx.stop)), lambda _opt, trial: ended.append(trial)]
     while not ctx.stop and (max_trials is None or ran < max_trials):
         try:
             optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
@@ -164,10 +170,10 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Calla
                          callbacks=callbacks)
         except Exception as exc:
             # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
-            if (cause := storage.storage_failure(exc)) is None:
+            if (cause := database_outage(exc)) is None:
                 raise
             raise storage.storage_down(opt, cause) from None
         ran += 1
         if on_trial_end is not None:
-            on_trial_end()
+            on_trial_end(ended.pop() if ended else None)
     return ran

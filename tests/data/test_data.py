@@ -12,11 +12,19 @@ import pytest
 import torch
 
 from ablation.config import DataConfig
-from ablation.data.streams import (DataStreams, ImageStream, domains_from_arrays, list_images, load_domains, load_folder,
-                           to_gray, val_photos)
 from ablation.data.demo import build_demo_dataset, procedural_batch, procedural_pair
-from ablation.errors import UserError
+from ablation.data.images import list_images, to_signed, to_uint8
 from ablation.data.smooth import build_smooth_dir, edge_smooth
+from ablation.data.streams import (
+    DataStreams,
+    ImageStream,
+    domains_from_arrays,
+    load_domains,
+    load_folder,
+    to_gray,
+    val_photos,
+)
+from ablation.errors import UserError
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -143,14 +151,14 @@ def test_data_streams_batches_and_resume() -> None:
     assert torch.equal(batch.anime_gray[:, 0], batch.anime_gray[:, 2])
     assert torch.equal(batch.anime_smooth[:, 0], batch.anime_smooth[:, 2])  # gray smooth
     # anime_gray is the gray of the very same anime images
-    regray = to_gray(((batch.anime + 1) * 127.5).round().to(torch.uint8))
-    assert torch.allclose((regray.float() / 127.5 - 1), batch.anime_gray)
+    regray = to_gray(to_uint8(batch.anime))
+    assert torch.allclose(to_signed(regray), batch.anime_gray)
 
     state = streams.state_dict()
     after = [streams.next() for _ in range(3)]
     resumed = DataStreams(domains, batch_size=4, seed=0, smooth_target="gray", device="cpu")
     resumed.load_state_dict(state)
-    for x, y in zip(after, [resumed.next() for _ in range(3)]):
+    for x, y in zip(after, [resumed.next() for _ in range(3)], strict=True):
         assert torch.equal(x.real_photo, y.real_photo) and torch.equal(x.anime_smooth, y.anime_smooth)
     colour = DataStreams(domains, 4, 0, "color", "cpu").next()
     assert not torch.equal(colour.anime_smooth[:, 0], colour.anime_smooth[:, 1])

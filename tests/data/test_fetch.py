@@ -9,14 +9,14 @@ import re
 import socket
 import threading
 import zipfile
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from ablation.errors import UserError
 from ablation.data.fetch import DATASETS, fetch_dataset
+from ablation.errors import UserError
 
 
 def _make_zip() -> bytes:

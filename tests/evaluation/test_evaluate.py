@@ -13,6 +13,7 @@ import torch
 
 from ablation.config import EvalConfig
 from ablation.data.demo import procedural_batch
+from ablation.evaluation import registry
 from ablation.evaluation.evaluator import Evaluator, prepare
 from ablation.evaluation.features import EfficientNetEvaluator, RandomVGGEvaluator, available_efficientnet
 
@@ -47,7 +48,7 @@ def run64() -> dict[str, object]:
     results["anchor"] = evaluator.evaluate(evaluator.s_anchor)
     rng_untouched = torch.equal(torch_state, torch.get_rng_state()) and all(
         np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
-        for a, b in zip(np_state, np.random.get_state()))
+        for a, b in zip(np_state, np.random.get_state(), strict=True))
     return {"evaluator": evaluator, "results": results, "rng_untouched": rng_untouched}
 
 
@@ -100,7 +101,22 @@ def test_hashes_are_stable_and_logged(run64: dict[str, object]) -> None:
     assert other.weights_hash != first.weights_hash
     assert info["eval/op/edges"].startswith("cv2.Canny(100, 200)")
     assert all(isinstance(v, str) for v in info.values())
-    assert set(evaluator.anchors()) >= {"eval/anchor/noop/kid_rand", "eval/anchor/ref/kid_rand"}
+    assert set(evaluator.anchors()) >= {"eval/anchor/noop/style/kid_rand", "eval/anchor/ref/style/kid_rand",
+                                        "eval/anchor/noop/stats/flat"}
+
+
+def test_every_emitted_key_is_registered(run64: dict[str, object]) -> None:
+    """What evaluate() and anchors() return is what the registry (objectives, report) knows, name for name."""
+    evaluator: Evaluator = run64["evaluator"]
+    results: dict[str, dict[str, float]] = run64["results"]
+    emitted = {key for result in results.values() for key in result} | set(evaluator.anchors())
+    entries = {key: registry.lookup(key) for key in emitted}  # UnknownMetric names the stray key
+    assert {f"eval/style/kid_rand_{s}" for s in SEEDS} <= emitted  # the per-seed family, one key per config seed
+    assert {registry.resolve(k) for k in emitted if k.startswith("eval/anchor/")} == {registry.ANCHOR}
+    # gaps come only from metrics with a registered gap floor (a metric whose anchors coincide has none)
+    gaps = {k for k in emitted if k.endswith("_gap")}
+    assert gaps and gaps <= {registry.gap_key(k) for k, m in registry.METRICS.items() if m.gap_floor is not None}
+    assert {e.group for e in entries.values()} == {"style", "stats", "content", "anchor"}
 
 
 def test_small_evaluator_without_targets_resizes_outputs() -> None:

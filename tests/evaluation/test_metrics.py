@@ -59,9 +59,20 @@ def test_kid_rejects_mismatched_features() -> None:
 
 def test_gram_distance_is_zero_for_equal_sets_and_scale_aware() -> None:
     feats = [torch.rand(3, 4, 5, 5), torch.rand(3, 2, 3, 3)]
-    assert M.gram_distance(feats, feats) == pytest.approx(0.0, abs=1e-12)
+
+    def mean_grams(layers: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [M.gram_matrices(f).mean(0) for f in layers]
+
+    assert M.relative_gram_distance(mean_grams(feats), mean_grams(feats)) == pytest.approx(0.0, abs=1e-12)
     # Features ×2 -> Grams ×4 -> ‖4G − G‖ / ‖G‖ = 3 on every layer.
-    assert M.gram_distance([2 * f for f in feats], feats) == pytest.approx(3.0, rel=1e-6)
+    doubled = mean_grams([2 * f for f in feats])
+    assert M.relative_gram_distance(doubled, mean_grams(feats)) == pytest.approx(3.0, rel=1e-6)
+    # Both sets scaled alike: the ratio does not move.
+    other = [torch.rand(3, 4, 5, 5), torch.rand(3, 2, 3, 3)]
+    assert M.relative_gram_distance(doubled, mean_grams([2 * f for f in other])) == pytest.approx(
+        M.relative_gram_distance(mean_grams(feats), mean_grams(other)), rel=1e-6)
+    with pytest.raises(ValueError):
+        M.relative_gram_distance(mean_grams(feats), mean_grams(feats[:1]))
 
 
 # --- gap closure ---

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from ablation.gan import losses as L
 from ablation.config import GAN_TYPES
+from ablation.gan import losses as L
 
 
 def t(values: list, shape: tuple[int, ...] | None = None) -> torch.Tensor:

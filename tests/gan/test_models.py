@@ -14,10 +14,10 @@ import torchvision
 from torch import nn
 from torchvision.models import VGG19_Weights
 
-from ablation.gan.backbone import build_backbone
 from ablation.config import BackboneConfig
-from ablation.gan.discriminator import build_discriminator
 from ablation.errors import UserError
+from ablation.gan.backbone import build_backbone
+from ablation.gan.discriminator import build_discriminator
 from ablation.gan.generator import build_generator
 
 MOBILENET = BackboneConfig(arch="mobilenet_v2", width=1.3)

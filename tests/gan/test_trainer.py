@@ -1,6 +1,7 @@
 """Tiny real training runs on 32 px procedural data: init lowers content loss, resume is exact,
 every GAN type trains, NaN ends the run as diverged, samples and checkpoints are written."""
 
+import json
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from ablation.gan import steps as steps_module
 from ablation.config import GAN_TYPES, TrainConfig, with_overrides
-from ablation.data.streams import Domains, domains_from_arrays
 from ablation.data.demo import procedural_batch
+from ablation.data.streams import Domains, domains_from_arrays
+from ablation.gan import steps as steps_module
 from ablation.gan.trainer import StopFlag, train
 
 SIZE = 32
@@ -144,6 +145,19 @@ def test_backbone_gets_no_parameter_gradients(tmp_path: Path, domains: Domains) 
     config = tiny()
     backbone = build_backbone(config.backbone, 0)
     assert all(not p.requires_grad for p in backbone.parameters())
+
+
+def test_run_folder_records_the_backbone_and_its_weights_hash(tmp_path: Path, domains: Domains) -> None:
+    from ablation.gan.backbone import build_backbone
+
+    config = tiny(**{"schedule.epochs": 2, "schedule.steps_per_epoch": 1, "seed": 5})
+    result = train(config, tmp_path, Recorder(), domains=domains)
+    written = json.loads((tmp_path / "backbone.json").read_text())
+    # the hash of the weights the run really used: random weights are drawn from the trial seed
+    assert written["hash"] == build_backbone(config.backbone, 5).weights_hash
+    assert written["hash"] != build_backbone(config.backbone, 6).weights_hash
+    assert written["arch"] == config.backbone.arch and written["seed"] == "5"
+    assert result.backbone_info == written
 
 
 def test_evaluation_metrics_logged_at_the_end(tmp_path: Path, domains: Domains) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ablation.outcomes import Outcome
 from ablation.report.build import build_report
 from ablation.study.spec import Study, load_study
 from ablation.study.tracking import Tracker
@@ -58,7 +59,7 @@ def log_trial(tracker: Tracker, exp: str, parent: str, name: str, tmp: Path, cel
     logger.close()
     tracker.log_artifacts(run_id, write_images(folder / "samples", seed), "samples")
     extra = {"ablate.diverged_step": "150"} if outcome == "diverged" else {}
-    tracker.finish_run(run_id, outcome, {"ablate.steps": str(STEPS[-1]), **extra})
+    tracker.finish_run(run_id, Outcome(outcome), {"ablate.steps": str(STEPS[-1]), **extra})
     return run_id
 
 

@@ -6,7 +6,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from test_report import grid_store
 
 from ablation.report.build import build_report

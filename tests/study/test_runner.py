@@ -11,11 +11,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from scale_helpers import OBJECTIVES, TINY_BASE, write_study
 
 from ablation.data.demo import build_demo_dataset
 from ablation.study.runner import RunOptions, run_study
 from ablation.study.tracking import Tracker
-from scale_helpers import OBJECTIVES, TINY_BASE, write_study
+
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -14,16 +14,25 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from mlflow import MlflowClient
+from scale_helpers import (
+    Procs,
+    by_key,
+    metrics_rows,
+    mlflow_children,
+    optuna_trials,
+    running_checkpoint,
+    wait_for,
+    worker_env,
+    write_study,
+)
+from services import MlflowServer, PostgresServer, find_postgres_bin_dir
 
 from ablation.data.demo import build_demo_dataset
-from scale_helpers import (Procs, by_key, metrics_rows, mlflow_children, optuna_trials, running_checkpoint,
-                           wait_for, worker_env, write_study)
-from services import MlflowServer, PostgresServer, find_postgres_bin_dir
 
 pytestmark = [
     pytest.mark.services,

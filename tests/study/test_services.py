@@ -10,13 +10,12 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import optuna
 import pytest
 import requests
-
 from services import REPO, MlflowServer, PostgresServer, free_port, load_compose
 
 pytestmark = [
@@ -71,9 +70,8 @@ def test_postgres_stop_and_start_keep_port_and_data(postgres_url: str, postgres_
     postgres_server.stop()
     try:
         assert not postgres_server.running
-        with pytest.raises(sqlalchemy.exc.OperationalError):
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT 1"))
+        with pytest.raises(sqlalchemy.exc.OperationalError), engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
     finally:
         postgres_server.start()
     assert postgres_server.running and postgres_server.port == port

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ablation.study.spec import dry_run_lines, load_study
 from ablation.errors import UserError
+from ablation.study.spec import dry_run_lines, load_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -70,7 +70,8 @@ seeds: [0]
     with pytest.raises(UserError) as err:
         load_study(path)
     lines = err.value.lines
-    assert f"{path}: axes.loss.style_wieght: expected a config field path such as loss.style_weight, got <unknown>" in lines
+    assert (f"{path}: axes.loss.style_wieght: expected a config field path such as loss.style_weight, "
+            "got <unknown>") in lines
     assert any(line.startswith(f"{path}: axes.loss.gan_type[1]: loss.gan_type: expected one of 'lsgan'")
                and line.endswith("got 'wgan'") for line in lines)
     assert f"{path}: axes.loss.style_weight[1]: loss.style_weight: expected a number, got 'lots'" in lines
@@ -82,6 +83,43 @@ def test_study_schema_errors(tmp_path: Path) -> None:
         load_study(write(tmp_path, "name: x\nmethod: grid\nseeds: []\nobjectives: [{metric: accuracy}]\n"))
     text = "\n".join(err.value.lines)
     assert "seeds: expected" in text and "objectives.0.metric: expected a logged metric key" in text
+
+
+def test_misspelt_objective_is_one_line_listing_the_valid_names(tmp_path: Path) -> None:
+    path = write(tmp_path, "name: x\naxes: {loss.style_weight: [1.0]}\nobjectives: [{metric: eval/style/kid_rnd}]\n")
+    with pytest.raises(UserError) as err:
+        load_study(path)
+    (line,) = err.value.lines
+    assert line.startswith(f"{path}: objectives.0.metric: expected a logged metric key that can be an objective")
+    assert line.endswith("got 'eval/style/kid_rnd'") and "did you mean eval/style/kid_rand?" in line
+    assert "eval/style/kid_rand, " in line and "eval/content/ssim_luma_blur, " in line
+
+
+def test_diagnostic_objective_and_contradicting_direction_are_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+name: x
+axes: {loss.style_weight: [1.0, 3.0]}
+objectives:
+  - {metric: eval/style/kid_rand_1001}
+  - {metric: eval/content/ssim_luma_blur, direction: minimize}
+  - {metric: eval/style/kid_rand_gap}
+""")
+    with pytest.raises(UserError) as err:
+        load_study(path)
+    first, second = err.value.lines
+    assert first.startswith(f"{path}: objectives.0.metric: expected a logged metric key that can be an objective "
+                            "(eval/style/kid_rand_{seed} is logged, but as a diagnostic), one of eval/style/kid_rand")
+    assert second == (f"{path}: objectives.1.direction: expected maximize, the registered direction of "
+                      "eval/content/ssim_luma_blur, got 'minimize'")
+
+
+def test_omitted_direction_is_the_registered_one(tmp_path: Path) -> None:
+    study = load_study(write(tmp_path, """
+name: x
+axes: {loss.style_weight: [1.0, 3.0]}
+objectives: [{metric: eval/style/kid_rand_gap}, {metric: perf/step_s}, {metric: eval/style/kid_rand}]
+"""))
+    assert [o.direction for o in study.spec.objectives] == ["maximize", "minimize", "minimize"]
 
 
 def test_impossible_combination_is_caught_before_training(tmp_path: Path) -> None:

@@ -1,0 +1,196 @@
+"""The metric registry: every key a trial logs, with its direction, group, plotting and description.
+
+Modelled on stylegan2-ada-pytorch's `metrics/metric_main.py`: one dict names every metric, and all who need
+to know about one read it from here: the evaluator that emits it, the study validator that accepts it as an
+objective, the report that plots it and explains it in a tooltip. A misspelt key then fails where it is
+written (study validation, the evaluator's tests) instead of showing up after training as a missing column.
+
+Keys are literal MLflow keys, except families with `{slot}`s, one member per value that only config or the
+evaluator knows (`eval/style/kid_rand_{seed}` per evaluator seed); `resolve` maps a concrete key to its entry.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["minimize", "maximize"]
+Group = Literal["style", "content", "stats", "anchor", "loss", "lr", "perf"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    direction: Direction | None  # None: no better side (an image statistic, a spread, a schedule value)
+    group: Group
+    description: str  # one line: the report's tooltip
+    plotted: bool = True  # a curve in the report, when logged at two or more steps
+    objective: bool = True  # a study may name it in `objectives`
+    # Smallest |m(no-op) − m(ref)| for which `<key>_gap` is logged, in this metric's own units; below it the
+    # anchors are not separated and any ratio is noise (reference §5.7). None: the metric has no gap.
+    gap_floor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.objective and self.direction is None:  # a study could not tell better from worse
+            raise ValueError(f"{self.description!r}: an objective needs a direction")
+
+
+def _diagnostic(direction: Direction | None, group: Group, description: str) -> Metric:
+    """Logged for reading, never plotted or optimised: it is not comparable across trials as a result."""
+    return Metric(direction, group, description, plotted=False, objective=False)
+
+
+_GAP = "gap closure of {}: 0 = as far as the input photos (no-op), 1 = as close as the held-out style split"
+KID_RAND_PER_SEED = "eval/style/kid_rand_{seed}"
+ANCHOR = "eval/anchor/{which}/{metric}"
+
+METRICS: dict[str, Metric] = {
+    # --- style: distances of the outputs to the style reference split S_ref (evaluation §5.1-5.3) ---
+    "eval/style/kid_rand": Metric("minimize", "style", "KID of the outputs to the style set on random-VGG "
+                                  "features, mean over the evaluator seeds", gap_floor=1e-3),
+    "eval/style/gram_rand": Metric("minimize", "style", "relative Frobenius distance of the outputs' mean "
+                                   "random-VGG Grams to the style set's", gap_floor=1e-3),
+    "eval/style/kid_eff": Metric("minimize", "style", "KID of the outputs to the style set on ImageNet "
+                                 "EfficientNet-Lite0 features (optional extra)", gap_floor=1e-3),
+    # The floors of the statistics are in their own units: shares of pixels, or a bin count for the palette.
+    "eval/style/stats_flat": Metric("minimize", "style", "W1 distance of the per-image flat-pixel share to "
+                                    "the style set's", gap_floor=0.01),
+    "eval/style/stats_palette": Metric("minimize", "style", "W1 distance of the per-image palette size "
+                                       "(bins covering 95% of pixels) to the style set's", gap_floor=0.5),
+    "eval/style/stats_saturation": Metric("minimize", "style", "W1 distance of the per-image mean HSV "
+                                          "saturation to the style set's", gap_floor=0.01),
+    "eval/style/stats_edges": Metric("minimize", "style", "W1 distance of the per-image Canny edge density "
+                                     "to the style set's", gap_floor=0.002),
+    "eval/style/kid_rand_gap": Metric("maximize", "style", _GAP.format("kid_rand")),
+    "eval/style/gram_rand_gap": Metric("maximize", "style", _GAP.format("gram_rand")),
+    "eval/style/kid_eff_gap": Metric("maximize", "style", _GAP.format("kid_eff")),
+    "eval/style/stats_flat_gap": Metric("maximize", "style", _GAP.format("stats_flat")),
+    "eval/style/stats_palette_gap": Metric("maximize", "style", _GAP.format("stats_palette")),
+    "eval/style/stats_saturation_gap": Metric("maximize", "style", _GAP.format("stats_saturation")),
+    "eval/style/stats_edges_gap": Metric("maximize", "style", _GAP.format("stats_edges")),
+    # --- content: faithfulness of each output to its own input photo (evaluation §5.4-5.6) ---
+    "eval/content/ssim_luma_blur": Metric("maximize", "content", "SSIM of output and input on luma blurred with "
+                                          "sigma 2: structure kept, texture free; identity = 1"),
+    "eval/content/edge_f1": Metric("maximize", "content", "F1 of the output's Canny edges against the input's "
+                                   "within 2 px; identity = 1"),
+    "eval/content/kid_photo": Metric("minimize", "content", "KID of the outputs to the input photos on the "
+                                     "random-VGG features (the second of the two FIDs)"),
+    "eval/content/pgt_psnr": Metric("maximize", "content", "PSNR in dB against the demo stylizer's exact "
+                                    "target (pseudo-ground truth, demo data only)"),
+    "eval/content/pgt_ssim": Metric("maximize", "content", "RGB SSIM against the demo stylizer's exact target "
+                                    "(pseudo-ground truth, demo data only)"),
+    # --- training losses: raw terms as computed, totals weighted (comparable only at equal loss settings) ---
+    "loss/g/adv": Metric("minimize", "loss", "generator adversarial loss, raw term"),
+    "loss/g/content": Metric("minimize", "loss", "generator content loss (backbone features of output vs "
+                             "photo), raw term"),
+    "loss/g/style": Metric("minimize", "loss", "generator style loss (backbone Grams of output vs anime), "
+                           "raw term"),
+    "loss/g/color": Metric("minimize", "loss", "generator colour loss (YUV of output vs photo), raw term"),
+    "loss/g/tv": Metric("minimize", "loss", "generator total-variation loss, raw term (0 when tv_weight is 0)"),
+    "loss/g/total": Metric("minimize", "loss", "generator loss that is optimised: the weighted sum of its terms"),
+    "loss/d/real": Metric("minimize", "loss", "discriminator loss on anime images, raw term"),
+    "loss/d/fake": Metric("minimize", "loss", "discriminator loss on generated images, raw term"),
+    "loss/d/gray": Metric("minimize", "loss", "discriminator loss on grayscale anime, raw term"),
+    "loss/d/smooth": Metric("minimize", "loss", "discriminator loss on edge-smoothed anime, raw term"),
+    "loss/d/gp": Metric("minimize", "loss", "gradient penalty, already weighted by gp_weight (0 for GAN types "
+                         "without one)"),
+    "loss/d/total": Metric("minimize", "loss", "discriminator loss that is optimised: the weighted sum"),
+    "loss/init/content": Metric("minimize", "loss", "content loss of the generator's init phase, raw term"),
+    "loss/init/total": Metric("minimize", "loss", "init-phase loss that is optimised: content_weight x content"),
+    # --- throughput, over the steps since the previous log point ---
+    "perf/step_s": Metric("minimize", "perf", "wall-clock seconds per training step", plotted=False),
+    "perf/images_per_s": Metric("maximize", "perf", "training photos per second", plotted=False),
+    # --- diagnostics: read in tables and artifacts; a spread or one seed's part is no result to optimise ---
+    KID_RAND_PER_SEED: _diagnostic("minimize", "style", "kid_rand on the one random-VGG evaluator of this seed"),
+    "eval/style/kid_rand_seed_sd": _diagnostic(None, "style", "sd of kid_rand over the evaluator seeds"),
+    "eval/style/kid_rand_subset_sd": _diagnostic(None, "style", "KID subset sampling sd, mean over the "
+                                                 "evaluator seeds (sampling noise only)"),
+    # Raw statistics have no better side: what counts is closeness to the style set, i.e. eval/style/stats_*.
+    "eval/stats/flat": _diagnostic(None, "stats", "mean share of flat pixels (|Sobel grad luma| < 8)"),
+    "eval/stats/palette": _diagnostic(None, "stats", "mean palette size: 8x8x8 RGB bins covering 95% of pixels"),
+    "eval/stats/saturation": _diagnostic(None, "stats", "mean HSV saturation"),
+    "eval/stats/edges": _diagnostic(None, "stats", "mean share of Canny edge pixels"),
+    # The anchors' own values (no-op = the photos, ref = the held-out style split): they give the gaps meaning.
+    ANCHOR: _diagnostic(None, "anchor", "the metric scored on an anchor: noop = the input photos, ref = the "
+                        "held-out style split"),
+    "lr/init": _diagnostic(None, "lr", "learning rate of the init phase (a schedule, not a result)"),
+    "lr/g": _diagnostic(None, "lr", "generator learning rate (a schedule, not a result)"),
+    "lr/d": _diagnostic(None, "lr", "discriminator learning rate (a schedule, not a result)"),
+}
+
+# What a family's slot may hold. An anchor's `metric` is a style or statistics key without `eval/`, and
+# `resolve` also requires that key to be registered, so an anchor exists only for a known metric.
+_SLOTS = {"seed": r"\d+", "which": r"noop|ref", "metric": r"(?:style|stats)/\w+"}
+
+
+def _pattern(family: str) -> re.Pattern[str]:
+    parts = re.split(r"\{(\w+)\}", family)  # literal, slot, literal, ...
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_SLOTS[p]})" for i, p in enumerate(parts)))
+
+
+_FAMILIES = {key: _pattern(key) for key in METRICS if "{" in key}
+
+
+class UnknownMetric(KeyError):
+    """A key that is not in the registry; its message lists the valid names."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+    def __str__(self) -> str:  # KeyError would print the repr of the key alone
+        return f"unknown metric {self.key!r}: expected one of {', '.join(METRICS)}"
+
+
+def resolve(key: str) -> str:
+    """A logged key -> its registry key: itself, or the family it is a member of."""
+    if key in METRICS:
+        return key
+    for family, pattern in _FAMILIES.items():
+        match = pattern.fullmatch(key)
+        if match and ("metric" not in match.groupdict() or find("eval/" + match["metric"]) is not None):
+            return family
+    raise UnknownMetric(key)
+
+
+def lookup(key: str) -> Metric:
+    """The entry of a logged key (a family's entry for `eval/style/kid_rand_1001`); UnknownMetric if none."""
+    return METRICS[resolve(key)]
+
+
+def find(key: str) -> Metric | None:
+    """`lookup` for callers to whom an unregistered key is an answer, not an error."""
+    try:
+        return lookup(key)
+    except UnknownMetric:
+        return None
+
+
+def objective_names() -> list[str]:
+    """The keys a study may name in `objectives`, in registry order."""
+    return [key for key, metric in METRICS.items() if metric.objective]
+
+
+def plotted(key: str) -> bool:
+    """Whether the report draws the key as a curve; an unregistered key is not drawn."""
+    metric = find(key)
+    return metric is not None and metric.plotted
+
+
+def tooltip(key: str) -> str:
+    """The report's one-line explanation of a key, with its better side; empty for an unregistered key."""
+    metric = find(key)
+    if metric is None:
+        return ""
+    better = {"minimize": " (lower is better)", "maximize": " (higher is better)", None: ""}[metric.direction]
+    return metric.description + better
+
+
+def gap_key(key: str) -> str:
+    """The gap-closure key of a metric with a `gap_floor`."""
+    return f"{key}_gap"
+
+
+def anchor_key(which: Literal["noop", "ref"], key: str) -> str:
+    """`eval/style/kid_rand` on the no-op anchor -> `eval/anchor/noop/style/kid_rand`."""
+    return ANCHOR.format(which=which, metric=key.removeprefix("eval/"))
