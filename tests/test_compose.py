@@ -372,7 +372,7 @@ def test_bucket_init_fails_after_bounded_retries(tmp_path: Path) -> None:
 # --- .ci/run ---------------------------------------------------------------------------------------
 
 CI_RUN = REPO / ".ci" / "run"
-README_TEST_COMMAND = 'python3 -m pip install -e ".[test]" && python3 -m pytest -x -q'
+README_TEST_COMMAND = 'python3 -m pip install -e ".[test]" && python3 -m ruff check && python3 -m pytest -x -q'
 
 
 def test_ci_run_is_strict_bash_and_runs_the_readme_command() -> None:
@@ -408,4 +408,8 @@ def test_ci_run_propagates_pytest_exit_code(tmp_path: Path, pytest_rc: int) -> N
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == pytest_rc, proc.stdout + proc.stderr
-    assert log.read_text().splitlines() == ["python3 -m pip install -e .[test]", "python3 -m pytest -x -q"]
+    assert log.read_text().splitlines() == [
+        "python3 -m pip install -e .[test]",
+        "python3 -m ruff check",
+        "python3 -m pytest -x -q",
+    ]
