@@ -14,6 +14,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="AnimeGAN loss-weight ablations: train, run studies, report.")
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Datasets: demo, smoothing, download.")
 app.add_typer(data_app, name="data")
+weights_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="Backbone weight files: convert published weights for backbone.weights.")
+app.add_typer(weights_app, name="weights")
 
 
 @app.command()
@@ -59,6 +62,20 @@ def _run_options(demo: bool, set_: list[str], storage: str | None, tracking_uri:
     return RunOptions(**fields)
 
 
+FUSE_HELP = "trials trained together as one fused model: a count, or auto (CUDA: by free memory; CPU: see README)"
+
+
+def _fuse(text: str) -> int | None:
+    """`--fuse 4` -> 4, `--fuse auto` -> None (decided per device by the runner)."""
+    from ablation.errors import UserError, problem
+
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(problem(None, "--fuse", "a positive integer or auto", text))
+    return int(text)
+
+
 STORAGE_HELP = "Optuna storage URL (default $ABLATE_STORAGE or sqlite:///optuna.db)"
 TRACKING_HELP = "MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
 
@@ -79,11 +96,12 @@ def run(
     rerun_failed: bool = typer.Option(False, help="run failed trials again"),
     rerun_diverged: bool = typer.Option(False, help="run diverged trials again"),
     report: bool = typer.Option(True, help="render reports/<study>/index.html at the end"),
+    fuse: str = typer.Option("auto", help=FUSE_HELP),
 ) -> None:
     """Run a study: every missing trial of a grid, or an Optuna search; log to MLflow; render the report."""
     from ablation.study.runner import run_study
 
-    options = _run_options(demo, set_, storage, tracking_uri, trials_dir, workers=workers,
+    options = _run_options(demo, set_, storage, tracking_uri, trials_dir, workers=workers, fuse=_fuse(fuse),
                            devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
                            trials_per_device=trials_per_device, rerun_failed=rerun_failed,
                            rerun_diverged=rerun_diverged, report=report)
@@ -100,11 +118,13 @@ def worker(
     demo: bool = typer.Option(False),
     set_: list[str] = typer.Option([], "--set"),
     quiet: bool = typer.Option(False, help="no progress bars (for background workers)"),
+    fuse: str = typer.Option("auto", help=FUSE_HELP),
 ) -> None:
     """Join a study from any host and run queued trials until none is left."""
     from ablation.study.runner import run_worker
 
-    raise typer.Exit(run_worker(study, _run_options(demo, set_, storage, tracking_uri, trials_dir, quiet=quiet)))
+    raise typer.Exit(run_worker(study, _run_options(demo, set_, storage, tracking_uri, trials_dir, quiet=quiet,
+                                                    fuse=_fuse(fuse))))
 
 
 @app.command()
@@ -190,6 +210,20 @@ def data_fetch(name: str = typer.Argument(..., help="dataset name, e.g. animegan
 
     root = fetch_dataset(name, dest, url=url, sha256=sha256)
     typer.echo(f"dataset ready in {root}")
+
+
+@weights_app.command("convert")
+def weights_convert(
+    converter: str = typer.Argument(..., help="converter name: keras-mobilenet-v2"),
+    source: Path = typer.Argument(..., help="published weights, e.g. "
+                                  "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.3_224_no_top.h5"),
+    out: Path = typer.Argument(..., help="the .pt file to write (then backbone.weights: OUT)"),
+    width: float = typer.Option(1.3, help="width multiplier (Keras alpha) the file was trained at"),
+) -> None:
+    """Convert a published weights file into one `backbone.weights` loads (with its numerics)."""
+    from ablation.gan.keras_weights import convert_weights
+
+    typer.echo(convert_weights(converter, source, out, width))
 
 
 def main() -> None:

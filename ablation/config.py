@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,8 +21,34 @@ GanType = Literal["lsgan", "gan", "hinge", "wgan-gp", "wgan-lp", "dragan"]
 GAN_TYPES: tuple[str, ...] = get_args(GanType)
 
 
+def _string_choices(annotation: Any) -> tuple[str, ...]:
+    """The choices of a `Literal["a", "b"]` field; () for any other annotation."""
+    if get_origin(annotation) is Literal and all(isinstance(c, str) for c in get_args(annotation)):
+        return get_args(annotation)
+    return ()
+
+
+def _spelled_choice(value: Any, choices: tuple[str, ...]) -> Any:
+    """YAML reads `--set loss.color_scale=255` as the int 255: a number that spells a choice is that choice."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if text in choices else value
+
+
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_from_scalars(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, info in cls.model_fields.items():
+            if name in out and (choices := _string_choices(info.annotation)):
+                out[name] = _spelled_choice(out[name], choices)
+        return out
 
 
 class DataConfig(Frozen):
@@ -34,7 +60,13 @@ class DataConfig(Frozen):
 
 class ModelConfig(Frozen):
     generator: Literal["v1", "v2"] = "v1"
-    generator_sn: bool = False  # the write-up put spectral norm on G as well
+    # Spectral norm on G: in no reference (the official code and the write-up's code put it on D only); an
+    # extra arm for studies, off by default.
+    generator_sn: bool = False
+    # generator resizes (v1 down/up, v2 up): "tf1" = TF1 `resize_images` (bilinear, align_corners=False, no
+    # half-pixel centres: halving subsamples every other pixel), the original's; "half_pixel" = PyTorch's
+    # bilinear (halving averages 2×2 blocks).
+    resize: Literal["tf1", "half_pixel"] = "tf1"
     d_ch: int = Field(64, ge=8)
     d_layers: int = Field(3, ge=1)  # n_dis
     d_sn: bool = True
@@ -43,8 +75,9 @@ class ModelConfig(Frozen):
 
 class BackboneConfig(Frozen):
     arch: Literal["vgg19", "mobilenet_v2"] = "vgg19"
-    # "random" (seeded), "imagenet" (torchvision weights by name) or a path to a local weights file
-    weights: str = "random"
+    # "imagenet" (torchvision weights by name: the official v1 used a pretrained VGG19), "random" (seeded; the
+    # --demo preset and the tests, which cannot download) or a path to a local weights file
+    weights: str = "imagenet"
     seed: int | None = None  # random weights: None = the trial seed; logged either way
     width: float = Field(1.3, gt=0.0)  # mobilenet_v2 width multiplier (the write-up: 1.3)
     # input scaling: auto = caffe BGR-mean for vgg19 (ImageNet mean/std with torchvision weights),
@@ -97,10 +130,12 @@ class EvalConfig(Frozen):
     enabled: bool = True
     image_size: int = Field(128, ge=32)  # fixed evaluation resolution (the calibration used 128)
     max_images: int = Field(128, ge=8)
-    evaluator_seeds: tuple[int, ...] = (1001, 1002, 1003)  # never used by training
+    # random-VGG evaluators: weights drawn from a salted stream no training seed reaches; a study refuses these
+    # numbers as training seeds all the same
+    evaluator_seeds: tuple[int, ...] = (1001, 1002, 1003)
     kid_subsets: int = Field(50, ge=1)
     kid_subset_size: int = Field(100, ge=2)
-    efficientnet: bool = True  # used only when the optional extra is installed
+    efficientnet: bool = True  # KID on ImageNet EfficientNet-Lite0: the independent pretrained evaluator
 
 
 class RuntimeConfig(Frozen):
@@ -136,7 +171,8 @@ class TrainConfig(Frozen):
         bb = self.backbone
         if bb.arch == "mobilenet_v2" and bb.weights == "imagenet" and bb.width != 1.0:
             raise ValueError(f"backbone.weights: expected random or a local weights file for mobilenet_v2 at "
-                             f"width {bb.width:g} (torchvision has ImageNet weights only at width 1.0), got 'imagenet'")
+                             f"width {bb.width:g} (torchvision has ImageNet weights only at width 1.0; convert "
+                             "Keras' with `ablate weights convert keras-mobilenet-v2`), got 'imagenet'")
         return self
 
 
@@ -236,7 +272,8 @@ def load_train_config(path: Path | None, overrides: dict[str, Any] | None = None
     data = read_yaml(path) if path is not None else {}
     if overrides:
         data = apply_overrides(data, overrides, "--set")
-    return build_config(data, path)
+    # without a file every value came from --set: name it, so the line says where to fix it
+    return build_config(data, path if path is not None or not overrides else "--set")
 
 
 def to_yaml(config: TrainConfig) -> str:

@@ -50,7 +50,8 @@ def time_step(fn, device: torch.device, repeats: int, warmup: int = 1) -> list[f
 
 def bench(generator: str, size: int, batch: int, repeats: int) -> dict:
     config = with_overrides(TrainConfig(), {"model.generator": generator, "data.image_size": size,
-                                            "schedule.batch_size": batch})
+                                            "schedule.batch_size": batch,
+                                            "backbone.weights": "random"})  # same cost as pretrained, offline
     device = resolve_device(config.runtime)
     backbone = prepare_module(build_backbone(config.backbone, 0), device, config.runtime)
     models = build_models(config, device)
@@ -58,7 +59,7 @@ def bench(generator: str, size: int, batch: int, repeats: int) -> dict:
 
     def init() -> None:
         with autocast(device, config.runtime):
-            init_step(models, backbone, data, compute_targets(backbone, data, "gray"), config)
+            init_step(models, backbone, data, compute_targets(backbone, data, "gray", need_style=False), config)
 
     def gan() -> None:
         with autocast(device, config.runtime):

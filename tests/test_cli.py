@@ -65,3 +65,10 @@ def test_misspelt_objective_fails_the_dry_run_in_one_line(tmp_path: Path) -> Non
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith(f"error: {study}: objectives.0.metric: expected a logged metric key")
     assert "eval/style/kid_rand," in line and line.endswith("got 'eval/style/kid_rnd'")
+
+
+def test_weights_convert_unknown_converter_lists_valid_names(tmp_path: Path) -> None:
+    out = ablate("weights", "convert", "keras-mobilenet-v3", "w.h5", "w.pt", cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert line == "error: weights convert: expected a converter, one of keras-mobilenet-v2, got 'keras-mobilenet-v3'"

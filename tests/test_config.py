@@ -80,5 +80,5 @@ def test_impossible_combination_names_the_field(tmp_path: Path) -> None:
     with pytest.raises(UserError) as err:
         load_train_config(path)
     assert err.value.lines == [f"{path}: backbone.weights: expected random or a local weights file for "
-                               "mobilenet_v2 at width 1.3 (torchvision has ImageNet weights only at width 1.0), "
-                               "got 'imagenet'"]
+                               "mobilenet_v2 at width 1.3 (torchvision has ImageNet weights only at width 1.0; convert "
+                               "Keras' with `ablate weights convert keras-mobilenet-v2`), got 'imagenet'"]

@@ -150,10 +150,12 @@ def stylize(rgb: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- tier 2: the demo dataset
 
 PHOTO_SOURCES = ("astronaut", "chelsea", "coffee", "rocket", "grace_hopper")
-HELD_OUT = ("coffee",)  # whole image kept for val: val crops never share pixels with training crops
+# Whole images held out for val, never cropped for training: val photos share no pixels with training photos
+# or style images, and two sources keep the evaluation from resting on one scene.
+HELD_OUT = ("coffee", "rocket")
 MANIFEST = "demo.json"
 MANAGED = ("train_photo", "demo", "val", "val_target")  # folders this module owns under out_dir
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: val from two held-out photos, per-image provenance in the manifest
 
 
 def bundled_photos() -> dict[str, np.ndarray]:
@@ -176,18 +178,35 @@ def _shrink(rgb: np.ndarray, short_side: int) -> np.ndarray:
     return cv2.resize(rgb, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
 
 
-def _crops(images: list[np.ndarray], count: int, size: int, seed: int, stream: int) -> list[np.ndarray]:
-    """Random squares of side U(0.5, 1)·min(H, W), INTER_AREA to size², random h-flip; sources round-robin."""
+def source_images(image_size: int) -> dict[str, np.ndarray]:
+    """The photo pool at twice the crop size, as every crop is cut from it: crops then need no upscaling, and
+    the stylizer's outlines keep a visible width after a crop is resized (evaluation.md §8)."""
+    return {name: _shrink(image, 2 * image_size) for name, image in bundled_photos().items()}
+
+
+def crop_plan(sources: dict[str, tuple[int, int]], count: int, seed: int, stream: int) -> list[dict]:
+    """Where each crop comes from: {source, box [y, x, side] in the shrunk source, flip}; sources round-robin.
+
+    Random squares of side U(0.5, 1)·min(H, W). Planned apart from the pixels so that the manifest (which
+    records every image's provenance) is known before anything is stylised.
+    """
     rng = np.random.default_rng([seed, stream])
-    out = []
+    names = list(sources)
+    plan = []
     for index in range(count):
-        image = images[index % len(images)]
-        h, w = image.shape[:2]
+        name = names[index % len(names)]
+        h, w = sources[name]
         side = int(round(rng.uniform(0.5, 1.0) * min(h, w)))
         y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-        crop = cv2.resize(image[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
-        out.append(np.ascontiguousarray(crop[:, ::-1]) if rng.random() < 0.5 else crop)
-    return out
+        plan.append({"source": name, "box": [y, x, side], "flip": bool(rng.random() < 0.5)})
+    return plan
+
+
+def cut(image: np.ndarray, crop: dict, size: int) -> np.ndarray:
+    """One planned crop of the (shrunk) source image: INTER_AREA to size², then the h-flip if planned."""
+    y, x, side = crop["box"]
+    out = cv2.resize(image[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(out[:, ::-1]) if crop["flip"] else out
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> None:
@@ -226,16 +245,30 @@ def _read_json(path: Path) -> object:
 
 def build_demo_dataset(out_dir: Path, image_size: int = 128, n_photo: int = 96, n_style: int = 96, n_ref: int = 64,
                        n_val: int = 16, seed: int = 0) -> Path:
-    """Write the demo dataset in the original layout (style name `demo`); a no-op when demo.json matches."""
+    """Write the demo dataset in the original layout (style name `demo`); a no-op when demo.json matches.
+
+    demo.json records each image's provenance under "files" (folder -> [{file, source, box, flip}]): val photos
+    come only from the HELD_OUT sources, training photos and style images only from the others.
+    """
     from ablation.data.smooth import build_smooth_dir
 
     out_dir = Path(out_dir)
-    manifest = {"format": FORMAT_VERSION, "seed": seed, "image_size": image_size,
-                "counts": {"train_photo": n_photo, "style": n_style, "style_ref": n_ref, "val": n_val},
-                "sources": {"train": [n for n in PHOTO_SOURCES if n not in HELD_OUT], "val": list(HELD_OUT)},
-                "stylizer": {"mean_shift": [8, 24], "palette_k": PALETTE_K, "palette_seed": PALETTE_SEED,
-                             "hsv_gain": [1.35, 1.08], "canny": [60, 160], "min_edge_pixels": MIN_EDGE_PIXELS}}
+    train_names = [n for n in PHOTO_SOURCES if n not in HELD_OUT]
     with _locked(out_dir):
+        photos = source_images(image_size)
+        shapes = {name: image.shape[:2] for name, image in photos.items()}
+        train_shapes = {n: shapes[n] for n in train_names}
+        plans = {"train_photo": crop_plan(train_shapes, n_photo, seed, 0),
+                 "demo/style": crop_plan(train_shapes, n_style, seed, 1),
+                 "demo/style_ref": crop_plan(train_shapes, n_ref, seed, 2),
+                 "val": crop_plan({n: shapes[n] for n in HELD_OUT}, n_val, seed, 3)}
+        manifest = {"format": FORMAT_VERSION, "seed": seed, "image_size": image_size,
+                    "counts": {"train_photo": n_photo, "style": n_style, "style_ref": n_ref, "val": n_val},
+                    "sources": {"train": train_names, "val": list(HELD_OUT)},
+                    "stylizer": {"mean_shift": [8, 24], "palette_k": PALETTE_K, "palette_seed": PALETTE_SEED,
+                                 "hsv_gain": [1.35, 1.08], "canny": [60, 160], "min_edge_pixels": MIN_EDGE_PIXELS},
+                    "files": {folder: [{"file": f"{i:04d}.png", **crop} for i, crop in enumerate(plan)]
+                              for folder, plan in plans.items()}}
         path = out_dir / MANIFEST
         if path.exists() and _read_json(path) == manifest:
             return out_dir
@@ -243,19 +276,15 @@ def build_demo_dataset(out_dir: Path, image_size: int = 128, n_photo: int = 96, 
             # no manifest = not ours: never delete what may be a user's real dataset
             raise UserError(problem(out_dir, "out_dir", f"an empty folder or an earlier demo build ({MANIFEST})",
                                     "<a folder with data not built by `ablate data demo`>"))
-        photos = bundled_photos()
-        # stylise whole photos once at twice the crop size: crops then need no upscaling, and outlines keep
-        # a visible width after the crop is resized (evaluation.md §8 "stylise the full photos once")
-        train = [_shrink(photos[n], 2 * image_size) for n in manifest["sources"]["train"]]
-        styled = [stylize(p) for p in train]
-        held = [_shrink(photos[n], 2 * image_size) for n in HELD_OUT]
-        val = _crops(held, n_val, image_size, seed, 3)
+        # stylise whole photos once, then crop (evaluation.md §8 "stylise the full photos once")
+        styled = {n: stylize(photos[n]) for n in train_names}
+        val = [cut(photos[c["source"]], c, image_size) for c in plans["val"]]
 
         staging = out_dir / f".building-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
-        _write_all(staging / "train_photo", _crops(train, n_photo, image_size, seed, 0))
-        _write_all(staging / "demo" / "style", _crops(styled, n_style, image_size, seed, 1))
-        _write_all(staging / "demo" / "style_ref", _crops(styled, n_ref, image_size, seed, 2))
+        _write_all(staging / "train_photo", [cut(photos[c["source"]], c, image_size) for c in plans["train_photo"]])
+        for folder in ("demo/style", "demo/style_ref"):
+            _write_all(staging / folder, [cut(styled[c["source"]], c, image_size) for c in plans[folder]])
         _write_all(staging / "val", val)
         _write_all(staging / "val_target", [stylize(v) for v in val])
         build_smooth_dir(staging / "demo" / "style", staging / "demo" / "smooth", image_size, progress=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 DEMO_IMAGE_SIZE = 64
+DEMO_EVAL_IMAGES = 32  # held-out photos per evaluation (the report warns below 100: a demo is a smoke run)
 
 # Applied on top of a config or study base; every key is a dotted config path.
 DEMO_OVERRIDES: dict[str, Any] = {
@@ -22,7 +23,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "schedule.log_every": 2,
     "schedule.eval_every": 0,
     "eval.image_size": DEMO_IMAGE_SIZE,
-    "eval.max_images": 32,
+    "eval.max_images": DEMO_EVAL_IMAGES,
     "eval.kid_subsets": 20,
     "eval.kid_subset_size": 16,
 }
@@ -41,5 +42,8 @@ def prepare_demo(root: Path | None = None) -> dict[str, Any]:
     from ablation.data.demo import build_demo_dataset
 
     root = root or demo_root()
-    build_demo_dataset(root, image_size=DEMO_IMAGE_SIZE, n_photo=48, n_style=48, n_ref=32, n_val=32)
+    # n_ref = 2 x n_val: the evaluator compares equal numbers of outputs, photos and reference-anchor images,
+    # taking the anchor from every other style_ref image, so 64 keep all 32 val photos in the evaluation.
+    build_demo_dataset(root, image_size=DEMO_IMAGE_SIZE, n_photo=48, n_style=48, n_ref=2 * DEMO_EVAL_IMAGES,
+                       n_val=DEMO_EVAL_IMAGES)
     return {**DEMO_OVERRIDES, "data.root": str(root)}

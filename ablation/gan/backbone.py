@@ -8,6 +8,10 @@ The trunk keeps torchvision's key paths (without the `features.` prefix), so a s
 torchvision model or from the trunk loads into it. Activation magnitudes differ between weights and
 preprocessings, so `describe()` (which includes `weights_hash`) records exactly which ones a run used: the trainer
 writes it to the run folder's backbone.json and a study tags its MLflow run with it (`ablate.backbone.*`).
+
+A file from `ablate weights convert keras-mobilenet-v2` (gan/keras_weights.py) also carries Keras' numerics (BN ε
+1e-3, TF "same" stride-2 padding); the trunk built for it adopts them, so it computes what the write-up's Keras
+model computed, and `describe()` records them (`numerics`, `source_sha256`). Plain state dicts keep torchvision's.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from torchvision.models import MobileNet_V2_Weights, VGG19_Weights
 
 from ablation.config import BackboneConfig
 from ablation.errors import UserError, problem
+from ablation.gan.keras_weights import KERAS_FORMAT, use_keras_numerics
 
 FIELD = "backbone.weights"
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -183,10 +188,22 @@ def _load_local(path: Path) -> Any:
         raise UserError(problem(path, FIELD, "an existing weights file (a torch.save'd state dict), "
                                 "'random' or 'imagenet'", "<missing>"))
     try:
-        return _unwrap(torch.load(path, map_location="cpu", weights_only=True))
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # zip/pickle/unsupported-object errors all mean the file is not a usable state dict
         reason = f"<unreadable: {type(exc).__name__}: {exc}>"
         raise UserError(problem(path, FIELD, "a torch.save'd state dict", reason)) from None
+
+
+def _converted_numerics(raw: Any, path: Path, cfg: BackboneConfig) -> dict[str, Any] | None:
+    """A converted Keras file's numerics ({bn_eps, padding, source_sha256}); None for a plain state dict."""
+    if not (isinstance(raw, dict) and raw.get("format") == KERAS_FORMAT):
+        return None
+    # Checked before the shapes: a width mismatch that happens to give equal shapes would still be the wrong model.
+    if raw.get("arch") != cfg.arch or raw.get("width") != cfg.width:
+        raise UserError(problem(path, FIELD, f"weights for {cfg.arch} at width {cfg.width:g} (backbone.arch, "
+                                "backbone.width)", f"<converted for {raw.get('arch')} at width {raw.get('width')}>"))
+    return {"bn_eps": float(raw["bn_eps"]), "padding": str(raw["padding"]),
+            "source_sha256": str(raw.get("source_sha256", ""))}
 
 
 def _load_imagenet(cfg: BackboneConfig, arch: Arch) -> tuple[Any, str]:
@@ -194,7 +211,8 @@ def _load_imagenet(cfg: BackboneConfig, arch: Arch) -> tuple[Any, str]:
     if weights_enum is None:
         raise UserError(problem(None, FIELD, f"'random' or a local weights file: torchvision ships no ImageNet "
                                 f"weights for {cfg.arch} at width {cfg.width} (only 1.0); pass a local weights "
-                                "file (e.g. converted Keras MobileNetV2 weights)", "imagenet"))
+                                "file (Keras' at width 1.3: ablate weights convert keras-mobilenet-v2 FILE.h5 OUT.pt)",
+                                "imagenet"))
     file_name = weights_enum.url.rsplit("/", 1)[-1]
     try:
         return weights_enum.get_state_dict(progress=False), file_name
@@ -212,17 +230,23 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
     except KeyError:
         raise ValueError(f"unknown backbone {cfg.arch!r}; valid: {', '.join(sorted(ARCHES))}") from None
     weight_seed = cfg.seed if cfg.seed is not None else seed
+    numerics, local_state = None, None
+    if cfg.weights not in ("random", "imagenet"):  # read first: a converted file also changes how the trunk is built
+        raw = _load_local(Path(cfg.weights))
+        numerics = _converted_numerics(raw, Path(cfg.weights), cfg)
+        local_state = _unwrap(raw)
     # Always build from a private RNG stream: the global stream (which seeds G and D) must not depend on the
     # backbone arm, and random weights must depend on the seed alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(weight_seed)
         trunk = arch.build_trunk(cfg)
+        if numerics is not None:
+            use_keras_numerics(trunk, numerics["bn_eps"], numerics["padding"])
     if cfg.weights != "random":
         if cfg.weights == "imagenet":
             state, source = _load_imagenet(cfg, arch)
         else:
-            source = cfg.weights
-            state = _load_local(Path(cfg.weights))
+            state, source = local_state, cfg.weights
         trunk.load_state_dict(_select_trunk_state(state, trunk, source, cfg.arch), strict=True)
     description = {
         "arch": cfg.arch,
@@ -231,5 +255,8 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
     }
     if cfg.arch == "mobilenet_v2":
         description["width"] = f"{cfg.width:g}"  # vgg19 has no width; mobilenet's changes every shape
+    if numerics is not None:  # the state hash cannot see ε or padding, so the description says which were used
+        description["numerics"] = f"keras (bn_eps {numerics['bn_eps']:g}, padding {numerics['padding']})"
+        description["source_sha256"] = numerics["source_sha256"][:12]
     preprocess = arch.auto_preprocess(cfg) if cfg.preprocess == "auto" else cfg.preprocess
     return FrozenBackbone(trunk, preprocess, description)

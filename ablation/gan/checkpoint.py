@@ -1,4 +1,5 @@
-"""Atomic checkpoints: a crash while writing never leaves a half-written file behind."""
+"""Atomic checkpoints: a crash while writing never leaves a half-written file behind. And the checks that a
+checkpoint may be resumed by this run: same config and seed, same precision."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ from typing import Any
 
 import torch
 
+from ablation.config import TrainConfig, cell_hash
+from ablation.errors import UserError, problem
 from ablation.files import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# Checkpoints written before the trainer recorded its precision: taken as fp32. That is what every CPU run and
+# every `runtime.amp: false` run computed in; an old bf16 CUDA checkpoint would be misread, a risk accepted as
+# those runs predate precision being a recorded part of a run.
+LEGACY_PRECISION = "fp32"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -22,3 +29,20 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
     # our own files: they hold RNG states and plain containers, so the full unpickler is needed
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def checkpoint_precision(state: dict[str, Any]) -> str:
+    return str(state.get("precision", LEGACY_PRECISION))
+
+
+def check_resumable(state: dict[str, Any], config: TrainConfig, precision: str, path: Path) -> None:
+    """Refuse, in one line, a checkpoint this run must not continue: another config or seed, or another
+    precision (bf16 and fp32 losses differ, so one trial would mix two numerics)."""
+    if state.get("cell") != cell_hash(config) or state["config"].get("seed") != config.seed:
+        raise UserError(problem(path, "config", "the config this checkpoint was written with (same cell "
+                                "and seed); use a new --out folder for a changed config", "<a different config>"))
+    written = checkpoint_precision(state)
+    if written != precision:
+        how = "runtime.amp: false" if written == "fp32" else "runtime.amp: true on a CUDA device with bf16"
+        raise UserError(problem(path, "runtime.amp / precision", f"{written!r} (the precision this checkpoint was "
+                                f"written in: resume with {how}, or use a new --out folder)", precision))

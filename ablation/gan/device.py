@@ -1,4 +1,5 @@
-"""Device choice and the CUDA-only speed paths (bf16 autocast, channels_last, torch.compile).
+"""Device choice, the precision a run computes in, and the CUDA-only speed paths (bf16 autocast,
+channels_last, torch.compile).
 
 Everything here is a no-op on CPU, so tests and laptops never need CUDA.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from torch import nn
@@ -32,10 +34,34 @@ def configure_threads(runtime: RuntimeConfig) -> None:
         torch.set_num_threads(runtime.threads)
 
 
+Precision = Literal["fp32", "bf16"]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 on this CUDA device (compute capability >= 8, or ROCm). Pre-Ampere GPUs only emulate bf16,
+    slower than fp32, so autocasting there would cost speed and precision for nothing."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_properties(device).major >= 8
+
+
+def effective_precision(runtime: RuntimeConfig, device: torch.device) -> Precision:
+    """The precision the forward passes (and so every loss) really run in: "bf16" exactly when `autocast`
+    below autocasts, else "fp32". `runtime.amp` alone does not say it: it is a no-op on CPU."""
+    if device.type == "cuda" and runtime.amp and bf16_supported(device):
+        return "bf16"
+    return "fp32"
+
+
 def autocast(device: torch.device, runtime: RuntimeConfig) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed for bf16); nothing on CPU."""
-    if device.type == "cuda" and runtime.amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast (no loss scaling needed for bf16) when `effective_precision` says bf16; else nothing.
+
+    Decided by `effective_precision` itself, so what a run records as its precision is what it ran in.
+    """
+    if effective_precision(runtime, device) == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 

@@ -3,12 +3,15 @@
 Both map an NCHW photo in [-1, 1] to an anime image in [-1, 1] of the same H×W. Every conv is bias-free
 except the v2 inverted-residual depthwise conv, which is what the parameter counts (v1 3,956,096;
 v2 2,143,552) pin down. Upsampling resizes to the exact size recorded on the way down, so any input size
-(even or odd, not only multiples of 4) comes back at its own size.
+(even or odd, not only multiples of 4) comes back at its own size. Both originals resize with TF1
+`tf.image.resize_images` (v1 down and up, v2 up), which `Resize("tf1")` reproduces.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -81,9 +84,90 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    # PyTorch half-pixel bilinear, not TF1's corner-aligned sampling; only matters for porting TF weights (§7.1).
+ResizeMode = Literal["tf1", "half_pixel"]
+
+
+def _tf1_axis(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TF1 legacy bilinear sampling along one axis: source = dst * (in / out), no half-pixel offset.
+
+    Returns the lower and upper source indices and the weight of the upper one. The arithmetic is float32 as in
+    TF's kernel, so the fractional weights (and where floor lands) are TF's own. Built on `device` directly: no
+    host-device copy or sync per call.
+    """
+    scale = in_size / out_size
+    src = torch.arange(out_size, dtype=torch.float32, device=device) * torch.tensor(scale, dtype=torch.float32)
+    lower = src.floor()
+    upper = (lower + 1).clamp(max=in_size - 1)  # the last source pixel is repeated, not extrapolated
+    return lower.long(), upper.long(), src - lower
+
+
+def _lerp_axis(x: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
+    in_size = int(x.shape[dim])
+    lower, upper, frac = _tf1_axis(in_size, out_size, x.device)
+    x_lower = x.index_select(dim, lower)
+    if in_size % out_size == 0:
+        return x_lower  # integer scale (halving): every weight is 0, a pure subsample
+    shape = [1] * x.dim()
+    shape[dim] = out_size
+    # weights in the input's dtype: a bf16 activation stays bf16 (0 and 0.5 are exact there)
+    weight_upper = frac.to(x.dtype).view(shape)
+    return x_lower + (x.index_select(dim, upper) - x_lower) * weight_upper
+
+
+def resize_tf1(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TF1 `tf.image.resize_images` (bilinear, align_corners=False, half_pixel_centers=False) on NCHW.
+
+    Halving keeps every other pixel; doubling [a, b] gives [a, (a+b)/2, b, b]. Differentiable (index_select
+    and lerp), any device and dtype. TF blends along W first, then H; so does this.
+    """
+    return _lerp_axis(_lerp_axis(x, -1, size[1]), -2, size[0])
+
+
+def resize_half_pixel(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """PyTorch's bilinear with half-pixel centres (halving averages 2×2 blocks); not what either original ran."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+RESIZES: dict[str, Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]] = {
+    "tf1": resize_tf1, "half_pixel": resize_half_pixel,
+}
+
+
+class Resize(nn.Module):
+    """The generators' bilinear resize, chosen by `model.resize` (a module so that it shows in the repr)."""
+
+    def __init__(self, mode: ResizeMode) -> None:
+        super().__init__()
+        if mode not in RESIZES:
+            raise ValueError(f"unknown resize {mode!r}; valid: {', '.join(sorted(RESIZES))}")
+        self.mode = mode
+        self._fn = RESIZES[mode]
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return self._fn(x, size)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+def tf_fan_in(conv: nn.Conv2d) -> int:
+    """fan_in as TF counts it for this conv's kernel: kh * kw * all input channels.
+
+    TF stores a depthwise kernel as [kh, kw, C, multiplier], so its fan_in is kh*kw*C; PyTorch's weight
+    [C, 1, kh, kw] would give kh*kw alone, a sqrt(C) (about 20x at C=512) larger init std.
+    """
+    kh, kw = conv.kernel_size
+    return kh * kw * conv.in_channels
+
+
+def tf_variance_scaling_(weight: torch.Tensor, fan_in: int, factor: float = 2.0) -> torch.Tensor:
+    """tf.contrib.layers.variance_scaling_initializer() defaults (factor 2, FAN_IN, uniform=False).
+
+    TF draws tf.truncated_normal with stddev sqrt(1.3 * factor / fan_in), re-drawing beyond 2 stddev; the 1.3
+    makes up for the truncation, so the resulting std is about sqrt(factor / fan_in).
+    """
+    std = math.sqrt(1.3 * factor / fan_in)
+    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
 
 
 def _hw(x: torch.Tensor) -> tuple[int, int]:
@@ -93,8 +177,9 @@ def _hw(x: torch.Tensor) -> tuple[int, int]:
 class GeneratorV1(nn.Module):
     """Official AnimeGAN v1 generator (reference §1.2): IN, reflect padding, 8 inverted residual blocks."""
 
-    def __init__(self) -> None:
+    def __init__(self, resize: ResizeMode = "tf1") -> None:
         super().__init__()
+        self.resize = Resize(resize)
         norm = _instance_norm(1e-5)
         self.b1 = nn.Sequential(conv_norm_lrelu(3, 64, norm), conv_norm_lrelu(64, 64, norm))
         self.down1_strided, self.down1_resized = sep_conv(64, 128, stride=2), sep_conv(64, 128)
@@ -114,32 +199,34 @@ class GeneratorV1(nn.Module):
     def _init_weights(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
+                # contrib's xavier_initializer (uniform, fan_avg): its bound depends on fan_in + fan_out only,
+                # which is the same for TF's depthwise [3, 3, C, 1] and PyTorch's [C, 1, 3, 3] (9C + 9)
                 nn.init.xavier_uniform_(module.weight)
         # The IRB depthwise kernels alone use truncated normal std 0.02 in the TF code.
         for block in self.middle:
             if isinstance(block, InvertedResidual):
                 nn.init.trunc_normal_(block.depthwise[1].weight, std=0.02, a=-0.04, b=0.04)
 
-    @staticmethod
-    def _down(x: torch.Tensor, strided: nn.Module, resized: nn.Module) -> torch.Tensor:
+    def _down(self, x: torch.Tensor, strided: nn.Module, resized: nn.Module) -> torch.Tensor:
         """SepConv(stride 2) + [bilinear resize to the same size -> SepConv], summed."""
         x_strided = strided(x)
-        return x_strided + resized(_resize(x, _hw(x_strided)))
+        return x_strided + resized(self.resize(x, _hw(x_strided)))
 
     def forward(self, photo: torch.Tensor) -> torch.Tensor:
         feat_full = self.b1(photo)  # [B, 64, H, W]
         feat_half = self.b2(self._down(feat_full, self.down1_strided, self.down1_resized))  # [B, 128, H/2, W/2]
         feat_quarter = self.middle(self._down(feat_half, self.down2_strided, self.down2_resized))  # [B, 256, H/4, W/4]
-        up_half = self.u2(_resize(feat_quarter, _hw(feat_half)))  # [B, 128, H/2, W/2]
-        up_full = self.u1(_resize(up_half, _hw(feat_full)))  # [B, 64, H, W]
+        up_half = self.u2(self.resize(feat_quarter, _hw(feat_half)))  # [B, 128, H/2, W/2]
+        up_full = self.u1(self.resize(up_half, _hw(feat_full)))  # [B, 64, H, W]
         return torch.tanh(self.out(up_full))  # [B, 3, H, W]
 
 
 class GeneratorV2(nn.Module):
     """AnimeGANv2 generator (reference §2): layer norm, 7×7 stem, strided convs, 4 inverted residual blocks."""
 
-    def __init__(self) -> None:
+    def __init__(self, resize: ResizeMode = "tf1") -> None:
         super().__init__()
+        self.resize = Resize(resize)  # the original's `Unsample` is TF1 resize_images too
         norm = _layer_norm
         self.block_a = nn.Sequential(
             conv_norm_lrelu(3, 32, norm, kernel=7),
@@ -166,8 +253,8 @@ class GeneratorV2(nn.Module):
     def _init_weights(self) -> None:
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                # TF variance_scaling default (factor 2, fan_in) = He normal.
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+                # every v2 conv, the depthwise ones included, uses tf.contrib variance_scaling_initializer()
+                tf_variance_scaling_(module.weight, tf_fan_in(module))
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
 
@@ -175,8 +262,8 @@ class GeneratorV2(nn.Module):
         size_full = _hw(photo)
         feat_half = self.block_a(photo)  # [B, 64, H/2, W/2]
         feat_quarter = self.block_c(self.block_b(feat_half))  # [B, 128, H/4, W/4]
-        up_half = self.block_d(_resize(feat_quarter, _hw(feat_half)))  # [B, 128, H/2, W/2]
-        up_full = self.block_e(_resize(up_half, size_full))  # [B, 32, H, W]
+        up_half = self.block_d(self.resize(feat_quarter, _hw(feat_half)))  # [B, 128, H/2, W/2]
+        up_full = self.block_e(self.resize(up_half, size_full))  # [B, 32, H, W]
         return torch.tanh(self.out(up_full))  # [B, 3, H, W]
 
 
@@ -191,11 +278,12 @@ def add_spectral_norm(model: nn.Module) -> nn.Module:
     return model
 
 
-def build_generator(version: str, spectral_norm: bool = False) -> nn.Module:
-    """Build generator `version` ("v1" or "v2"), initialised from the global RNG (the caller seeds it)."""
+def build_generator(version: str, spectral_norm: bool = False, resize: ResizeMode = "tf1") -> nn.Module:
+    """Build generator `version` ("v1" or "v2") with `resize` ("tf1", the originals', or "half_pixel"),
+    initialised from the global RNG (the caller seeds it)."""
     try:
         generator_cls = GENERATORS[version]
     except KeyError:
         raise ValueError(f"unknown generator {version!r}; valid: {', '.join(sorted(GENERATORS))}") from None
-    model = generator_cls()
+    model = generator_cls(resize)
     return add_spectral_norm(model) if spectral_norm else model

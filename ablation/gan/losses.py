@@ -199,9 +199,22 @@ def gradient_penalty(
     Draws use `generator` (on real's device) when given. Under fp16 autocast the inner gradient is
     unscaled and may underflow; bf16 or float32 is safe.
     """
+    x_hat = penalty_points(real, fake, gan_type, generator)
+    if x_hat is None:
+        return torch.zeros((), device=real.device, dtype=torch.float32)
+    logits = discriminator(x_hat)
+    (grad,) = torch.autograd.grad(_f32(logits).sum(), x_hat, create_graph=True)
+    return penalty_from_gradient(grad, gan_type, weight)
+
+
+def penalty_points(real: Tensor, fake: Tensor, gan_type: str,
+                   generator: torch.Generator | None = None) -> Tensor | None:
+    """The points x̂ [B, 3, H, W] (requiring grad) where `gradient_penalty` evaluates ∇D; None for the
+    gan types without a penalty (no draws then). Split out so that a fused array of trials can run one D
+    pass over every member's x̂ and hand each member's slice of the gradient to `penalty_from_gradient`."""
     spec = _lookup(gan_type)
     if spec.penalty is None:
-        return torch.zeros((), device=real.device, dtype=torch.float32)
+        return None
     # The penalty trains D only: cut the graph back to G and the data pipeline.
     real = _f32(real.detach())
     fake = _f32(fake.detach())
@@ -212,11 +225,13 @@ def gradient_penalty(
         raise ValueError(f"gradient_penalty: shapes differ {tuple(real.shape)} vs {tuple(fake.shape)}")
     alpha_shape = (real.shape[0],) + (1,) * (real.dim() - 1)
     alpha = torch.rand(alpha_shape, generator=generator, device=real.device, dtype=real.dtype)
-    x_hat = (real + alpha * (fake - real)).requires_grad_(True)
-    logits = discriminator(x_hat)
-    (grad,) = torch.autograd.grad(_f32(logits).sum(), x_hat, create_graph=True)
+    return (real + alpha * (fake - real)).requires_grad_(True)
+
+
+def penalty_from_gradient(grad: Tensor, gan_type: str, weight: float) -> Tensor:
+    """weight·mean(excess²) of the per-sample gradient norms, grad [B, ...] = ∇D at `penalty_points`."""
     norm = _f32(grad).flatten(1).norm(dim=1)
     excess = norm - 1.0
-    if spec.penalty == "one-sided":
+    if _lookup(gan_type).penalty == "one-sided":
         excess = F.relu(excess)
     return weight * excess.pow(2).mean()

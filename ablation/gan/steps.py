@@ -1,8 +1,8 @@
-"""One training step, split so that what cells sharing a seed have in common is computed once.
+"""One training step's parts: the backbone targets, each trial's losses, and one trial's update.
 
-`compute_targets` depends only on the batch and the frozen backbone (shared by every cell that uses the
-same seed and backbone); `init_step`, `d_step` and `g_step` are the per-trial update. A later batched
-ensemble can call `compute_targets` once and the per-trial steps once per cell.
+`compute_targets` depends only on the batch and the frozen backbone (shared by every trial that uses the
+same batch and backbone); `init_losses`, `d_losses` and `g_losses` are one trial's loss formulas on given
+tensors, used both by the one-trial steps below and by the fused array steps (gan/array_steps.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ class Targets:
     """Backbone features of the real images, computed without autograd."""
 
     feat_photo: torch.Tensor  # [B, C, H/8, W/8] features of real_photo (content target)
-    feat_style: torch.Tensor  # [B, C, H/8, W/8] features of the style target (gray or colour anime)
+    # [B, C, H/8, W/8] features of the style target (gray or colour anime); None in the init phase, whose
+    # content-only loss never reads it
+    feat_style: torch.Tensor | None
 
 
 @dataclass
@@ -47,69 +49,122 @@ def build_optimizers(generator: nn.Module, discriminator: nn.Module, config: Tra
 
 
 @torch.no_grad()
-def compute_targets(backbone: nn.Module, batch: Batch, style_target: str) -> Targets:
+def compute_targets(backbone: nn.Module, batch: Batch, style_target: str, *, need_style: bool = True) -> Targets:
+    """The real images' features. `need_style=False` (the init phase) skips the style pass: the init step
+    needs two backbone passes (photo, fake), not three."""
+    feat_photo = backbone(batch.real_photo)
+    if not need_style:
+        return Targets(feat_photo=feat_photo, feat_style=None)
     style_image = batch.anime_gray if style_target == "gray" else batch.anime
-    return Targets(feat_photo=backbone(batch.real_photo), feat_style=backbone(style_image))
+    return Targets(feat_photo=feat_photo, feat_style=backbone(style_image))
+
+
+def init_losses(config: TrainConfig, feat_photo: torch.Tensor, feat_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The init phase's content-only loss of one trial; "total" is what it backpropagates."""
+    content = losses.content_loss(feat_photo, feat_fake)
+    return {"content": content, "total": config.loss.content_weight * content}
+
+
+# The loss formulas below are split where the one-trial step runs D: each trial's graph is then built in the
+# one-trial order (D's terms before its penalty; G's backbone terms before D(G(p))), so its gradients are summed
+# in the same order and a trial trained in an array is bit for bit the trial trained alone (gan/fused.py).
+
+
+def d_terms(config: TrainConfig, d_out: torch.Tensor, n: int) -> dict[str, torch.Tensor]:
+    """D's four raw terms from its logits [4B, 1, h, w] on (anime, G(p), gray anime, smooth anime)."""
+    d_real, d_fake, d_gray, d_smooth = d_out.split(n)  # the order of `d_step`'s input
+    return losses.discriminator_adv_losses(config.loss.gan_type, d_real, d_gray, d_fake, d_smooth)
+
+
+def d_losses(config: TrainConfig, terms: dict[str, torch.Tensor], gp: torch.Tensor) -> dict[str, torch.Tensor]:
+    """D's raw terms, its penalty and its weighted "total" for one trial."""
+    lc = config.loss
+    weights = lc.d_weights
+    adv = (weights.real * terms["real"] + weights.fake * terms["fake"] + weights.gray * terms["gray"]
+           + weights.smooth * terms["smooth"])
+    return {**terms, "gp": gp, "total": lc.d_adv_weight * adv + gp}  # the original does not scale GP by d_adv
+
+
+def g_terms(config: TrainConfig, real_photo: torch.Tensor, fake_anime: torch.Tensor, targets: Targets,
+            feat_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """G's raw terms that need no D: its photo, its G(p), the backbone features of both and of its style target."""
+    lc = config.loss
+    if targets.feat_style is None:
+        raise ValueError("g_terms: targets have no style features; compute them with need_style=True")
+    content = losses.content_loss(targets.feat_photo, feat_fake)
+    style = losses.style_loss(targets.feat_style, feat_fake)
+    color = losses.color_loss(real_photo, fake_anime, lc.color_scale)
+    tv = losses.tv_loss(fake_anime) if lc.tv_weight > 0 else torch.zeros((), device=fake_anime.device)
+    return {"content": content, "style": style, "color": color, "tv": tv}
+
+
+def g_losses(config: TrainConfig, terms: dict[str, torch.Tensor], d_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """G's adversarial term on D's logits on G(p), its `g_terms` and its weighted "total" for one trial."""
+    lc = config.loss
+    adv = losses.generator_adv_loss(lc.gan_type, d_fake)
+    # color_count=2 reproduces the write-up's `col + con + sty + col + adv`
+    total = (lc.g_adv_weight * adv + lc.content_weight * terms["content"] + lc.style_weight * terms["style"]
+             + lc.color_count * lc.color_weight * terms["color"] + lc.tv_weight * terms["tv"])
+    return {"adv": adv, **terms, "total": total}
+
+
+def logged(prefix: str, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{"content": t} -> {"loss/init/content": t.detach()}: what the metric window sums."""
+    return {f"loss/{prefix}/{name}": value.detach() for name, value in values.items()}
+
+
+def learning_rates(models: TrialModels, init_phase: bool) -> dict[str, float]:
+    """The learning rates of the optimisers that step in this phase, for the log."""
+    if init_phase:
+        return {"lr/init": models.opt_init.param_groups[0]["lr"]}
+    return {"lr/g": models.opt_g.param_groups[0]["lr"], "lr/d": models.opt_d.param_groups[0]["lr"]}
+
+
+# One trial's steps on its own modules (benchmarks/train_step.py); training runs the fused steps of
+# gan/array_steps.py, which compute the same losses above for any number of trials.
 
 
 def init_step(models: TrialModels, backbone: nn.Module, batch: Batch, targets: Targets,
               config: TrainConfig) -> dict[str, torch.Tensor]:
     """Content-only pre-training of G (the original's init phase)."""
-    fake_anime = models.generator(batch.real_photo)
-    content = losses.content_loss(targets.feat_photo, backbone(fake_anime))
-    total = config.loss.content_weight * content
+    values = init_losses(config, targets.feat_photo, backbone(models.generator(batch.real_photo)))
     models.opt_init.zero_grad(set_to_none=True)
-    total.backward()
+    values["total"].backward()
     models.opt_init.step()
-    return {"loss/init/content": content.detach(), "loss/init/total": total.detach()}
+    return logged("init", values)
 
 
-def d_step(models: TrialModels, batch: Batch, config: TrainConfig) -> dict[str, torch.Tensor]:
-    """One D update on a detached G(p): no graph through G, so no wasted G backward."""
-    lc = config.loss
-    with torch.no_grad():
-        fake_anime = models.generator(batch.real_photo)
-    n = batch.real_photo.shape[0]
+def d_step(models: TrialModels, batch: Batch, config: TrainConfig,
+           fake_anime: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One D update on a detached G(p): pass the step's `fake_anime` to reuse it, else G runs here."""
+    if fake_anime is None:
+        with torch.no_grad():
+            fake_anime = models.generator(batch.real_photo)
+    fake_anime = fake_anime.detach()
     # one D forward over the four inputs: instance norm and patch logits are per sample, so this equals
     # four separate calls while running one kernel chain
     d_in = torch.cat([batch.anime, fake_anime, batch.anime_gray, batch.anime_smooth])  # [4B, 3, H, W]
-    d_out = models.discriminator(d_in)  # [4B, 1, H/4, W/4]
-    d_real, d_fake, d_gray, d_smooth = torch.split(d_out, [batch.anime.shape[0], n, batch.anime_gray.shape[0],
-                                                           batch.anime_smooth.shape[0]])
-    terms = losses.discriminator_adv_losses(lc.gan_type, d_real, d_gray, d_fake, d_smooth)
-    gp = losses.gradient_penalty(models.discriminator, batch.anime, fake_anime, lc.gan_type, lc.gp_weight)
-    weights = lc.d_weights
-    adv = (weights.real * terms["real"] + weights.fake * terms["fake"] + weights.gray * terms["gray"]
-           + weights.smooth * terms["smooth"])
-    total = lc.d_adv_weight * adv + gp  # the original does not scale GP by d_adv
+    terms = d_terms(config, models.discriminator(d_in), fake_anime.shape[0])  # D(d_in): [4B, 1, H/4, W/4]
+    gp = losses.gradient_penalty(models.discriminator, batch.anime, fake_anime, config.loss.gan_type,
+                                 config.loss.gp_weight)
+    values = d_losses(config, terms, gp)
     models.opt_d.zero_grad(set_to_none=True)
-    total.backward()
+    values["total"].backward()
     models.opt_d.step()
-    out = {f"loss/d/{name}": value.detach() for name, value in terms.items()}
-    out["loss/d/gp"] = gp.detach()
-    out["loss/d/total"] = total.detach()
-    return out
+    return logged("d", values)
 
 
-def g_step(models: TrialModels, backbone: nn.Module, batch: Batch, targets: Targets,
-           config: TrainConfig) -> dict[str, torch.Tensor]:
-    """One G update on a fresh G(p); D's weights get no gradients (they would be discarded)."""
-    lc = config.loss
-    fake_anime = models.generator(batch.real_photo)
-    feat_fake = backbone(fake_anime)
-    content = losses.content_loss(targets.feat_photo, feat_fake)
-    style = losses.style_loss(targets.feat_style, feat_fake)
-    color = losses.color_loss(batch.real_photo, fake_anime, lc.color_scale)
-    tv = losses.tv_loss(fake_anime) if lc.tv_weight > 0 else torch.zeros((), device=fake_anime.device)
+def g_step(models: TrialModels, backbone: nn.Module, batch: Batch, targets: Targets, config: TrainConfig,
+           fake_anime: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """One G update; D's weights get no gradients (they would be discarded). `fake_anime`: the step's G(p)
+    with its graph, shared with the D step (G's weights do not change in between), else G runs here."""
+    if fake_anime is None:
+        fake_anime = models.generator(batch.real_photo)
+    terms = g_terms(config, batch.real_photo, fake_anime, targets, backbone(fake_anime))
     with frozen(models.discriminator):
-        adv = losses.generator_adv_loss(lc.gan_type, models.discriminator(fake_anime))
-    # color_count=2 reproduces the write-up's `col + con + sty + col + adv`
-    total = (lc.g_adv_weight * adv + lc.content_weight * content + lc.style_weight * style
-             + lc.color_count * lc.color_weight * color + lc.tv_weight * tv)
+        d_fake = models.discriminator(fake_anime)
+    values = g_losses(config, terms, d_fake)
     models.opt_g.zero_grad(set_to_none=True)
-    total.backward()
+    values["total"].backward()
     models.opt_g.step()
-    return {
-        "loss/g/adv": adv.detach(), "loss/g/content": content.detach(), "loss/g/style": style.detach(),
-        "loss/g/color": color.detach(), "loss/g/tv": tv.detach(), "loss/g/total": total.detach(),
-    }
+    return logged("g", values)

@@ -4,6 +4,8 @@
 
 Reads MLflow (and, for searches, the Optuna storage); computes seed-paired effects with t-intervals and
 Holm-adjusted p-values; embeds every figure, final frame and GIF as a data URI. Never writes to either store.
+The sections are built by role: notes.py (setup, warnings, metric glossary), verdicts.py (effects and the
+summary), search.py (Optuna), and this module (tables, curves, scatter, samples, rendering).
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ import pandas as pd
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
 from ablation.report import plots
-from ablation.report.data import M, P, ReportData, artifact_bytes, collect, collect_search, sample_run
-from ablation.report.stats import holm, mean_ci, paired_effect, pareto_front, turning_point
+from ablation.report.data import M, P, ReportData, artifact_bytes, collect, sample_run
+from ablation.report.notes import gap_notes, glossary, setup_section, shown_eval_keys
+from ablation.report.search import search_section
+from ablation.report.stats import mean_ci, pareto_front, turning_point
+from ablation.report.text import duration, fmt
+from ablation.report.verdicts import cell_divergence, effect_rows, summary_lines
 from ablation.study.spec import Study
 from ablation.study.tracking import Tracker
 
@@ -35,7 +41,6 @@ MAIN_EVAL = ("eval/style/kid_rand", "eval/style/gram_rand", "eval/content/ssim_l
 FALLBACK = tuple((k, registry.lookup(k).direction) for k in ("eval/style/kid_rand", "eval/content/ssim_luma_blur",
                                                              "loss/g/style", "loss/g/content"))
 CURVE_RUNS = (Outcome.FINISHED, Outcome.PRUNED)  # diverged runs blow up the y axis; their rate has its own table
-ALPHA = 0.05
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -46,16 +51,21 @@ def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_di
         metrics, metric_note = objective_metrics(data)                         # 2. what "better" means
         colors = plots.cell_colors(data.cells)
         effects = effect_rows(data, metrics)                                   # 3. paired stats
+        table = trial_table(data, metrics)
+        gaps = gap_notes(data.trials)
         page = {
             "name": study_name, "setup": setup_section(data), "note": metric_note,
             "legend": [(data.label(c), colors[c]) for c in data.cells],
-            "table": trial_table(data, metrics), "effects": effects, "axes": data.axes,
+            "table": table, "gaps": gaps, "effects": effects, "axes": data.axes,
             "cells": cell_rows(data), "curves": curve_section(data, colors),
             "scatter": scatter_section(data, colors, metrics), "samples": sample_sheet(data, tracker),
             "search": search_section(data, storage_url) if _is_search(data) else None,
             "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         }
         page["summary"] = summary_lines(data, effects, metrics, page["scatter"])
+        page["glossary"] = glossary([*(m for m, _ in page["setup"]["objectives"]), *table["metrics"],
+                                     *(r["metric"] for r in effects), *(g["metric"] for g in gaps),
+                                     *shown_eval_keys(data.trials)])
     out = reports_dir / _folder_name(study_name) / "index.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(page), encoding="utf-8")
@@ -77,18 +87,6 @@ def _is_search(data: ReportData) -> bool:
     return data.spec is not None and data.spec.method == "search"
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    if value is None or value is pd.NA or (isinstance(value, (float, np.floating)) and not math.isfinite(value)):
-        return "–"
-    return f"{value:.{digits}g}" if isinstance(value, (float, np.floating)) else str(value)
-
-
-def duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "–"
-    return str(dt.timedelta(seconds=round(seconds)))
-
-
 # ---- (1) question and setup --------------------------------------------------------------------------
 def objective_metrics(data: ReportData) -> tuple[list[tuple[str, str]], str]:
     """The objectives that were logged; without them (evaluation off) the main losses, with a note."""
@@ -101,29 +99,6 @@ def objective_metrics(data: ReportData) -> tuple[list[tuple[str, str]], str]:
     if not fallback:
         return wanted, f"No trial has logged the objectives ({missing}) yet."
     return fallback, f"The objectives ({missing}) were not logged; using {', '.join(m for m, _ in fallback)}."
-
-
-def setup_section(data: ReportData) -> dict[str, Any]:
-    spec, cfg, tags = data.spec, data.config, data.parent_tags
-    outcomes = data.trials["outcome"].value_counts().to_dict() if not data.trials.empty else {}
-    spent = float(data.attempts["duration_s"].sum()) if not data.attempts.empty else math.nan
-    span = ((data.attempts["end_ms"].max() - data.attempts["start_ms"].min()) / 1000
-            if not data.attempts.empty and data.attempts["end_ms"].notna().any() else math.nan)
-
-    def section(name: str) -> dict[str, Any]:  # a config.yaml from an older schema may lack a section
-        return cfg[name] if isinstance(cfg.get(name), dict) else {}
-
-    return {
-        "question": spec.question if spec else "", "description": spec.description if spec else "",
-        "method": spec.method if spec else "unknown", "seeds": list(spec.seeds) if spec else [],
-        "objectives": [(o.metric, o.direction) for o in spec.objectives] if spec else [],
-        "yaml": data.study_yaml, "data": section("data"), "schedule": section("schedule"),
-        "eval": section("eval"), "steps": sorted({int(s) for s in data.trials.get("steps", []) if pd.notna(s)}),
-        "commit": tags.get("ablate.git_commit", "unknown"), "version": tags.get("ablate.version", "unknown"),
-        "outcomes": sorted(outcomes.items()), "n_trials": len(data.trials), "n_runs": len(data.attempts),
-        "wall": duration(spent), "span": duration(span),
-        "parallel": fmt(spent / span, 2) if span and math.isfinite(span) and span > 0 else "–",
-    }
 
 
 # ---- (2) trial table -----------------------------------------------------------------------------------
@@ -139,7 +114,7 @@ def trial_table(data: ReportData, metrics: list[tuple[str, str]]) -> dict[str, A
         cells += [(fmt(row.get(M + k)), _sort_key(row.get(M + k))) for k in shown]
         cells.append((duration(row["duration_s"]), _sort_key(row["duration_s"])))
         rows.append({"outcome": row["outcome"], "cells": cells})
-    return {"head": head, "rows": rows}
+    return {"head": head, "rows": rows, "metrics": shown}
 
 
 def _sort_key(value: Any) -> str:
@@ -151,45 +126,6 @@ def _sort_key(value: Any) -> str:
 
 
 # ---- (3) effects and per-cell outcome rates ------------------------------------------------------------
-def effect_rows(data: ReportData, metrics: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """Each level vs its axis's baseline, paired by seed, averaged over the other axes' matching cells."""
-    done = data.trials[data.trials["outcome"] == Outcome.FINISHED] if not data.trials.empty else data.trials
-    rows = []
-    for axis in data.axes:
-        others = [a for a in data.axes if a is not axis]
-        for level in (lv for lv in axis.levels if lv != axis.baseline):
-            for metric, direction in metrics:
-                base, other = _per_seed(done, axis.name, axis.baseline, level, [a.name for a in others], metric)
-                rows.append({"axis": axis.short, "level": level, "baseline": axis.baseline, "metric": metric,
-                             "direction": direction, "effect": paired_effect(base, other)})
-    for row, p_holm in zip(rows, holm([r["effect"].p for r in rows]), strict=True):
-        effect = row["effect"]
-        row["p_holm"] = p_holm
-        row["significant"] = math.isfinite(p_holm) and p_holm < ALPHA
-        better = (effect.mean < 0) == (row["direction"] == "minimize")
-        row["verdict"] = ("better" if better else "worse") if row["significant"] else ""
-        row["text"] = {"n": effect.n, "mean": fmt(effect.mean), "p": fmt(effect.p, 3), "p_holm": fmt(p_holm, 3),
-                       "ci": (f"[{fmt(effect.lo)}, {fmt(effect.hi)}]" if effect.has_interval else
-                              "1 seed: no interval" if effect.n == 1 else "no paired seeds")}
-    return rows
-
-
-def _per_seed(done: pd.DataFrame, axis: str, baseline: str, level: str, others: list[str], metric: str
-              ) -> tuple[dict[int, float], dict[int, float]]:
-    """Per seed: the mean over the other-axis contexts in which both the baseline and the level ran."""
-    if done.empty or M + metric not in done or P + axis not in done:
-        return {}, {}
-    context = done[[P + o for o in others]].astype(str).agg("|".join, axis=1) if others else ""
-    frame = pd.DataFrame({"ctx": context, "seed": done["seed"], "level": done[P + axis],
-                          "value": pd.to_numeric(done[M + metric], errors="coerce")})
-    frame = frame[np.isfinite(frame["value"])]
-    wide = frame.pivot_table(index=["ctx", "seed"], columns="level", values="value", aggfunc="mean")
-    if baseline not in wide or level not in wide:
-        return {}, {}
-    both = wide[[baseline, level]].dropna().groupby(level="seed").mean()
-    return both[baseline].to_dict(), both[level].to_dict()
-
-
 def cell_rows(data: ReportData) -> list[dict[str, Any]]:
     rows = []
     for cell, group in data.trials.groupby("cell", sort=False):
@@ -244,9 +180,15 @@ def scatter_section(data: ReportData, colors: dict[str, str], metrics: list[tupl
         return {"uri": None, "note": "No finished trial logged both metrics.", "front": []}
     means = points.groupby("cell", sort=False)[["x", "y"]].mean().reset_index()
     means["front"] = pareto_front(means[["x", "y"]].to_numpy().tolist(), [dx, dy])
-    labels = {c: data.label(c) for c in means["cell"]}
+    # a point is the mean of the seeds that survived: a cell that diverged on some says so wherever it appears
+    diverged = {c: cell_divergence(data.trials, c) for c in means["cell"]}
+    labels = {c: data.label(c) + (f" ({diverged[c]})" if diverged[c] else "") for c in means["cell"]}
     uri = plots.scatter_plot(points, means, colors, x, y, labels, [dx, dy])
-    return {"uri": uri, "note": "", "x": x, "y": y, "front": [labels[c] for c in means.loc[means["front"], "cell"]]}
+    sizes = points.groupby("cell", sort=False).size()
+    rows = [{"label": data.label(r.cell), "n": int(sizes[r.cell]), "x": fmt(r.x), "y": fmt(r.y), "front": r.front,
+             "diverged": diverged[r.cell]} for r in means.itertuples()]
+    return {"uri": uri, "note": "", "x": x, "y": y, "points": rows,
+            "front": [labels[c] for c in means.loc[means["front"], "cell"]]}
 
 
 # ---- (6) sample sheet --------------------------------------------------------------------------------------
@@ -274,40 +216,3 @@ def _sample(data: ReportData, tracker: Tracker, cell: str | None) -> dict[str, A
     return {"label": run["label"], "seed": run["seed"], "outcome": run["outcome"],
             "png": plots.data_uri(png, "image/png") if png else None,
             "gif": plots.data_uri(gif, "image/gif") if gif else None}
-
-
-# ---- (7) search studies and (8) the summary -----------------------------------------------------------------
-def search_section(data: ReportData, storage_url: str) -> dict[str, Any]:
-    assert data.spec is not None
-    found = collect_search(data.name, storage_url, data.spec)
-    if not found["numbers"]:
-        return {"history": None, "importance": None, "notes": found["notes"]}
-    directions = [o.direction for o in data.spec.objectives]
-    return {"history": plots.history_plot(found["numbers"], found["values"], found["best"], directions),
-            "importance": plots.importance_plot(found["importances"]) if found["importances"] else None,
-            "importances": found["importances"], "notes": found["notes"]}
-
-
-def summary_lines(data: ReportData, effects: list[dict[str, Any]], metrics: list[tuple[str, str]],
-                  scatter: dict[str, Any]) -> list[str]:
-    lines = []
-    for row in (r for r in effects if r["significant"]):
-        e, t = row["effect"], row["text"]
-        lines.append(f"{row['axis']}={row['level']} vs {row['baseline']}: {row['metric']} is "
-                     f"{'higher' if e.mean > 0 else 'lower'} by {fmt(abs(e.mean))} (95% CI {t['ci']}, "
-                     f"Holm p = {t['p_holm']}, {e.n} seeds): {row['verdict']}.")
-    tested = sum(1 for r in effects if math.isfinite(r["p_holm"]))
-    if effects and not tested:
-        lines.append("No comparison has two or more paired finished seeds yet: nothing can be tested.")
-    elif effects and not lines:
-        lines.append(f"No level differs from its baseline at Holm-adjusted p < {ALPHA} on "
-                     f"{', '.join(m for m, _ in metrics)} ({tested} of {len(effects)} comparisons had 2+ seeds).")
-    if any(r["text"]["ci"] == "1 seed: no interval" for r in effects):
-        lines.append("Some comparisons rest on a single seed: they show a difference but no interval or test.")
-    diverged = int((data.trials["outcome"] == Outcome.DIVERGED).sum()) if not data.trials.empty else 0
-    if diverged:
-        lines.append(f"{diverged} of {len(data.trials)} trials diverged; they are left out of effects and curves "
-                     "(rates per cell below).")
-    if scatter.get("front"):
-        lines.append(f"Pareto front ({scatter['x']} vs {scatter['y']}): {', '.join(scatter['front'])}.")
-    return lines

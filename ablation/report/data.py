@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +24,24 @@ from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
 from ablation.study.spec import Study, StudySpec, format_value, short_name
-from ablation.study.tracking import TAG_CELL, TAG_KEY, TAG_LABEL, TAG_OPTUNA, TAG_OUTCOME, TAG_SEED, TAG_STEP, Tracker
+from ablation.study.tracking import (
+    TAG_ARRAY,
+    TAG_CELL,
+    TAG_KEY,
+    TAG_LABEL,
+    TAG_OPTUNA,
+    TAG_OUTCOME,
+    TAG_SEED,
+    TAG_STEP,
+    Tracker,
+)
 
 P, M = "params.", "metrics."  # column prefixes of the trials frame, as in mlflow.search_runs
 MAX_GIF_BYTES = 6_000_000  # a 101-epoch GIF at 256 px is tens of MB; the page must stay openable
+GAP_TAG = "eval/gap/"
+# Params every trial logs that are not study axes: how the run computed (fp32/bf16), and the seed itself.
+# Inferring axes from params must skip them, or a study that mixed precisions would grow a "precision" axis.
+RUN_PARAMS = (P + "seed", P + "precision")
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
     trials = _newest_per_key(attempts) if runs else attempts
     axes = _axes(spec, trials)
     trials = _order(trials, axes)
-    params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c != P + "seed")
+    params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c not in RUN_PARAMS)
     return ReportData(name, spec, study_yaml, dict(parent.data.tags) if parent else {}, trials, attempts,
                       fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params)
 
@@ -104,7 +117,9 @@ def _row(run: Any) -> dict[str, Any]:
         "diverged_step": _int(tags.get(TAG_STEP)), "optuna": _int(tags.get(TAG_OPTUNA)),
         "steps": _int(tags.get("ablate.steps")), "start_ms": info.start_time,
         "end_ms": end, "duration_s": (end - info.start_time) / 1000 if end and info.start_time else math.nan,
-        "metric_keys": sorted(run.data.metrics),
+        "metric_keys": sorted(run.data.metrics), "array": tags.get(TAG_ARRAY, ""),
+        # why a gap closure is undefined, as the evaluator decided it (tag eval/gap/style/kid_rand -> style/kid_rand)
+        "gap_tags": {k[len(GAP_TAG):]: v for k, v in tags.items() if k.startswith(GAP_TAG)},
     }
     row.update({P + k: v for k, v in run.data.params.items()})
     row.update({M + k: v for k, v in run.data.metrics.items()})
@@ -114,7 +129,7 @@ def _row(run: Any) -> dict[str, Any]:
 def _row_columns() -> tuple[str, ...]:
     """The columns of a trials frame with no runs yet, so every section can still filter it."""
     return ("run_id", "key", "cell", "label", "seed", "outcome", "status", "diverged_step", "optuna", "steps",
-            "start_ms", "end_ms", "duration_s", "metric_keys")
+            "start_ms", "end_ms", "duration_s", "metric_keys", "gap_tags", "array")
 
 
 def _int(text: str | None) -> int | None:
@@ -162,7 +177,7 @@ def _axes(spec: StudySpec | None, trials: pd.DataFrame) -> list[Axis]:
             axes.append(Axis(path, short_name(path), levels, format_value(base[path]) if path in base else levels[0]))
         return axes
     axes = []
-    for column in (c for c in trials if c.startswith(P) and c != P + "seed"):
+    for column in (c for c in trials if c.startswith(P) and c not in RUN_PARAMS):
         levels = sorted(trials[column].dropna().unique(), key=_level_key)
         if len(levels) > 1:
             axes.append(Axis(column[len(P):], short_name(column[len(P):]), levels, levels[0]))
@@ -248,59 +263,3 @@ def shrink_gif(data: bytes, max_bytes: int = MAX_GIF_BYTES) -> bytes:
         if len(data) <= max_bytes:
             break
     return data
-
-
-def collect_search(name: str, storage_url: str, spec: StudySpec) -> dict[str, Any]:
-    """Optuna's record of a search: objective values per trial, the best trials, parameter importances.
-
-    Diverged trials carry +-inf objectives (so samplers avoid them); they are kept out of the importance
-    evaluator, which cannot handle infinities, and failures of the evaluator become notes on the page.
-    """
-    import optuna
-
-    from ablation.study import storage
-
-    names = [o.metric for o in spec.objectives]
-    found: dict[str, Any] = {"numbers": [], "values": {}, "best": [], "importances": {}, "notes": []}
-    if storage_url.startswith("sqlite:///") and not Path(storage_url[len("sqlite:///"):]).exists():
-        found["notes"].append(f"No Optuna storage at {storage_url}: pass --storage to show the search history.")
-        return found
-    try:
-        with warnings.catch_warnings():  # the heartbeat argument is "experimental": noise in a report
-            warnings.simplefilter("ignore")
-            opt = optuna.load_study(study_name=name,
-                                    storage=storage.open_storage(storage_url, storage.Heartbeat(), None))
-    except Exception as exc:  # wrong URL, missing study: the rest of the report still stands
-        found["notes"].append(f"Optuna study {name} not loaded from the storage ({type(exc).__name__}).")
-        return found
-    complete = [t for t in opt.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE and t.values]
-    best = {t.number for t in _safe(lambda: opt.best_trials, [])}
-    found["numbers"] = [t.number for t in complete]
-    found["values"] = {n: [t.values[i] for t in complete] for i, n in enumerate(names)}
-    found["best"] = [t.number in best for t in complete]
-    finite = [t for t in complete if all(math.isfinite(v) for v in t.values)]
-    if len(finite) < len(complete):
-        found["notes"].append(f"{len(complete) - len(finite)} diverged trial(s) scored ±inf (infeasible) are "
-                              "not plotted.")
-    if len(finite) < 2:
-        found["notes"].append(f"Parameter importances need at least 2 finite completed trials ({len(finite)} now).")
-        return found
-    clean = optuna.create_study(directions=opt.directions)
-    clean.add_trials(finite)
-    for i, objective in enumerate(spec.objectives):
-        sign = 1.0 if objective.direction == "minimize" else -1.0  # PED-ANOVA ranks params for LOW targets
-        try:
-            with warnings.catch_warnings():  # it warns that it wants low targets: the sign above sees to that
-                warnings.simplefilter("ignore")
-                found["importances"][objective.metric] = optuna.importance.get_param_importances(
-                    clean, target=lambda t, i=i, sign=sign: sign * t.values[i])
-        except Exception as exc:  # too few trials, a single distinct value, ...
-            found["notes"].append(f"Importances for {objective.metric} unavailable: {type(exc).__name__}: {exc}"[:300])
-    return found
-
-
-def _safe(action: Any, default: Any) -> Any:
-    try:
-        return action()
-    except Exception:  # e.g. best_trials with every trial infeasible
-        return default

@@ -1,19 +1,28 @@
-"""Small, pure statistics for the report: seed-paired effects, Holm, t-intervals, Pareto, turning points.
+"""Small, pure statistics for the report: seed-paired effects, Holm, t-intervals, power, Pareto, turning points.
 
 Every interval is t-based: with 3 seeds the 97.5 % t quantile is 4.30, not 1.96, and a z-band would be
-about 2.2x too narrow. Nothing here touches MLflow, pandas or plotting, so it is tested by hand values.
+about 2.2x too narrow. The paired test and its interval are scipy's `ttest_rel`, the Holm step-down is
+statsmodels' `multipletests`, and the power calculation is statsmodels' `TTestPower`: library code with its
+own tests, wrapped only for the report's edge cases (missing seeds, one seed, identical differences).
+Nothing here touches MLflow, pandas or plotting, so it is tested by hand values.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 CONFIDENCE = 0.95
+ALPHA = 0.05  # two-sided, for the tests and the minimum detectable effect
+POWER = 0.8
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,10 @@ class Effect:
     sd: float  # sample sd of the differences (nan when n < 2)
     lo: float  # t-based confidence interval (nan when n < 2)
     hi: float
-    p: float  # two-sided paired t-test p-value (nan when n < 2 or sd == 0 with mean == 0)
+    p: float  # two-sided paired t-test p-value (nan when n < 2)
+    # smallest |mean difference| the paired t-test at ALPHA detects with POWER, given this sd and n: the
+    # size a "no difference detected" can rule out, in the metric's units (nan when n < 2)
+    mde: float = math.nan
 
     @property
     def single_seed(self) -> bool:
@@ -43,31 +55,58 @@ def _finite(value: float | None) -> bool:
 
 def paired_effect(baseline: Mapping[Hashable, float], level: Mapping[Hashable, float],
                   confidence: float = CONFIDENCE) -> Effect:
-    """Mean of level[s] - baseline[s] over the seeds s both sides have, with a t-CI and paired t-test."""
+    """Mean of level[s] - baseline[s] over the seeds s both sides have, with scipy's paired t-test and t-CI."""
     keys = [k for k in level if k in baseline and _finite(level[k]) and _finite(baseline[k])]
-    diffs = np.array([level[k] - baseline[k] for k in keys], dtype=float)
-    n = len(diffs)
+    after = np.array([level[k] for k in keys], dtype=float)
+    before = np.array([baseline[k] for k in keys], dtype=float)
+    n = len(keys)
     if n == 0:
         return Effect(0, math.nan, math.nan, math.nan, math.nan, math.nan)
+    diffs = after - before
     mean = float(diffs.mean())
     if n < 2:
         return Effect(1, mean, math.nan, math.nan, math.nan, math.nan)
     sd = float(diffs.std(ddof=1))
-    half = float(sps.t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
-    # identical differences: the t statistic is undefined; p is 0 unless there is no effect
-    p = (1.0 if mean == 0.0 else 0.0) if sd == 0.0 else float(2 * sps.t.sf(abs(mean) / (sd / math.sqrt(n)), df=n - 1))
-    return Effect(n, mean, sd, mean - half, mean + half, p)
+    if sd == 0.0:
+        # identical differences: t is undefined (scipy gives nan for a zero mean) and the interval is the point;
+        # p is 0 unless there is no effect at all
+        return Effect(n, mean, 0.0, mean, mean, 1.0 if mean == 0.0 else 0.0, 0.0)
+    with warnings.catch_warnings():  # nearly identical differences: scipy warns of precision loss, not an error
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = sps.ttest_rel(after, before)
+        interval = result.confidence_interval(confidence)
+    return Effect(n, mean, sd, float(interval.low), float(interval.high), float(result.pvalue),
+                  min_detectable_effect(n, sd))
+
+
+@functools.lru_cache(maxsize=64)
+def _standardised_mde(n: int, alpha: float, power: float) -> float:
+    """Cohen's d the two-sided one-sample (paired) t-test on n pairs detects with `power` (a root search)."""
+    with warnings.catch_warnings():  # the solver's convergence chatter; a failure returns nan, checked below
+        warnings.simplefilter("ignore")
+        d = TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+    value = float(np.squeeze(d))
+    return value if math.isfinite(value) and value > 0 else math.nan
+
+
+def min_detectable_effect(n: int, sd: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable |mean difference| in the metric's units: standardised MDE x the sd of the differences.
+
+    With 3 seeds it is about 3.3 sd: a null result there rules out only large effects, and the report says so.
+    """
+    if n < 2 or not _finite(sd):
+        return math.nan
+    return _standardised_mde(n, alpha, power) * sd
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values, in the input order; nan stays nan and is not counted."""
-    indexed = [(p, i) for i, p in enumerate(pvalues) if _finite(p)]
-    m = len(indexed)
+    """Holm-Bonferroni adjusted p-values (statsmodels), in the input order; nan stays nan and is not counted."""
+    finite = [i for i, p in enumerate(pvalues) if _finite(p)]
     adjusted = [math.nan] * len(pvalues)
-    running = 0.0
-    for rank, (p, i) in enumerate(sorted(indexed)):
-        running = max(running, min(1.0, (m - rank) * p))  # monotone: never below an earlier step
-        adjusted[i] = running
+    if finite:
+        _, corrected, _, _ = multipletests([pvalues[i] for i in finite], alpha=ALPHA, method="holm")
+        for i, p in zip(finite, corrected, strict=True):
+            adjusted[i] = float(p)
     return adjusted
 
 

@@ -9,8 +9,10 @@ never in GridSampler positions. A trial whose worker died is failed and re-queue
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 
 import optuna
+import sqlalchemy
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
@@ -119,8 +121,8 @@ def requeue(opt: optuna.Study, trial: FrozenTrial, reason: str, consume_retry: b
     attrs["attempt"] = attrs.get("attempt", 1) + 1
     attrs["retry_of"] = trial.number
     attrs["requeue_reason"] = reason
-    attrs.pop("outcome", None)
-    attrs.pop("mlflow_run_id", None)
+    for attempt_only in ("outcome", "mlflow_run_id", "array_failure", "error", "diverged_step"):
+        attrs.pop(attempt_only, None)  # what this attempt did; identity (and a `solo` flag) carries over
     if consume_retry:
         attrs["retries_left"] = attrs.get("retries_left", 0) - 1
     opt.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
@@ -143,3 +145,40 @@ def search_budget_left(study: Study, opt: optuna.Study) -> int:
     return study.spec.search.n_trials - len(originals)
 
 
+
+
+def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial], str]) -> list[optuna.Trial]:
+    """Claim up to `limit` WAITING trials of one group (trials that can train together), oldest first.
+
+    Each claim is one conditional UPDATE (`_claim`): a trial another worker took in between is skipped, so no
+    trial is ever claimed twice, on SQLite as on PostgreSQL. The group is the first claimed trial's.
+    """
+    claimed: list[optuna.Trial] = []
+    group: str | None = None
+    for frozen in sorted(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
+        if len(claimed) == limit:
+            break
+        if group is not None and group_of(frozen) != group:
+            continue
+        if _claim(opt, frozen._trial_id):
+            group = group if group is not None else group_of(frozen)
+            claimed.append(optuna.Trial(opt, frozen._trial_id))
+    return claimed
+
+
+def _claim(opt: optuna.Study, trial_id: int) -> bool:
+    """WAITING -> RUNNING as one `UPDATE ... WHERE state = 'WAITING'`: atomic on every SQL database.
+
+    Optuna's own pop (`set_trial_state_values`) reads the row FOR UPDATE and then writes; SQLite ignores FOR
+    UPDATE, so two processes can both read WAITING and both run the trial. The row count says who won.
+    """
+    backend = getattr(opt._storage, "_backend", opt._storage)
+    engine = getattr(backend, "engine", None)
+    if engine is None:  # in-memory storage: one process, serialised by the storage's own lock
+        return opt._storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+    with engine.begin() as connection:
+        result = connection.execute(
+            sqlalchemy.text("UPDATE trials SET state = 'RUNNING', datetime_start = :now "
+                            "WHERE trial_id = :trial_id AND state = 'WAITING'"),
+            {"now": datetime.now(), "trial_id": trial_id})
+    return result.rowcount == 1

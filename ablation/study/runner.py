@@ -21,8 +21,10 @@ from ablation.errors import UserError, problem
 from ablation.gan.trainer import stop_on_signals
 from ablation.outcomes import Outcome
 from ablation.study import queue, storage
+from ablation.study.arrays import resolve_fuse
+from ablation.study.dry_run import dry_run_lines
 from ablation.study.lock import LocalLock
-from ablation.study.spec import Study, dry_run_lines, load_study
+from ablation.study.spec import Study, load_study
 from ablation.study.tracking import Tracker
 from ablation.study.trial import TrialContext
 from ablation.study.worker import work
@@ -44,6 +46,7 @@ class RunOptions:
     report: bool = True
     reports_dir: Path = Path("reports")
     quiet: bool = False
+    fuse: int | None = None  # trials per array; None = auto (arrays.resolve_fuse)
 
 
 def resolve_study(path: Path, options: RunOptions) -> Study:
@@ -54,7 +57,7 @@ def resolve_study(path: Path, options: RunOptions) -> Study:
 def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     study = resolve_study(path, options)                                  # 1. validate everything first
     if dry_run:
-        print("\n".join(dry_run_lines(study)))
+        print("\n".join(dry_run_lines(study, resolve_fuse(options.fuse, study))))
         return 0
     check_data_layout(study)                                              # 2. data and weights present
     preflight_backbones(study)
@@ -121,7 +124,7 @@ def run_worker(path: Path, options: RunOptions) -> int:
             torch.cuda.set_per_process_memory_fraction(float(fraction))
     if options.quiet:
         with stop_on_signals(ctx.stop):
-            work(study, opt, ctx)
+            work(study, opt, ctx, fuse=resolve_fuse(options.fuse, study))
         return 130 if ctx.stop else 0
     return run_in_process(study, opt, ctx, options)
 
@@ -193,7 +196,7 @@ def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: 
             real = trial is not None and not trial.user_attrs.get("spurious")  # not an empty-queue ask
             progress.trial_done(trial_line(study, trial) if real else None, _done(opt), _total(study, opt))
 
-        work(study, opt, ctx, on_trial_end=on_trial_end)
+        work(study, opt, ctx, on_trial_end=on_trial_end, fuse=resolve_fuse(options.fuse, study))
     return 130 if ctx.stop else 0
 
 
@@ -228,6 +231,7 @@ def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking
         cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path), "--storage", storage,
                "--trials-dir", str(options.trials_dir), "--quiet"]
         cmd += ["--demo"] if options.demo else []
+        cmd += ["--fuse", str(options.fuse) if options.fuse is not None else "auto"]
         cmd += [arg for k, v in options.overrides for arg in ("--set", f"{k}={v}")]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]

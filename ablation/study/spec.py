@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from ablation.config import Frozen, TrainConfig, apply_overrides, build_config, cell_hash, field_paths, read_yaml
 from ablation.errors import UserError, from_validation_error, problem
 from ablation.evaluation import registry
+from ablation.study import checks
 
 
 def _objective_entry(metric: Any) -> registry.Metric | None:
@@ -189,6 +190,11 @@ def load_study(path: Path, extra_overrides: dict[str, Any] | None = None, name_s
     if errors:
         raise UserError(*errors)
     cells = _expand(spec, base, path) if spec.method == "grid" else ()
+    configs = [cell.config for cell in cells] or [build_config(_copy(base), path, "base.")]
+    errors += checks.seed_problems(path, spec.seeds, configs)
+    errors += checks.objective_problems(path, [o.metric for o in spec.objectives], configs)
+    if errors:
+        raise UserError(*errors)
     return Study(spec=spec, path=path, base=base, cells=cells)
 
 
@@ -287,19 +293,3 @@ def search_cell(study: Study, params: dict[str, Any]) -> Cell:
     config = _validate_with(study.base, params, study.path, "search point")
     label = " ".join(f"{short_name(p)}={format_value(v)}" for p, v in params.items())
     return Cell(cell_hash(config), label, tuple(params.items()), config)
-
-
-def dry_run_lines(study: Study) -> list[str]:
-    spec = study.spec
-    if spec.method == "search":
-        assert spec.search is not None
-        return [f"study {spec.name}: Optuna {spec.search.sampler} search, {spec.search.n_trials} trials "
-                f"x {len(spec.seeds)} seed(s), objectives "
-                + ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives),
-                *(f"  {name}: {param.model_dump(exclude_none=True, exclude_defaults=True)}"
-                  for name, param in spec.search.space.items())]
-    lines = [f"study {spec.name}: {len(study.cells)} cells x {len(spec.seeds)} seeds = {len(study.trials)} trials"]
-    for trial in study.trials:
-        overrides = ", ".join(f"{p}={format_value(v)}" for p, v in trial.cell.varied)
-        lines.append(f"  {trial.cell.key}  seed={trial.seed}  {overrides}")
-    return lines

@@ -29,6 +29,7 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TAG_ROLE, TAG_STUDY, TAG_CELL, TAG_SEED = "ablate.role", "ablate.study", "ablate.cell", "ablate.seed"
 TAG_KEY, TAG_OUTCOME, TAG_OPTUNA = "ablate.trial_key", "ablate.outcome", "ablate.optuna_trial"
 TAG_LABEL, TAG_STEP = "ablate.cell_label", "ablate.diverged_step"
+TAG_ARRAY = "ablate.array"  # the trial keys of the members that trained together, "+"-joined (absent: alone)
 RETRY_SECONDS = 5.0
 
 
@@ -107,9 +108,10 @@ class Tracker:
     # ---- trial level -------------------------------------------------------------------------------
     def start_trial_run(self, experiment_id: str, parent_id: str, *, study: str, run_name: str, cell: str,
                         seed: int, key: str, label: str, params: dict[str, Any], optuna_number: int | None,
-                        config_yaml: Path) -> str:
+                        config_yaml: Path, tags: dict[str, str] | None = None) -> str:
         tags = {"mlflow.parentRunId": parent_id, TAG_ROLE: "trial", TAG_STUDY: study, TAG_CELL: cell,
-                TAG_SEED: str(seed), TAG_KEY: key, TAG_LABEL: label, TAG_OUTCOME: Outcome.RUNNING.value}
+                TAG_SEED: str(seed), TAG_KEY: key, TAG_LABEL: label, TAG_OUTCOME: Outcome.RUNNING.value,
+                **(tags or {})}
         if optuna_number is not None:
             tags[TAG_OPTUNA] = str(optuna_number)
         run = self._retry(lambda: self.client.create_run(experiment_id, run_name=run_name, tags=tags), "create run")

@@ -19,12 +19,13 @@ from ablation.config import DataConfig, TrainConfig, to_yaml
 from ablation.console import METRICS_FILE, MetricsFile
 from ablation.data.streams import Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
+from ablation.gan.array import train_array
 from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ablation.gan.device import resolve_device
-from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator, train
+from ablation.gan.device import effective_precision, resolve_device
+from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator
 from ablation.outcomes import Outcome
 from ablation.study.spec import TrialSpec
-from ablation.study.tracking import Tracker
+from ablation.study.tracking import TAG_ARRAY, Tracker
 
 TRAIN_LOG = "train.log"
 
@@ -91,8 +92,58 @@ def _replay(ctx: TrialContext, run_id: str, folder: Path, upto: int) -> None:
     logger.close()
 
 
+@dataclass
+class _Open:
+    """One member's side of a running array: its folder, MLflow run and loggers."""
+
+    spec: TrialSpec
+    folder: Path
+    run_id: str
+    resumed: bool
+    metrics_file: MetricsFile
+    logger: Any
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self.metrics_file.write(metrics, step)
+        self.logger.log(metrics, step)
+
+
 def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, params: dict[str, Any],
               on_eval: EvalHook | None = None, on_run: Callable[[str], None] | None = None) -> TrialOutcome:
+    """One trial: the array of one."""
+    return run_trials(ctx, [TrialRequest(spec, optuna_number, params, on_eval, on_run)])[0]
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    spec: TrialSpec
+    optuna_number: int | None
+    params: dict[str, Any]
+    on_eval: EvalHook | None = None
+    on_run: Callable[[str], None] | None = None
+
+
+def run_trials(ctx: TrialContext, requests: list[TrialRequest]) -> list[TrialOutcome]:
+    """Train compatible trials as one array (`gan.array`); each keeps its own folder, run, metrics, outcome.
+
+    An exception fails every member (one process, one fused model); each member's run gets the traceback.
+    """
+    array_id = "+".join(r.spec.key for r in requests) if len(requests) > 1 else ""
+    opened = [_open(ctx, r, array_id) for r in requests]
+    configs = [r.spec.config for r in requests]
+    try:
+        results = train_array(configs, [o.folder for o in opened], [o.log for o in opened],
+                              domains=ctx.domains(configs[0].data), resume=True, stop=ctx.stop,
+                              evaluator=ctx.evaluator(configs[0]), on_eval=[r.on_eval for r in requests],
+                              progress=[ctx.on_progress if i == 0 else None for i in range(len(requests))])
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc))
+        return [_fail(ctx, o, exc, error) for o in opened]
+    return [_close(ctx, o, result) for o, result in zip(opened, results, strict=True)]
+
+
+def _open(ctx: TrialContext, request: TrialRequest, array_id: str) -> _Open:
+    spec = request.spec
     folder = trial_dir(ctx, spec)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.yaml"
@@ -100,38 +151,40 @@ def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, 
     checkpoint = load_checkpoint(folder / CHECKPOINT_NAME)
     resume_step = checkpoint["step"] if checkpoint is not None else None
     del checkpoint  # the trainer reloads it; do not hold two copies
+    # bf16 autocast changes what the losses see: a param, so runs of mixed precision never compare unnoticed
+    precision = effective_precision(spec.config.runtime, resolve_device(spec.config.runtime))
     run_id = ctx.tracker.start_trial_run(
         ctx.experiment_id, ctx.parent_run_id, study=ctx.study_name, run_name=spec.run_name, cell=spec.cell.key,
-        seed=spec.seed, key=spec.key, label=spec.cell.label, params=params, optuna_number=optuna_number,
-        config_yaml=config_path)
-    if on_run is not None:
-        on_run(run_id)
+        seed=spec.seed, key=spec.key, label=spec.cell.label, params={**request.params, "precision": precision},
+        optuna_number=request.optuna_number, config_yaml=config_path,
+        tags={TAG_ARRAY: array_id} if array_id else None)
+    if request.on_run is not None:
+        request.on_run(run_id)
     log_path = folder / TRAIN_LOG
+    with_whom = f", in array {array_id}" if array_id else ""
     if resume_step is not None:
         _replay(ctx, run_id, folder, resume_step)
-        _note(log_path, f"resume from step {resume_step} (optuna trial {optuna_number}, run {run_id})")
+        _note(log_path, f"resume from step {resume_step} (optuna trial {request.optuna_number}, run {run_id}"
+                        f"{with_whom})")
     else:
-        _note(log_path, f"start (optuna trial {optuna_number}, run {run_id})")
+        _note(log_path, f"start (optuna trial {request.optuna_number}, run {run_id}{with_whom})")
+    return _Open(spec, folder, run_id, resume_step is not None,
+                 MetricsFile(folder / METRICS_FILE, resume=resume_step is not None), ctx.tracker.metric_logger(run_id))
 
-    metrics_file = MetricsFile(folder / METRICS_FILE, resume=resume_step is not None)
-    logger = ctx.tracker.metric_logger(run_id)
 
-    def log(metrics: dict[str, float], step: int) -> None:
-        metrics_file.write(metrics, step)
-        logger.log(metrics, step)
+def _fail(ctx: TrialContext, member: _Open, exc: Exception, error: str) -> TrialOutcome:
+    log_path = member.folder / TRAIN_LOG
+    _note(log_path, f"failed: {error}")
+    _close_quietly(member.logger)
+    ctx.tracker.log_artifacts(member.run_id, [log_path, member.folder / METRICS_FILE], "log")
+    ctx.tracker.finish_run(member.run_id, Outcome.FAILED, {"ablate.error": f"{type(exc).__name__}: {exc}"[:7000]})
+    return TrialOutcome(Outcome.FAILED, {}, member.run_id, None, error)
 
-    try:
-        result = train(spec.config, folder, log, domains=ctx.domains(spec.config.data), resume=resume_step is not None,
-                       stop=ctx.stop, on_eval=on_eval, progress=ctx.on_progress, evaluator=ctx.evaluator(spec.config))
-    except Exception as exc:
-        error = "".join(traceback.format_exception(exc))
-        _note(log_path, f"failed: {error}")
-        _close_quietly(logger)
-        ctx.tracker.log_artifacts(run_id, [log_path, folder / METRICS_FILE], "log")
-        ctx.tracker.finish_run(run_id, Outcome.FAILED, {"ablate.error": f"{type(exc).__name__}: {exc}"[:7000]})
-        return TrialOutcome(Outcome.FAILED, {}, run_id, None, error)
 
-    logger.close()
+def _close(ctx: TrialContext, member: _Open, result: TrainResult) -> TrialOutcome:
+    folder, run_id = member.folder, member.run_id
+    log_path = folder / TRAIN_LOG
+    member.logger.close()
     _note(log_path, f"{result.status_text} after {result.step}/{result.total_steps} steps")
     ctx.tracker.log_artifacts(run_id, [log_path, folder / METRICS_FILE], "log")
     ctx.tracker.log_artifacts(run_id, [p for k, p in result.artifacts.items() if k != "generator"], "samples")

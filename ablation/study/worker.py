@@ -17,13 +17,10 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ablation.outcomes import Outcome
-from ablation.study import queue, storage
+from ablation.study import arrays, queue, storage
 from ablation.study.outages import database_outage
 from ablation.study.spec import Study, TrialSpec, search_cell
 from ablation.study.trial import TrialContext, TrialOutcome, run_trial
-
-CELL_ID_MAX = 2**48  # cell hashes are 12 hex digits
-SEED_MAX = 2**31 - 1
 
 
 class Interrupted(Exception):
@@ -43,19 +40,6 @@ def objective_values(study: Study, outcome: TrialOutcome) -> list[float]:
             value = worst  # an infinite value is COMPLETE for Optuna; NaN would turn it into FAIL
         values.append(float(value))
     return values
-
-
-def _grid_spec(study: Study, trial: Trial) -> TrialSpec | None:
-    key = trial.user_attrs.get("trial_key")
-    if key is None:
-        return None
-    trial.suggest_int("cell_id", 0, CELL_ID_MAX)
-    seed = trial.suggest_int("seed", 0, SEED_MAX)
-    cells = {cell.key: cell for cell in study.cells}
-    cell = cells.get(trial.user_attrs["cell"])
-    if cell is None:  # the study file changed since this trial was queued: rebuild from its overrides
-        cell = search_cell(study, {k: v for k, v in trial.user_attrs["overrides"].items() if k != "arm"})
-    return TrialSpec.of(cell, seed)
 
 
 def _search_params(study: Study, trial: Trial) -> dict[str, Any]:
@@ -101,27 +85,19 @@ def make_objective(study: Study, ctx: TrialContext, opt: optuna.Study) -> Callab
         return outcome
 
     def objective(trial: Trial) -> list[float]:
-        if study.spec.method == "grid":
-            spec = _grid_spec(study, trial)
-            if spec is None:  # the queue ran dry between our check and Optuna's ask
-                trial.set_user_attr("spurious", True)
-                raise optuna.TrialPruned("no queued trial left")
-            outcome = run(trial, spec, {p: v for p, v in spec.cell.varied})
-            values = objective_values(study, outcome)
-        else:
-            params = _search_params(study, trial)
-            cell = search_cell(study, params)
-            trial.set_user_attr("cell", cell.key)
-            trial.set_user_attr("trial_key", f"search:{cell.key}")
-            results = []
-            for seed in study.spec.seeds:  # replicates of one sampled point; the objective is their mean
-                spec = TrialSpec.of(cell, seed)
-                results.append(run(trial, spec, params))
-                if results[-1].outcome is Outcome.PRUNED:
-                    raise optuna.TrialPruned()
-            per_seed = [objective_values(study, r) for r in results]
-            values = [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(study.spec.objectives))]
-            outcome = results[-1] if any(r.outcome is Outcome.DIVERGED for r in results) else results[0]
+        params = _search_params(study, trial)
+        cell = search_cell(study, params)
+        trial.set_user_attr("cell", cell.key)
+        trial.set_user_attr("trial_key", f"search:{cell.key}")
+        results = []
+        for seed in study.spec.seeds:  # replicates of one sampled point; the objective is their mean
+            spec = TrialSpec.of(cell, seed)
+            results.append(run(trial, spec, params))
+            if results[-1].outcome is Outcome.PRUNED:
+                raise optuna.TrialPruned()
+        per_seed = [objective_values(study, r) for r in results]
+        values = [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(study.spec.objectives))]
+        outcome = results[-1] if any(r.outcome is Outcome.DIVERGED for r in results) else results[0]
         diverged = outcome.outcome is Outcome.DIVERGED
         if hasattr(trial, "set_constraint"):  # Optuna 5: infeasible, so samplers learn to avoid it
             trial.set_constraint("diverged", 1.0 if diverged else -1.0)
@@ -139,40 +115,54 @@ def after_trial(study: Study, stop_requested: Callable[[], bool]) -> Callable[[o
             return
         if outcome == Outcome.INTERRUPTED:
             queue.requeue(opt, trial, "interrupted", consume_retry=False)
+        elif outcome == Outcome.FAILED and trial.user_attrs.get(arrays.ARRAY_FAILURE):
+            queue.requeue(opt, trial, "its array failed: retry alone", consume_retry=False)
         elif outcome == Outcome.FAILED and trial.user_attrs.get("retries_left", 0) > 0:
             queue.requeue(opt, trial, "failed: automatic retry", consume_retry=True)
-        if stop_requested():
+        if stop_requested() and opt._thread_local.in_optimize_loop:  # stop() outside optimize() raises
             opt.stop()
 
     return callback
 
 
 def work(study: Study, opt: optuna.Study, ctx: TrialContext,
-         on_trial_end: Callable[[FrozenTrial | None], None] | None = None, max_trials: int | None = None) -> int:
+         on_trial_end: Callable[[FrozenTrial | None], None] | None = None, max_trials: int | None = None,
+         fuse: int = 1) -> int:
     """Run trials until none is left (grid) or the budget is spent (search). Returns trials run.
 
-    `on_trial_end` gets each trial this worker ended (None when Optuna's ask found the queue empty)."""
+    Grids train up to `fuse` compatible trials at once as one array (study/arrays.py). `on_trial_end` gets
+    each trial this worker ended (None when Optuna's ask found the queue empty)."""
+    try:
+        if study.spec.method == "grid":
+            retry = after_trial(study, lambda: bool(ctx.stop))
+
+            def record(trial: optuna.Trial, spec: TrialSpec, outcome: TrialOutcome) -> None:
+                arrays.tell(opt, trial, spec, outcome, ctx, objective_values(study, outcome))
+                retry(opt, opt._storage.get_trial(trial._trial_id))
+
+            return arrays.run_grid(study, opt, ctx, fuse, on_trial_end, max_trials, record)
+        return _work_search(study, opt, ctx, on_trial_end, max_trials)
+    except Exception as exc:
+        # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
+        if (cause := database_outage(exc)) is None:
+            raise
+        raise storage.storage_down(opt, cause) from None
+
+
+def _work_search(study: Study, opt: optuna.Study, ctx: TrialContext,
+                 on_trial_end: Callable[[FrozenTrial | None], None] | None, max_trials: int | None) -> int:
     ran = 0
     ended: list[FrozenTrial] = []
     callbacks = [after_trial(study, lambda: bool(ctx.stop)), lambda _opt, trial: ended.append(trial)]
     while not ctx.stop and (max_trials is None or ran < max_trials):
-        try:
-            optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
-            nothing_new = study.spec.method == "grid" or queue.search_budget_left(study, opt) <= 0
-            if nothing_new and not queue.has_waiting(opt):
-                if not queue.has_running(opt):
-                    break
-                # another worker holds the last trials: stay until they finish, so that one whose worker
-                # died (heartbeat gone stale) is picked up here instead of leaving the study incomplete
-                time.sleep(min(storage.Heartbeat.from_env().interval, 10))
-                continue
-            opt.optimize(make_objective(study, ctx, opt), n_trials=1, catch=(TrialFailed, Interrupted),
-                         callbacks=callbacks)
-        except Exception as exc:
-            # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
-            if (cause := database_outage(exc)) is None:
-                raise
-            raise storage.storage_down(opt, cause) from None
+        optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
+        if queue.search_budget_left(study, opt) <= 0 and not queue.has_waiting(opt):
+            if not queue.has_running(opt):
+                break
+            time.sleep(min(storage.Heartbeat.from_env().interval, 10))  # wait for the last, as grids do
+            continue
+        opt.optimize(make_objective(study, ctx, opt), n_trials=1, catch=(TrialFailed, Interrupted),
+                     callbacks=callbacks)
         ran += 1
         if on_trial_end is not None:
             on_trial_end(ended.pop() if ended else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -12,7 +13,15 @@ import pytest
 import torch
 
 from ablation.config import DataConfig
-from ablation.data.demo import build_demo_dataset, procedural_batch, procedural_pair
+from ablation.data.demo import (
+    HELD_OUT,
+    build_demo_dataset,
+    bundled_photos,
+    cut,
+    procedural_batch,
+    procedural_pair,
+    source_images,
+)
 from ablation.data.images import list_images, to_signed, to_uint8
 from ablation.data.smooth import build_smooth_dir, edge_smooth
 from ablation.data.streams import (
@@ -190,23 +199,44 @@ def test_demo_dataset_layout_determinism_and_held_out(tmp_path: Path) -> None:
     b = build_demo_dataset(tmp_path / "b", **kwargs)
     assert _tree_hash(a) == _tree_hash(b)
 
-    # val crops come from the held-out photo: no val crop matches any training source
-    from ablation.data.demo import HELD_OUT, bundled_photos
-    photos = bundled_photos()
-    val = cv2.imread(str(list_images(a / "val")[0]))[..., ::-1].astype(np.float32)
-    def best_match(name: str) -> float:
-        small = cv2.resize(photos[name], (photos[name].shape[1] // 4, photos[name].shape[0] // 4),
-                           interpolation=cv2.INTER_AREA).astype(np.float32)
-        crops = [cv2.resize(val, (s, s), interpolation=cv2.INTER_AREA) for s in range(24, min(small.shape[:2]), 4)]
-        scores = [cv2.matchTemplate(small, c, cv2.TM_SQDIFF_NORMED).min() for c in crops]
-        scores += [cv2.matchTemplate(small, c[:, ::-1].copy(), cv2.TM_SQDIFF_NORMED).min() for c in crops]
-        return min(scores)
-    held = best_match(HELD_OUT[0])
-    assert all(held < best_match(n) for n in photos if n not in HELD_OUT)
+    # val photos come from held-out source images only, and from more than one (see the next test)
+    manifest = json.loads((a / "demo.json").read_text())
+    assert [f["source"] for f in manifest["files"]["val"]] == ["coffee", "rocket", "coffee"]
 
     domains = load_domains(DataConfig(root=a, style="demo", image_size=64))
     assert domains.photo.shape == (6, 3, 64, 64) and domains.style_ref.shape == (4, 3, 64, 64)
     assert domains.val_target.shape == (3, 3, 64, 64)
+
+
+def _best_match(val: np.ndarray, photo: np.ndarray) -> float:
+    """Smallest normalised squared difference of a val image (any scale, either flip) inside a photo."""
+    small = cv2.resize(photo, (photo.shape[1] // 4, photo.shape[0] // 4), interpolation=cv2.INTER_AREA)
+    small = small.astype(np.float32)
+    crops = [cv2.resize(val, (s, s), interpolation=cv2.INTER_AREA) for s in range(24, min(small.shape[:2]), 4)]
+    crops += [np.ascontiguousarray(c[:, ::-1]) for c in crops]
+    return min(cv2.matchTemplate(small, c, cv2.TM_SQDIFF_NORMED).min() for c in crops)
+
+
+def test_demo_val_photos_come_from_several_held_out_sources(tmp_path: Path) -> None:
+    """No val photo shares a source image with any training photo or style image, and >= 2 sources are used;
+    the manifest's provenance is checked against the pixels, exactly and by an independent template match."""
+    root = build_demo_dataset(tmp_path / "d", image_size=64, n_photo=6, n_style=5, n_ref=4, n_val=4, seed=1)
+    files = json.loads((root / "demo.json").read_text())["files"]
+    training = {f["source"] for folder in ("train_photo", "demo/style", "demo/style_ref") for f in files[folder]}
+    val_sources = [f["source"] for f in files["val"]]
+    assert not training & set(val_sources) and len(set(val_sources)) >= 2
+    assert set(val_sources) == set(HELD_OUT) and training == {"astronaut", "chelsea", "grace_hopper"}
+
+    photos = bundled_photos()
+    shrunk = source_images(64)
+    for entry, path in zip(files["val"], list_images(root / "val"), strict=True):
+        val = cv2.imread(str(path))[..., ::-1]
+        assert entry["file"] == path.name
+        assert np.array_equal(val, cut(shrunk[entry["source"]], entry, 64))  # the recorded crop, bit for bit
+    for entry, path in list(zip(files["val"], list_images(root / "val"), strict=True))[:2]:
+        val = cv2.imread(str(path))[..., ::-1].astype(np.float32)
+        scores = {name: _best_match(val, photo) for name, photo in photos.items()}
+        assert min(scores, key=scores.get) == entry["source"], scores
 
 
 def test_load_domains_builds_missing_smooth(tmp_path: Path) -> None:

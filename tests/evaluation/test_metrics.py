@@ -78,16 +78,29 @@ def test_gram_distance_is_zero_for_equal_sets_and_scale_aware() -> None:
 # --- gap closure ---
 
 def test_gap_closure_hand_values() -> None:
-    assert M.gap_closure(noop=1.0, ref=0.2, value=0.6, min_denominator=1e-3) == pytest.approx(0.5)
+    assert M.gap_closure(noop=1.0, ref=0.2, value=0.6, floor=1e-3) == pytest.approx(0.5)
     assert M.gap_closure(1.0, 0.2, 1.0, 1e-3) == pytest.approx(0.0)
     assert M.gap_closure(1.0, 0.2, 0.2, 1e-3) == pytest.approx(1.0)
     assert M.gap_closure(1.0, 0.2, 1.4, 1e-3) == pytest.approx(-0.5)  # worse than doing nothing
-    assert M.gap_closure(0.2, 1.0, 0.6, 1e-3) == pytest.approx(0.5)  # higher-is-closer metrics work too
+    assert M.gap_closure_reason(1.0, 0.2, 0.6, 1e-3) == (pytest.approx(0.5), "")
+
+
+def test_gap_closure_is_missing_when_anchors_are_inverted() -> None:
+    # A distance metric whose no-op anchor is closer to the style set than the reference: the old ratio gave
+    # (0.12 − 0.5) / (0.12 − 0.30) = +2.1 to an output that moved away from the style (0.5 > 0.12).
+    gap, why = M.gap_closure_reason(noop=0.12, ref=0.30, value=0.5, floor=1e-3)
+    assert gap is None
+    assert why == "anchors inverted: no-op 0.12 is closer to the style set than the reference 0.3"
+    assert M.gap_closure(0.2, 1.0, 0.6, 1e-3) is None
 
 
 def test_gap_closure_is_missing_when_anchors_coincide() -> None:
-    assert M.gap_closure(0.5, 0.5 + 1e-5, 0.3, min_denominator=1e-3) is None
-    assert M.gap_closure(0.5, float("nan"), 0.3, min_denominator=1e-3) is None
+    assert M.gap_closure_reason(0.5, 0.5004, 0.3, floor=1e-3) == (
+        None, "anchors not separated: |no-op - reference| 0.0004 < floor 0.001")
+    assert M.gap_closure_reason(0.5004, 0.5, 0.3, floor=1e-3)[0] is None  # right sign, but within the floor
+    assert M.gap_closure_reason(0.5, 0.25, 0.3, floor=0.25)[1].endswith("0.25 = floor 0.25")  # more than, not equal
+    assert M.gap_closure(0.5, float("nan"), 0.3, 1e-3) is None
+    assert M.gap_closure_reason(0.5, 0.2, float("inf"), 1e-3)[0] is None
 
 
 # --- cartoon statistics ---
@@ -143,9 +156,44 @@ def test_content_metrics_of_identity_are_one() -> None:
 
 def test_edge_f1_tolerates_a_one_pixel_shift_only_with_tolerance() -> None:
     a, b = _rectangle(10), _rectangle(11)
-    assert M.edge_f1(a, b, tolerance=2) == 1.0
+    n_a, n_b = int(M.canny(a).sum()), int(M.canny(b).sum())
+    assert n_a > n_b  # the shifted rectangle is one column narrower: its outline has fewer pixels
+    # within 2 px every pixel of the shorter outline finds its own partner: 2·min / (n_a + n_b)
+    assert M.edge_f1(a, b, tolerance=2) == pytest.approx(2 * n_b / (n_a + n_b))
     assert M.edge_f1(a, b, tolerance=0) < 0.8  # the shifted vertical edge no longer matches
     assert M.ssim_luma_blur(a, b) < 1.0
+
+
+def _lines(columns: list[int], size: int = 20, rows: range = range(5, 15)) -> np.ndarray:
+    edges = np.zeros((size, size), bool)
+    for column in columns:
+        edges[rows.start:rows.stop, column] = True
+    return edges
+
+
+def test_edge_f1_matches_one_to_one() -> None:
+    single, double = _lines([10]), _lines([10, 12])  # 10 true pixels; 20 predicted, all within 2 px of them
+    # One-to-one: 10 matches -> precision 10/20, recall 10/10, F1 = 2·10 / (20 + 10) = 2/3. The relaxed
+    # many-to-one rule let both lines claim the one true edge: precision = recall = 1.
+    assert M.edge_map_f1(double, single, tolerance=2) == pytest.approx(2 / 3)
+    assert M.edge_map_f1(single, double, tolerance=2) == pytest.approx(2 / 3)  # symmetric in the counts
+    assert M.edge_map_f1(single, single) == 1.0 and M.edge_map_f1(double, double) == 1.0
+    # Maximum, not greedy: p0 (2, 2) is near t0 (2, 3) and t1 (2, 0); p1 (2, 5) only near t0. A greedy pass
+    # taking p0 -> t0 leaves p1 alone (F1 = 2·1/4); the maximum matching pairs p0 -> t1, p1 -> t0: F1 = 1.
+    pred, truth = np.zeros((5, 8), bool), np.zeros((5, 8), bool)
+    pred[2, [2, 5]] = True
+    truth[2, [3, 0]] = True
+    assert M.edge_map_f1(pred, truth, tolerance=2) == 1.0
+    assert M.edge_map_f1(pred, truth, tolerance=1) == pytest.approx(2 * 1 / 4)  # only p0 -> t0 within 1 px
+
+
+def test_edge_f1_of_images_uses_one_to_one_matching(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through `edge_f1` itself, with the edge detector replaced by the maps drawn into the images."""
+    monkeypatch.setattr(M, "canny", lambda image: image[..., 0] > 0)
+    single = np.repeat(_lines([10])[..., None], 3, axis=2).astype(np.uint8) * 255
+    double = np.repeat(_lines([10, 12])[..., None], 3, axis=2).astype(np.uint8) * 255
+    assert M.edge_f1(double, single) == pytest.approx(2 / 3)  # relaxed matching: 1.0
+    assert M.edge_f1(single, single) == 1.0
 
 
 def test_edge_f1_empty_maps() -> None:
@@ -164,3 +212,5 @@ def test_metrics_reject_wrong_inputs() -> None:
         M.palette95(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError):
         M.edge_f1(np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8))
+    with pytest.raises(ValueError):
+        M.edge_map_f1(np.zeros((4, 4), bool), np.zeros((4, 5), bool))

@@ -41,6 +41,22 @@ def test_every_entry_is_complete() -> None:
         registry.Metric(None, "style", "a statistic offered as an objective")
 
 
+def test_every_style_and_content_objective_says_what_it_responds_to() -> None:
+    """The report's per-metric note (reference §6): what moves the metric and what it is blind to."""
+    documented = {key: metric.responds_to for key, metric in registry.METRICS.items()
+                  if metric.objective and metric.group in ("style", "content")}
+    assert len(documented) == 19  # 7 distances + 7 gaps + 5 content metrics
+    for key, note in documented.items():
+        assert note.strip() and "\n" not in note and "blind" in note, key
+    assert "blur" in documented["eval/style/kid_rand"] and "ImageNet" in documented["eval/style/kid_eff"]
+    assert not any("optional" in m.description + m.responds_to for m in registry.METRICS.values())
+
+
+def test_n_images_is_a_registered_diagnostic() -> None:
+    metric = registry.lookup("eval/n_images")
+    assert not metric.objective and not metric.plotted and metric.direction is None
+
+
 def test_gaps_exist_exactly_for_metrics_with_a_floor() -> None:
     floors = {key for key, metric in registry.METRICS.items() if metric.gap_floor is not None}
     gaps = {key for key in registry.METRICS if key.endswith("_gap")}
@@ -65,11 +81,15 @@ def test_lookup_resolves_families_and_a_miss_lists_the_valid_names() -> None:
 
 def test_diagnostics_are_neither_plotted_nor_objectives() -> None:
     names = registry.objective_names()
-    assert names[0] == "eval/style/kid_rand" and "loss/g/style" in names and "perf/images_per_s" in names
+    # the independent pretrained evaluator first (the primary style objective), the random VGGs after it
+    assert names[:2] == ["eval/style/kid_eff", "eval/style/kid_rand"]
+    assert "loss/g/style" in names and "perf/images_per_s" in names
     for key in DIAGNOSTICS:
         assert registry.resolve(key) not in names and not registry.plotted(key), key
     assert all(registry.plotted(key) for key in PLOTTED)
-    assert registry.tooltip("eval/content/ssim_luma_blur").endswith("(higher is better)")
+    ssim = registry.METRICS["eval/content/ssim_luma_blur"]
+    assert registry.tooltip("eval/content/ssim_luma_blur") == (f"{ssim.description} (higher is better). "
+                                                               f"Responds to: {ssim.responds_to}")
     assert registry.tooltip("eval/stats/flat") == registry.METRICS["eval/stats/flat"].description
     assert registry.tooltip("style_weight") == ""  # a param column of the report: no tooltip
 

@@ -20,7 +20,9 @@ from ablation.gan.backbone import build_backbone
 from ablation.gan.discriminator import build_discriminator
 from ablation.gan.generator import build_generator
 
-MOBILENET = BackboneConfig(arch="mobilenet_v2", width=1.3)
+# random weights: the default (imagenet) needs a download the tests cannot make
+VGG = BackboneConfig(weights="random")
+MOBILENET = BackboneConfig(arch="mobilenet_v2", width=1.3, weights="random")
 
 
 def n_params(module: nn.Module) -> int:
@@ -49,7 +51,7 @@ def test_discriminator_parameter_count(sn: bool) -> None:
 
 
 def test_vgg19_trunk_parameter_count() -> None:
-    assert n_params(build_backbone(BackboneConfig(), seed=0)) == 10_585_152
+    assert n_params(build_backbone(VGG, seed=0)) == 10_585_152
 
 
 def test_mobilenet_trunk_parameter_count() -> None:
@@ -98,7 +100,7 @@ def test_discriminator_n_layers_sets_depth() -> None:
 
 
 def test_backbone_feature_shapes() -> None:
-    vgg = build_backbone(BackboneConfig(), seed=0)
+    vgg = build_backbone(VGG, seed=0)
     mobilenet = build_backbone(MOBILENET, seed=0)
     assert (vgg.out_channels, mobilenet.out_channels) == (512, 240)
     with torch.no_grad():
@@ -123,9 +125,9 @@ def test_backbone_is_frozen_but_passes_input_gradients() -> None:
 
 
 def test_preprocessing_auto_and_caffe_formula() -> None:
-    assert build_backbone(BackboneConfig(), seed=0).describe()["preprocess"] == "caffe"
+    assert build_backbone(VGG, seed=0).describe()["preprocess"] == "caffe"
     assert build_backbone(MOBILENET, seed=0).describe()["preprocess"] == "signed"
-    vgg = build_backbone(BackboneConfig(preprocess="caffe"), seed=0)
+    vgg = build_backbone(VGG.model_copy(update={"preprocess": "caffe"}), seed=0)
     photo = images(32)
     # Caffe by hand: [-1, 1] -> [0, 255], RGB -> BGR, minus the BGR mean.
     expected_input = (photo + 1) * 127.5
@@ -153,7 +155,7 @@ def test_random_weights_are_seeded_and_leave_global_rng_alone() -> None:
 
 
 def test_config_seed_overrides_trial_seed() -> None:
-    pinned = BackboneConfig(seed=7)
+    pinned = VGG.model_copy(update={"seed": 7})
     assert build_backbone(pinned, seed=1).weights_hash == build_backbone(pinned, seed=2).weights_hash
     assert build_backbone(pinned, seed=1).describe()["seed"] == "7"
 

@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from ablation.config import GAN_TYPES, TrainConfig, with_overrides
+from ablation.config import GAN_TYPES, BackboneConfig, TrainConfig, with_overrides
 from ablation.data.demo import procedural_batch
-from ablation.data.streams import Domains, domains_from_arrays
+from ablation.data.streams import DataStreams, Domains, domains_from_arrays
+from ablation.errors import UserError
+from ablation.gan import array as array_module
 from ablation.gan import steps as steps_module
-from ablation.gan.trainer import StopFlag, train
+from ablation.gan.backbone import build_backbone
+from ablation.gan.checkpoint import load_checkpoint, save_checkpoint
+from ablation.gan.trainer import StopFlag, build_models, train
 
 SIZE = 32
 
@@ -30,7 +34,8 @@ def domains() -> Domains:
 def tiny(**overrides: object) -> TrainConfig:
     base = {"data.image_size": SIZE, "data.val_count": 3, "model.d_ch": 16, "schedule.epochs": 3,
             "schedule.init_epochs": 1, "schedule.batch_size": 2, "schedule.steps_per_epoch": 3,
-            "schedule.log_every": 1, "eval.enabled": False, "runtime.threads": 2}
+            "schedule.log_every": 1, "eval.enabled": False, "runtime.threads": 2,
+            "backbone.weights": "random"}  # the default (imagenet) needs a download the tests cannot make
     return with_overrides(TrainConfig(), {**base, **overrides})
 
 
@@ -140,16 +145,12 @@ def test_samples_gif_and_side_by_side(tmp_path: Path, domains: Domains) -> None:
 
 
 def test_backbone_gets_no_parameter_gradients(tmp_path: Path, domains: Domains) -> None:
-    from ablation.gan.backbone import build_backbone
-
     config = tiny()
     backbone = build_backbone(config.backbone, 0)
     assert all(not p.requires_grad for p in backbone.parameters())
 
 
 def test_run_folder_records_the_backbone_and_its_weights_hash(tmp_path: Path, domains: Domains) -> None:
-    from ablation.gan.backbone import build_backbone
-
     config = tiny(**{"schedule.epochs": 2, "schedule.steps_per_epoch": 1, "seed": 5})
     result = train(config, tmp_path, Recorder(), domains=domains)
     written = json.loads((tmp_path / "backbone.json").read_text())
@@ -183,3 +184,84 @@ def test_writeup_colour_defect_shows_in_the_first_logged_raw_term(tmp_path: Path
         assert 4 in rows  # init_steps + 1: the first G step is logged although log_every is 10
         first_gan[scale] = rows[4]["loss/g/color"]
     assert first_gan["255"] > 100 * first_gan["unit"]
+
+
+# ---------------------------------------------------------------- precision: recorded, and a resume never mixes
+
+
+def test_run_records_its_precision(tmp_path: Path, domains: Domains) -> None:
+    result = train(tiny(**{"schedule.epochs": 2, "schedule.steps_per_epoch": 1}), tmp_path, Recorder(),
+                   domains=domains)
+    assert result.precision == "fp32"  # CPU: autocast never runs, whatever runtime.amp says
+    assert json.loads((tmp_path / "run.json").read_text()) == {"precision": "fp32", "device": "cpu"}
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["precision"] == "fp32"  # type: ignore[index]
+
+
+def _interrupted_run(out_dir: Path, domains: Domains) -> TrainConfig:
+    config = tiny(**{"schedule.epochs": 2, "schedule.steps_per_epoch": 2})
+    flag = StopFlag()
+    assert train(config, out_dir, Recorder(stop_at=1, flag=flag), domains=domains, stop=flag).step == 1
+    return config
+
+
+def test_resume_refuses_a_checkpoint_written_in_bf16(tmp_path: Path, domains: Domains) -> None:
+    config = _interrupted_run(tmp_path, domains)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    assert state is not None
+    save_checkpoint(path, {**state, "precision": "bf16"})  # as a CUDA run with runtime.amp would have written it
+    with pytest.raises(UserError) as info:
+        train(config, tmp_path, Recorder(), domains=domains, resume=True)
+    assert info.value.lines == [
+        f"{path}: runtime.amp / precision: expected 'bf16' (the precision this checkpoint was written in: resume "
+        "with runtime.amp: true on a CUDA device with bf16, or use a new --out folder), got 'fp32'"]
+    assert load_checkpoint(path)["step"] == 1  # type: ignore[index]  # untouched
+
+
+def test_checkpoint_without_precision_resumes_as_fp32(tmp_path: Path, domains: Domains) -> None:
+    config = _interrupted_run(tmp_path, domains)
+    path = tmp_path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    assert state is not None
+    save_checkpoint(path, {k: v for k, v in state.items() if k != "precision"})  # written before the field
+    result = train(config, tmp_path, Recorder(), domains=domains, resume=True)
+    assert result.status == "finished" and result.step == 4 and result.precision == "fp32"
+
+
+# ---------------------------------------------------------------- the init step's backbone passes
+
+
+def test_init_step_sees_photo_and_fake_and_a_gan_step_also_the_style_target(
+        tmp_path: Path, domains: Domains, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen_images = {"n": 0}
+
+    def counted(cfg: BackboneConfig, seed: int) -> torch.nn.Module:
+        backbone = build_backbone(cfg, seed)
+        backbone.register_forward_hook(
+            lambda module, args, out: seen_images.__setitem__("n", seen_images["n"] + args[0].shape[0]))
+        return backbone
+
+    monkeypatch.setattr(array_module, "build_backbone", counted)
+    seen: dict[int, int] = {}
+    # 1 init step (photo, fake), then 1 GAN step (photo, style target, fake); D's step uses no backbone.
+    # Counted in images (batch 2): the no-grad targets run as one pass
+    train(tiny(**{"schedule.epochs": 2, "schedule.steps_per_epoch": 1}), tmp_path,
+          lambda metrics, step: seen.__setitem__(step, seen_images["n"]), domains=domains)
+    assert seen == {1: 2 * 2, 2: 5 * 2}
+
+
+def test_init_loss_is_the_content_loss_computed_directly(tmp_path: Path, domains: Domains) -> None:
+    config = tiny(**{"schedule.epochs": 2, "schedule.steps_per_epoch": 1})
+    log = Recorder()
+    train(config, tmp_path, log, domains=domains)
+    first = dict(log.rows)[1]
+    # the same first batch, initial G and backbone, the loss written out: L1 of conv4_4 features, x1.5
+    cpu = torch.device("cpu")
+    batch = DataStreams(domains, config.schedule.batch_size, config.seed, config.loss.smooth_target, cpu).next()
+    generator = build_models(config, cpu).generator
+    backbone = build_backbone(config.backbone, config.seed)
+    with torch.no_grad():
+        feat_photo, feat_fake = backbone(batch.real_photo), backbone(generator(batch.real_photo))
+        expected = (feat_photo - feat_fake).abs().mean().item()
+    assert first["loss/init/content"] == pytest.approx(expected, rel=1e-5)
+    assert first["loss/init/total"] == pytest.approx(1.5 * expected, rel=1e-5)

@@ -21,7 +21,8 @@ from ablation.study.tracking import Tracker
 XSS = "<script>alert(1)</script>"
 STEPS = list(range(10, 210, 10))
 GRID_YAML = {
-    "name": "grid2x2", "question": "Does a larger style weight change the style distance?", "base": {},
+    "name": "grid2x2", "question": "Does a larger style weight change the style distance?",
+    "base": {"backbone": {"weights": "random"}},  # the default (imagenet) would need a download
     "method": "grid", "axes": {"loss.style_weight": [3.0, 10.0], "loss.content_weight": [1.5, 3.0]},
     "seeds": [0, 1], "objectives": [{"metric": "eval/style/kid_rand", "direction": "minimize"},
                                     {"metric": "eval/content/ssim_luma_blur", "direction": "maximize"}],
@@ -159,9 +160,13 @@ def test_effects_table_has_the_constructed_effect(grid_report: Path) -> None:
     # per-seed differences 1 and 3: mean 2, sd sqrt 2, CI 2 +- t(0.975, 1) * sqrt2 / sqrt2 = 2 +- 12.706
     assert row[2] == "3" and row[5] == "2" and row[6] == "2"
     assert row[7] == "[-10.71, 14.71]"
-    assert float(row[8]) == pytest.approx(0.2952, abs=1e-3)
+    # MDE at 80% power on 2 pairs: standardised 11.5499 (statsmodels TTestPower, df 1) x sd sqrt 2 = 16.33
+    assert float(row[8]) == pytest.approx(16.3, abs=0.05)
+    assert float(row[9]) == pytest.approx(0.2952, abs=1e-3)
     assert len(rows) == 4  # 2 axes x 1 non-baseline level x 2 objectives
-    assert all(float(r[9]) >= float(r[8]) for r in rows if r[9] != "–")  # Holm never lowers a p-value
+    assert all(float(r[10]) >= float(r[9]) for r in rows if r[10] != "–")  # Holm never lowers a p-value
+    # style 3 (the baseline) diverged on seed 1 with content 3: 1 of its 4 trials (2 seeds x 2 content cells)
+    assert row[11] == "no difference detected (2 of 2 seeds; baseline: 1 of 4 trials diverged)"
 
 
 def test_embedded_gif_decodes_with_frames(grid_report: Path) -> None:
@@ -248,7 +253,7 @@ E2E_TINY = {
     "data.image_size": 32, "data.val_count": 2, "model.d_ch": 8, "schedule.epochs": 2, "schedule.init_epochs": 1,
     "schedule.steps_per_epoch": 2, "schedule.batch_size": 2, "schedule.log_every": 1, "schedule.eval_every": 0,
     "eval.image_size": 32, "eval.max_images": 8, "eval.kid_subsets": 2, "eval.kid_subset_size": 4,
-    "runtime.device": "cpu",
+    "runtime.device": "cpu", "backbone.weights": "random",  # the default (imagenet) would need a download
 }
 
 
@@ -273,3 +278,9 @@ def test_end_to_end_tiny_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(tables_of(html)["trial-table"]) == 4
     assert len(re.findall(r'src="data:image/gif;base64,', html)) == 2
     assert len(tables_of(html)["effects-table"]) == 2
+    # what the trial itself logs reaches the report: its precision param and the evaluator's eval/n_images
+    assert "fp32 (4 trials)" in html
+    # --fuse auto on the CPU (4): the four trials trained as one fused array, and the setup says so
+    assert ("1 trial array(s) (one fused model each):<ul><li>style_weight=3 seed=0 + style_weight=3 seed=1 + "
+            "style_weight=10 seed=0 + style_weight=10 seed=1</li></ul>") in html
+    assert "KID is computed on" in html and "images per set in at least one trial (fewer than 100)" in html

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
+from scipy import stats as sps
 
-from ablation.report.stats import holm, mean_ci, paired_effect, pareto_front, turning_point
+from ablation.report.stats import holm, mean_ci, min_detectable_effect, paired_effect, pareto_front, turning_point
 
 T_975_DF2 = 4.302653  # t(0.975, df=2), from a table
 T_975_DF1 = 12.706205
@@ -25,6 +27,8 @@ def test_paired_effect_diffs_1_2_3() -> None:
     # t = 2 / (1/sqrt 3) = 3.4641 on 2 df: two-sided p = 0.07418
     assert effect.p == pytest.approx(0.07418, abs=1e-4)
     assert not effect.single_seed and effect.has_interval
+    # 80% power at two-sided 0.05 on 3 pairs needs d = 3.2640 (see test_min_detectable_effect): sd 1 -> 3.264
+    assert effect.mde == pytest.approx(3.26404, abs=1e-4)
 
 
 def test_paired_effect_uses_only_shared_finite_seeds() -> None:
@@ -46,6 +50,35 @@ def test_single_seed_marker() -> None:
     assert empty.n == 0 and math.isnan(empty.mean)
 
 
+def test_identical_differences_give_a_point_interval_without_warnings() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's precision-loss warning must not reach the report's log
+        shifted = paired_effect({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.5, 1: 2.5, 2: 3.5})
+        same = paired_effect({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
+    assert (shifted.mean, shifted.lo, shifted.hi, shifted.p, shifted.mde) == (0.5, 0.5, 0.5, 0.0, 0.0)
+    assert (same.mean, same.p) == (0.0, 1.0)
+
+
+def power_at(d: float, n: int) -> float:
+    """Power of the two-sided paired t-test at alpha 0.05, from the noncentral t (independent of statsmodels)."""
+    crit = sps.t.ppf(0.975, n - 1)
+    nc = d * math.sqrt(n)
+    lower = float(sps.nct.cdf(-crit, n - 1, nc))  # about 1e-11 and below; scipy returns nan for df 1
+    return float(sps.nct.sf(crit, n - 1, nc)) + (0.0 if math.isnan(lower) else lower)
+
+
+def test_min_detectable_effect() -> None:
+    # standardised MDEs for 80% power; the noncentral t confirms each one gives 80% power
+    for n, d in ((2, 11.5499), (3, 3.26404), (5, 1.68200), (10, 0.99600)):
+        assert min_detectable_effect(n, 1.0) == pytest.approx(d, abs=1e-4)
+        assert power_at(d, n) == pytest.approx(0.8, abs=1e-4)
+    # in the metric's units: proportional to the sd of the differences; undefined on one pair
+    assert min_detectable_effect(3, 0.02) == pytest.approx(0.02 * 3.26404, rel=1e-4)
+    assert math.isnan(min_detectable_effect(1, 1.0)) and math.isnan(min_detectable_effect(3, math.nan))
+    # with many seeds it approaches the normal value (z_0.975 + z_0.8) sd / sqrt n = 2.8016 / 10 at n = 100
+    assert min_detectable_effect(100, 1.0) == pytest.approx(0.2829, abs=2e-3)
+
+
 def test_holm_hand_example() -> None:
     # sorted 0.01, 0.02, 0.03, 0.04 -> x4, x3, x2, x1 = 0.04, 0.06, 0.06 (monotone), 0.06 (monotone)
     adjusted = holm([0.04, 0.01, 0.03, 0.02])
@@ -53,6 +86,9 @@ def test_holm_hand_example() -> None:
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
     with_nan = holm([0.01, float("nan"), 0.04])
     assert with_nan[0] == pytest.approx(0.02) and math.isnan(with_nan[1]) and with_nan[2] == pytest.approx(0.04)
+    # sorted 0.005, 0.01, 0.03, 0.04 -> x4, x3, x2, x1 = 0.02, 0.03, 0.06, 0.04 -> monotone 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([]) == [] and all(math.isnan(p) for p in holm([float("nan")]))
 
 
 def test_mean_ci() -> None:

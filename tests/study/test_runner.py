@@ -55,6 +55,7 @@ def test_grid_runs_once_and_rerun_does_nothing(tmp_path: Path, data_root: Path,
         assert tags["ablate.outcome"] == "finished"
         assert params["loss.style_weight"] in ("3", "6") and params["loss.style_target"] in ("gray", "color")
         assert params["seed"] == tags["ablate.seed"] and run.info.run_name.endswith(f"seed={params['seed']}")
+        assert params["precision"] == "fp32"  # CPU: no autocast; a param, so the report can warn on a mix
         assert "loss/g/style" in run.data.metrics and "perf/images_per_s" in run.data.metrics
         keys.add(tags["ablate.trial_key"])
     assert len(keys) == 8
@@ -137,9 +138,9 @@ def test_killed_process_resumes_without_duplicates(tmp_path: Path, data_root: Pa
     assert sorted(r.data.tags["ablate.trial_key"] for r in finished) == sorted({r.data.tags["ablate.trial_key"]
                                                                                 for r in runs})
     assert len(finished) == 2
-    crashed = [r for r in runs if r.info.status == "FAILED"]
-    assert [r.data.tags["ablate.trial_key"] for r in crashed] == [killed_key]
-    assert crashed[0].data.tags["ablate.outcome"] == "crashed"
+    crashed = [r for r in runs if r.info.status == "FAILED"]  # the killed array: one run per member it held
+    assert killed_key in {r.data.tags["ablate.trial_key"] for r in crashed} and len(crashed) <= 2
+    assert {r.data.tags["ablate.outcome"] for r in crashed} == {"crashed"}
     log = (checkpoint.parent / "train.log").read_text()
     assert "resume from step" in log
     resumed = next(r for r in finished if r.data.tags["ablate.trial_key"] == killed_key)
@@ -155,6 +156,10 @@ def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys
     assert run_study(study, options(tmp_path), dry_run=True) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "study grid: 3 cells x 2 seeds = 6 trials" and len(out) == 7
+    assert out[4:] == ["arrays (--fuse 4): 2 of up to 4 trials",  # the CPU's auto: what one worker trains together
+                       "  array 1: style_weight=1 seed=0, style_weight=1 seed=1, style_weight=2 seed=0, "
+                       "style_weight=2 seed=1",
+                       "  array 2: style_weight=3 seed=0, style_weight=3 seed=1"]
     assert not (tmp_path / "optuna.db").exists()  # nothing was created
 
 
@@ -201,29 +206,39 @@ def test_single_objective_search_feeds_eval_metrics_to_the_pruner(tmp_path: Path
     assert run.data.tags["eval/evaluator/rand_1001"]  # evaluator provenance is on the run
 
 
+# fuse 1: trial by trial. fuse 4: the fault fails the array of both, each member is re-run alone without
+# using its retry, the good one finishes, the faulty one fails alone and is retried once.
+@pytest.mark.parametrize(("fuse", "expected_outcomes", "failed_runs"), [
+    (1, [("failed", 1, "FAIL"), ("failed", 2, "FAIL"), ("finished", 1, "COMPLETE")], 2),
+    (4, [("failed", 1, "FAIL"), ("failed", 1, "FAIL"), ("failed", 2, "FAIL"), ("failed", 3, "FAIL"),
+         ("finished", 2, "COMPLETE")], 4),
+])
 def test_failed_trial_is_retried_once_then_left_until_asked(tmp_path: Path, data_root: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch, fuse: int,
+                                                            expected_outcomes: list, failed_runs: int) -> None:
     import ablation.gan.steps
 
     monkeypatch.chdir(tmp_path)
-    real_g_step = ablation.gan.steps.g_step
+    real_g_losses = ablation.gan.steps.g_losses
 
-    def g_step_failing_for_weight_6(models, backbone, batch, targets, config):  # an injected fault
+    def g_losses_failing_for_weight_6(config, terms, d_fake):  # an injected fault
         if config.loss.style_weight == 6.0:
             raise RuntimeError("injected fault")
-        return real_g_step(models, backbone, batch, targets, config)
+        return real_g_losses(config, terms, d_fake)
 
-    monkeypatch.setattr("ablation.gan.trainer.g_step", g_step_failing_for_weight_6)
+    monkeypatch.setattr("ablation.gan.steps.g_losses", g_losses_failing_for_weight_6)
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0, 6.0]}, [0], name="fail")
-    assert run_study(study, options(tmp_path)) == 0
+    opts = RunOptions(**{**options(tmp_path).__dict__, "fuse": fuse})
+    assert run_study(study, opts) == 0
     opt = optuna.load_study(study_name="fail", storage=f"sqlite:///{tmp_path}/optuna.db")
     by_outcome = sorted((t.user_attrs.get("outcome"), t.user_attrs.get("attempt"), t.state.name) for t in opt.trials)
-    assert by_outcome == [("failed", 1, "FAIL"), ("failed", 2, "FAIL"), ("finished", 1, "COMPLETE")]
+    assert by_outcome == expected_outcomes
     runs = runs_by_status(tmp_path, "fail")
-    assert len(runs["FINISHED"]) == 1 and len(runs["FAILED"]) == 2
+    assert len(runs["FINISHED"]) == 1 and len(runs["FAILED"]) == failed_runs
     assert all(r.data.tags["ablate.error"] == "RuntimeError: injected fault" for r in runs["FAILED"])
-    run_study(study, options(tmp_path))  # failures are re-run only on request
-    assert len(optuna.load_study(study_name="fail", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
-    monkeypatch.setattr("ablation.gan.trainer.g_step", real_g_step)
-    run_study(study, RunOptions(**{**options(tmp_path).__dict__, "rerun_failed": True}))
+    run_study(study, opts)  # failures are re-run only on request
+    assert len(optuna.load_study(study_name="fail", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == \
+        len(expected_outcomes)
+    monkeypatch.setattr("ablation.gan.steps.g_losses", real_g_losses)
+    run_study(study, RunOptions(**{**opts.__dict__, "rerun_failed": True}))
     assert len(runs_by_status(tmp_path, "fail")["FINISHED"]) == 2

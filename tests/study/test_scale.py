@@ -79,7 +79,9 @@ def procs(tmp_path: Path) -> Iterator[Procs]:
 
 
 def _worker_args(study: Path, storage: str) -> list[str]:
-    return ["worker", str(study), "--storage", storage, "--quiet"]
+    # one trial per claim: these tests follow single trials through kills and outages (a killed array's
+    # members resume one by one in tests/study/test_runner.py::test_killed_process_resumes_without_duplicates)
+    return ["worker", str(study), "--storage", storage, "--quiet", "--fuse", "1"]
 
 
 def _complete_by_key(trials: list) -> dict[str, list]:

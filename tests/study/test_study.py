@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from ablation.errors import UserError
-from ablation.study.spec import dry_run_lines, load_study
+from ablation.study.dry_run import dry_run_lines
+from ablation.study.spec import load_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -34,7 +35,7 @@ seeds: [0, 1]
     assert trial.config.seed == 0 and trial.config.schedule.epochs == 3
     assert trial.run_name.endswith("seed=0")
     lines = dry_run_lines(study)
-    assert lines[0] == "study g: 4 cells x 2 seeds = 8 trials" and len(lines) == 9
+    assert lines[0] == "study g: 4 cells x 2 seeds = 8 trials" and len(lines) == 5
 
 
 def test_cell_identity_survives_extending_the_grid(tmp_path: Path) -> None:
@@ -108,7 +109,7 @@ objectives:
         load_study(path)
     first, second = err.value.lines
     assert first.startswith(f"{path}: objectives.0.metric: expected a logged metric key that can be an objective "
-                            "(eval/style/kid_rand_{seed} is logged, but as a diagnostic), one of eval/style/kid_rand")
+                            "(eval/style/kid_rand_{seed} is logged, but as a diagnostic), one of eval/style/kid_eff")
     assert second == (f"{path}: objectives.1.direction: expected maximize, the registered direction of "
                       "eval/content/ssim_luma_blur, got 'minimize'")
 
@@ -125,7 +126,7 @@ objectives: [{metric: eval/style/kid_rand_gap}, {metric: perf/step_s}, {metric: 
 def test_impossible_combination_is_caught_before_training(tmp_path: Path) -> None:
     path = write(tmp_path, """
 name: mb
-base: {backbone: {arch: mobilenet_v2, width: 1.3}}
+base: {backbone: {arch: mobilenet_v2, width: 1.3, weights: random}}
 axes: {backbone.weights: [random, imagenet]}
 seeds: [0]
 """)
@@ -133,7 +134,8 @@ seeds: [0]
         load_study(path)
     assert err.value.lines == [f"{path}: axes.backbone.weights[1]: backbone.weights: expected random or a local "
                                "weights file for mobilenet_v2 at width 1.3 (torchvision has ImageNet weights only "
-                               "at width 1.0), got 'imagenet'"]
+                               "at width 1.0; convert Keras' with `ablate weights convert keras-mobilenet-v2`), "
+                               "got 'imagenet'"]
 
 
 @pytest.mark.parametrize("name,trials", [("style_weight", 9), ("fake_weight", 9), ("backbone_init", 6),

@@ -1,0 +1,182 @@
+"""Grid trials in arrays: claim up to K compatible WAITING trials, train them as one fused model, record
+each as its own Optuna trial and MLflow run.
+
+K = 1 is the plain case (one trial at a time) and takes the same path, so that every grid claim is the
+conditional UPDATE of `queue.claim_waiting`: Optuna's own pop can hand one trial to two processes on SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from ablation.config import TrainConfig
+from ablation.gan.array import array_key
+from ablation.gan.device import resolve_device
+from ablation.outcomes import Outcome
+from ablation.study import queue, storage
+from ablation.study.spec import Cell, Study, TrialSpec, search_cell
+from ablation.study.trial import TrialContext, TrialOutcome, TrialRequest, run_trials
+
+OnTrialEnd = Callable[[FrozenTrial | None], None]
+CELL_ID_MAX = 2**48  # cell hashes are 12 hex digits
+SEED_MAX = 2**31 - 1
+SOLO = "solo"  # user attr: this trial trains alone (its array failed once)
+ARRAY_FAILURE = "array_failure"  # user attr: failed as part of an array, not (yet) on its own
+
+
+# `--fuse auto` on a CPU (README "Trial arrays"; benchmarks/trial_arrays.py measures the gain per K).
+CPU_AUTO_FUSE = 4
+CUDA_MAX_FUSE = 16
+CUDA_MEMORY_SHARE = 0.8  # of the free memory at start: room for the evaluator and allocator slack
+
+
+def resolve_fuse(fuse: int | None, study: Study) -> int:
+    """The trials per array: `fuse` when given; auto = by measured memory on CUDA, CPU_AUTO_FUSE on a CPU."""
+    if fuse is not None:
+        return fuse
+    config = study.cells[0].config if study.cells else study.base_config
+    device = resolve_device(config.runtime)
+    if device.type != "cuda":
+        return CPU_AUTO_FUSE
+    return _cuda_fuse(config, device)
+
+
+def _cuda_fuse(config: TrainConfig, device: torch.device) -> int:
+    """Train one member for a few steps on this device and divide the free memory by its peak."""
+    import tempfile
+
+    from ablation.config import with_overrides
+    from ablation.gan.array import train_array
+
+    probe = with_overrides(config, {"schedule.epochs": 2, "schedule.init_epochs": 1, "schedule.steps_per_epoch": 2,
+                                    "eval.enabled": False})
+    torch.cuda.reset_peak_memory_stats(device)
+    with tempfile.TemporaryDirectory() as out:
+        train_array([probe], [Path(out)], [lambda metrics, step: None])
+    peak = torch.cuda.max_memory_allocated(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(CUDA_MAX_FUSE, int(CUDA_MEMORY_SHARE * free // max(peak, 1))))
+
+
+def planned_arrays(study: Study, fuse: int) -> list[list[TrialSpec]]:
+    """How one worker will fuse a fresh grid: it claims the oldest compatible trials, in queue order."""
+    arrays: list[list[TrialSpec]] = []
+    open_by_key: dict[str, list[TrialSpec]] = {}
+    for spec in study.trials:
+        key = array_key(spec.config)
+        members = open_by_key.get(key)
+        if members is None or len(members) == fuse:
+            members = open_by_key[key] = []
+            arrays.append(members)
+        members.append(spec)
+    return arrays
+
+
+def cell_of(study: Study, attrs: dict) -> Cell:
+    """The cell a queued trial names; rebuilt from its overrides when the study file changed since."""
+    cells = {cell.key: cell for cell in study.cells}
+    return cells.get(attrs["cell"]) or search_cell(study, {k: v for k, v in attrs["overrides"].items() if k != "arm"})
+
+
+def group_of(study: Study) -> Callable[[FrozenTrial], str]:
+    """Trials that may train in one array share this key (`gan.array.array_key` of their config)."""
+    memo: dict[str, str] = {}
+
+    def key(trial: FrozenTrial) -> str:
+        if trial.user_attrs.get(SOLO):
+            return f"solo:{trial.number}"
+        cell_key = trial.user_attrs.get("cell", "")
+        if cell_key not in memo:
+            memo[cell_key] = array_key(cell_of(study, trial.user_attrs).config) if "overrides" in trial.user_attrs \
+                else f"unknown:{trial.number}"  # not one of ours: never fused with anything
+        return memo[cell_key]
+
+    return key
+
+
+@contextlib.contextmanager
+def heartbeats(opt: optuna.Study, trials: list[Trial]) -> Iterator[None]:
+    """One heartbeat thread per claimed trial, as `Study.optimize` keeps for the trial it runs."""
+    threads = [get_heartbeat_thread(t._trial_id, opt._storage) for t in trials]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        for thread in threads:
+            thread.join()
+
+
+def run_grid(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_trial_end: OnTrialEnd | None,
+             max_trials: int | None, record: Callable[[Trial, TrialSpec, TrialOutcome], None]) -> int:
+    """Claim, train, record until the queue is empty (or `max_trials` ran, or a stop was requested)."""
+    ran = 0
+    group = group_of(study)
+    while not ctx.stop and (max_trials is None or ran < max_trials):
+        optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
+        limit = fuse if max_trials is None else min(fuse, max_trials - ran)
+        claimed = queue.claim_waiting(opt, limit, group)
+        if not claimed:
+            if not queue.has_running(opt):
+                break
+            # another worker holds the last trials: stay until they finish, so that one whose worker died
+            # (heartbeat gone stale) is picked up here instead of leaving the study incomplete
+            time.sleep(min(storage.Heartbeat.from_env().interval, 10))
+            continue
+        specs = [_spec(study, trial) for trial in claimed]
+        requests = [TrialRequest(spec, trial.number, dict(spec.cell.varied),
+                                 on_run=lambda run_id, trial=trial: trial.set_user_attr("mlflow_run_id", run_id))
+                    for trial, spec in zip(claimed, specs, strict=True)]
+        with heartbeats(opt, claimed):
+            outcomes = run_trials(ctx, requests)
+        if len(claimed) > 1 and all(o.outcome is Outcome.FAILED for o in outcomes):
+            # one exception fails the whole fused model: re-run each member alone, retries untouched, so a
+            # member is never charged for a neighbour's fault
+            for trial in claimed:
+                trial.set_user_attr(SOLO, True)
+                trial.set_user_attr(ARRAY_FAILURE, True)
+        for trial, spec, outcome in zip(claimed, specs, outcomes, strict=True):
+            record(trial, spec, outcome)
+            ran += 1
+            if on_trial_end is not None:
+                on_trial_end(opt._storage.get_trial(trial._trial_id))
+    return ran
+
+
+def _spec(study: Study, trial: Trial) -> TrialSpec:
+    trial.set_user_attr("attempt", trial.user_attrs.get("attempt", 1))
+    trial.suggest_int("cell_id", 0, CELL_ID_MAX)  # the enqueued (fixed) params: identity in the Optuna UI
+    seed = trial.suggest_int("seed", 0, SEED_MAX)
+    return TrialSpec.of(cell_of(study, trial.user_attrs), seed)
+
+
+def failed_line(ctx: TrialContext, spec: TrialSpec, outcome: TrialOutcome) -> str:
+    last_line = (outcome.error or "").strip().splitlines()[-1:] or ["?"]
+    return (f"ablate: trial {spec.run_name} [{spec.key}] failed: {last_line[0][:300]} "
+            f"(traceback in {ctx.trials_dir / ctx.study_name / spec.key / 'train.log'})")
+
+
+def tell(opt: optuna.Study, trial: Trial, spec: TrialSpec, outcome: TrialOutcome, ctx: TrialContext,
+         values: list[float]) -> None:
+    """Record one member's end in Optuna, the way `Study.optimize` would have from the objective."""
+    trial.set_user_attr("outcome", outcome.outcome)
+    if outcome.outcome is Outcome.FAILED:
+        trial.set_user_attr("error", (outcome.error or "")[-2000:])
+        print(failed_line(ctx, spec, outcome), file=sys.stderr)
+    if outcome.outcome in (Outcome.FAILED, Outcome.INTERRUPTED):
+        opt.tell(trial, state=TrialState.FAIL)
+        return
+    if outcome.outcome is Outcome.DIVERGED and outcome.result is not None:
+        trial.set_user_attr("diverged_step", outcome.result.diverged_step)
+    if hasattr(trial, "set_constraint"):  # Optuna 5: infeasible, so samplers learn to avoid it
+        trial.set_constraint("diverged", 1.0 if outcome.outcome is Outcome.DIVERGED else -1.0)
+    opt.tell(trial, values)

@@ -1,0 +1,39 @@
+"""What a study will run, before it runs: one line per cell with the backbone weights it resolved to
+(`ablate run STUDY --dry-run`)."""
+
+from __future__ import annotations
+
+from ablation.config import TrainConfig
+from ablation.study.arrays import planned_arrays
+from ablation.study.spec import Study
+
+
+def dry_run_lines(study: Study, fuse: int = 1) -> list[str]:
+    spec = study.spec
+    if spec.method == "search":
+        assert spec.search is not None
+        return [f"study {spec.name}: Optuna {spec.search.sampler} search, {spec.search.n_trials} trials "
+                f"x {len(spec.seeds)} seed(s), objectives "
+                + ", ".join(f"{o.direction} {o.metric}" for o in spec.objectives),
+                *(f"  {name}: {param.model_dump(exclude_none=True, exclude_defaults=True)}"
+                  for name, param in spec.search.space.items())]
+    lines = [f"study {spec.name}: {len(study.cells)} cells x {len(spec.seeds)} seeds = {len(study.trials)} trials"]
+    seeds = ",".join(str(s) for s in spec.seeds)
+    width = max(len(cell.label) for cell in study.cells)
+    for cell in study.cells:  # one line per cell: what the arm resolved to, incl. the backbone's weights
+        lines.append(f"  {cell.label:<{width}}  backbone={backbone_text(cell.config)}  cell={cell.key}  seeds={seeds}")
+    if fuse > 1:  # which trials one worker trains together (several workers claim the same way, in turns)
+        arrays = planned_arrays(study, fuse)
+        lines.append(f"arrays (--fuse {fuse}): {len(arrays)} of up to {fuse} trials")
+        lines += [f"  array {i + 1}: " + ", ".join(s.run_name for s in members) for i, members in enumerate(arrays)]
+    return lines
+
+
+def backbone_text(config: TrainConfig) -> str:
+    """`mobilenet_v2 width 1 imagenet`: the arch, its width where it has one, and the resolved weights."""
+    backbone = config.backbone
+    width = f" width {backbone.width:g}" if backbone.arch == "mobilenet_v2" else ""
+    if backbone.weights == "random":
+        seed = f"seed {backbone.seed}" if backbone.seed is not None else "trial seed"
+        return f"{backbone.arch}{width} random ({seed})"
+    return f"{backbone.arch}{width} {backbone.weights}"

@@ -1,0 +1,129 @@
+"""Verdicts, power and warnings on a rendered report: one store whose effects, divergences, precisions, KID set
+sizes and gap anchors are constructed so that every number and sentence below is known in advance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+from test_report import tables_of
+
+from ablation.evaluation import registry
+from ablation.outcomes import Outcome
+from ablation.report.build import build_report
+from ablation.study.spec import load_study
+from ablation.study.tracking import Tracker
+
+SPEC = {
+    "name": "verdicts", "question": "Does the style weight matter?", "base": {"backbone": {"weights": "random"}},
+    "method": "grid", "axes": {"loss.style_weight": [1.0, 10.0, 30.0]}, "seeds": [0, 1, 2],
+    "objectives": [{"metric": "eval/style/kid_rand", "direction": "minimize"},
+                   {"metric": "eval/content/ssim_luma_blur", "direction": "maximize"}],
+}
+TAG_REASON = "anchors inverted: no-op 0.2 is closer to the style set than the reference 0.25"
+
+
+def metrics_of(style: float, seed: int) -> dict[str, float]:
+    """Per seed vs the baseline (style 1):
+    style 10: kid -1.000, -1.001 (seeds 0, 1; seed 2 diverges): a clear gain on the survivors; ssim +-0.01.
+    style 30: kid +1, +2, +3 (mean 2, sd 1: the hand case of test_stats); ssim -0.01, 0, +0.01."""
+    kid = 1.0 + seed + {1.0: 0.0, 10.0: -(1 + 0.001 * seed), 30.0: seed + 1.0}[style]
+    ssim = 0.8 + 0.01 * seed + {1.0: 0.0, 10.0: 0.01 if seed == 0 else -0.01, 30.0: 0.01 * (seed - 1)}[style]
+    return {"eval/style/kid_rand": kid, "eval/content/ssim_luma_blur": ssim, registry.N_IMAGES: 16.0,
+            # kid_rand: inverted anchors; stats_flat: 0.005 apart, below its floor 0.01; gram_rand: the tag says
+            "eval/anchor/noop/style/kid_rand": 0.1, "eval/anchor/ref/style/kid_rand": 0.3,
+            "eval/style/stats_flat": 0.2, "eval/anchor/noop/style/stats_flat": 0.105,
+            "eval/anchor/ref/style/stats_flat": 0.1, "eval/style/gram_rand": 0.5}
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> str:
+    tmp = tmp_path_factory.mktemp("verdicts")
+    study_path = tmp / "verdicts.yaml"
+    study_path.write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    study = load_study(study_path)
+    config = tmp / "config.yaml"
+    config.write_text(yaml.safe_dump({"eval": {"max_images": 16, "image_size": 32}}))
+    tracker = Tracker(uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=tmp / "mlartifacts")
+    exp = tracker.experiment_id("verdicts")
+    parent = tracker.parent_run(exp, "verdicts", study_path, {})
+    for trial in study.trials:
+        varied = dict(trial.cell.varied)
+        style = varied["loss.style_weight"]
+        diverged = (style, trial.seed) == (10.0, 2)
+        run_id = tracker.start_trial_run(
+            exp, parent, study="verdicts", run_name=f"{trial.cell.label} seed={trial.seed}", cell=trial.cell.key,
+            seed=trial.seed, key=f"{trial.cell.key}-s{trial.seed}", label=trial.cell.label,
+            params={**varied, "precision": "bf16" if trial.seed == 2 else "fp32"}, optuna_number=None,
+            config_yaml=config)
+        logger = tracker.metric_logger(run_id)
+        logger.log({"loss/g/adv": math.nan} if diverged else metrics_of(style, trial.seed), 100)
+        logger.close()
+        tags = {"ablate.diverged_step": "100"} if diverged else {"eval/gap/style/gram_rand": TAG_REASON}
+        tracker.finish_run(run_id, Outcome.DIVERGED if diverged else Outcome.FINISHED, tags)
+    return build_report("verdicts", tracker, f"sqlite:///{tmp / 'optuna.db'}", tmp / "reports", study).read_text()
+
+
+def effect(page: str, level: str, metric: str) -> list[str]:
+    return next(r for r in tables_of(page)["effects-table"] if r[1] == level and r[3] == metric)
+
+
+def test_a_gain_on_the_surviving_seeds_names_the_diverged_one(page: str) -> None:
+    row = effect(page, "10", "eval/style/kid_rand")
+    # diffs -1.000, -1.001: t = 2001 on 1 df, p = 2 atan(1/2001) / pi = 3.18e-4; Holm over 4 comparisons x4
+    assert row[5] == "2" and float(row[9]) == pytest.approx(3.18e-4, rel=0.01)
+    assert float(row[10]) == pytest.approx(1.27e-3, rel=0.01)
+    assert row[11] == "better (2 of 3 seeds; 1 of 3 seeds diverged)"
+    assert effect(page, "10", "eval/content/ssim_luma_blur")[11] == \
+        "no difference detected (2 of 3 seeds; 1 of 3 seeds diverged)"
+    assert "better (2 of 3 seeds; 1 of 3 seeds diverged).</li>" in page  # the summary line says it too
+
+
+def test_a_null_result_says_no_difference_detected_with_its_mde(page: str) -> None:
+    row = effect(page, "30", "eval/style/kid_rand")
+    # diffs 1, 2, 3: CI 2 +- 4.3027 / sqrt 3; MDE 3.2640 x sd 1 (test_stats pins both)
+    assert row[6] == "2" and row[7] == "[-0.4841, 4.484]" and row[8] == "3.26"
+    assert row[11] == "no difference detected (n = 3 seeds)"
+    assert "does not differ" not in page and "No level differs" not in page
+
+
+def test_pareto_points_carry_their_divergence(page: str) -> None:
+    points = {r[0]: r for r in tables_of(page)["pareto-table"]}
+    # style 10: mean kid of seeds 0, 1 = (0 + 0.999) / 2, ssim (0.81 + 0.80) / 2; it is on the front
+    assert points["style_weight=10"][1:] == ["2", "0.4995", "0.805", "yes", "1 of 3 seeds diverged"]
+    assert points["style_weight=1"][4:] == ["yes", ""] and points["style_weight=30"][4:] == ["", ""]
+    assert "Pareto front: style_weight=1, style_weight=10 (1 of 3 seeds diverged)" in page
+
+
+def test_setup_shows_precisions_and_warns_on_the_mix(page: str) -> None:
+    setup = dict(tables_of(page)["setup-table"])
+    assert setup["precision"] == "bf16 (3 trials), fp32 (6 trials)"
+    assert ("This study mixes precisions (bf16 (3 trials), fp32 (6 trials)). bf16 autocast changes what the "
+            "losses see") in page
+    assert "bf16: style_weight=1, style_weight=10, style_weight=30; fp32: style_weight=1" in page
+
+
+def test_kid_on_few_images_is_warned(page: str) -> None:
+    assert "images per scored set (KID) 16" in page
+    assert "KID is computed on 16 images per set in at least one trial (fewer than 100)" in page
+
+
+def test_missing_gap_closures_say_why(page: str) -> None:
+    notes = page[page.index('<ul id="gap-notes">'):]
+    notes = notes[:notes.index("</ul>")]
+    assert ("eval/style/kid_rand_gap</code> missing on 8 of 8 scored trials (style_weight=1, style_weight=10, "
+            "style_weight=30): anchors inverted: no-op 0.1 is closer to the style set than the reference 0.3") in notes
+    assert "eval/style/stats_flat_gap</code> missing on 8 of 8" in notes
+    assert "anchors not separated: |no-op - reference| 0.005 &lt; floor 0.01" in notes
+    assert f"eval/style/gram_rand_gap</code> missing on 8 of 8 scored trials (style_weight=1, style_weight=10, " \
+           f"style_weight=30): {TAG_REASON}" in notes
+
+
+def test_glossary_lists_what_each_metric_responds_to(page: str) -> None:
+    rows = {r[0]: r for r in tables_of(page)["metrics-table"]}
+    for key in ("eval/style/kid_rand", "eval/content/ssim_luma_blur", "eval/style/kid_rand_gap"):
+        metric = registry.METRICS[key]
+        assert rows[key][1:] == [metric.direction, metric.description, metric.responds_to or "–"]
+    assert registry.METRICS["eval/style/kid_rand"].responds_to  # the registry documents it: the page shows it
+    assert "loss/g/adv" not in rows  # losses are not quality metrics: only the ones the tables compare
