@@ -92,12 +92,11 @@ def group_of(study: Study) -> Callable[[FrozenTrial], str]:
     memo: dict[str, str] = {}
 
     def key(trial: FrozenTrial) -> str:
-        if trial.user_attrs.get(SOLO):
-            return f"solo:{trial.number}"
-        cell_key = trial.user_attrs.get("cell", "")
+        if trial.user_attrs.get(SOLO) or "overrides" not in trial.user_attrs:
+            return f"alone:{trial.number}"  # its array failed once, or not one of ours: never fused
+        cell_key = trial.user_attrs["cell"]
         if cell_key not in memo:
-            memo[cell_key] = array_key(cell_of(study, trial.user_attrs).config) if "overrides" in trial.user_attrs \
-                else f"unknown:{trial.number}"  # not one of ours: never fused with anything
+            memo[cell_key] = array_key(cell_of(study, trial.user_attrs).config)
         return memo[cell_key]
 
     return key
