@@ -13,6 +13,8 @@ from typing import TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ablation.files import atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -67,27 +69,44 @@ def study_progress(name: str, total: int, done: int, out: TextIO | None = None
         yield BarProgress(bar, name, total, done)
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics log; [] when there is none.
+
+    A process killed mid-append leaves its last row torn: that row is dropped (the resumed trial logs its
+    step again). An unparsable row before the last one is not what a kill leaves, so it is an error.
+    """
+    if not path.exists():
+        return []
+    numbered = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    rows = []
+    for n, line in numbered:
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if n == numbered[-1][0]:
+                break
+            raise ValueError(f"{path}: line {n} is not a JSON row ({exc.msg}); only the last line can be torn "
+                             "by a killed process") from None
+    return rows
+
+
 class MetricsFile:
     """Append-only JSON lines; a resumed run first drops what it is about to log again."""
 
     def __init__(self, path: Path, resume: bool) -> None:
         self.path = path
-        self.pending_rows = self._read() if resume else []
+        self.pending_rows = read_metrics(path) if resume else []
         self.trimmed = not resume
         if not resume:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("")
 
-    def _read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-
     def write(self, metrics: dict[str, float], step: int) -> None:
         if not self.trimmed:
-            # steps after the checkpoint were logged by the interrupted attempt and are logged again now
+            # steps after the checkpoint were logged by the interrupted attempt and are logged again now;
+            # replaced atomically: a kill while rewriting must not lose the rows before the checkpoint
             kept = [row for row in self.pending_rows if row["step"] < step]
-            self.path.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
             self.trimmed = True
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")

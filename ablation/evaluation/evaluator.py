@@ -125,6 +125,8 @@ class Evaluator:
         self._photo_feats = noop.feats
         self.anchor_noop = noop.metrics
         self.anchor_ref = self._score(self.s_anchor).metrics
+        # the identity mapping against the pseudo-ground truth: an output must beat this to be more than a copy
+        self.anchor_identity = self._pseudo_target_scores(self._photos_hwc)
         # Why a metric's gap is missing (inverted or unseparated anchors), fixed by the anchors: logged in info().
         self.gap_reasons: dict[str, str] = {}
         for key, noop_value in self.anchor_noop.items():
@@ -201,17 +203,21 @@ class Evaluator:
         result["eval/content/kid_photo"] = float(np.mean([
             self._kid(f, p, vgg.seed)[0]
             for f, p, vgg in zip(scored.feats, self._photo_feats, self.vggs, strict=True)]))
-        if self._targets_hwc is not None:
-            targets = list(zip(out_hwc, self._targets_hwc, strict=True))
-            result["eval/content/pgt_psnr"] = float(np.mean([M.psnr(o, t) for o, t in targets]))
-            result["eval/content/pgt_ssim"] = float(np.mean([M.ssim_rgb(o, t) for o, t in targets]))
+        result.update(self._pseudo_target_scores(out_hwc))
         return result
+
+    def _pseudo_target_scores(self, images_hwc: np.ndarray) -> dict[str, float]:
+        if self._targets_hwc is None:
+            return {}
+        targets = list(zip(images_hwc, self._targets_hwc, strict=True))
+        return {"eval/content/pgt_psnr": float(np.mean([M.psnr(o, t) for o, t in targets])),
+                "eval/content/pgt_ssim": float(np.mean([M.ssim_rgb(o, t) for o, t in targets]))}
 
     def anchors(self) -> dict[str, float]:
         """The anchors' own style metrics, `eval/anchor/{noop,ref}/style/kid_rand` for `eval/style/kid_rand`:
         log once to interpret the gaps."""
         return {anchor_key(which, key): value
-                for which, values in (("noop", self.anchor_noop), ("ref", self.anchor_ref))
+                for which, values in (("noop", {**self.anchor_noop, **self.anchor_identity}), ("ref", self.anchor_ref))
                 for key, value in values.items()}
 
     def info(self) -> dict[str, str]:

@@ -173,7 +173,7 @@ METRICS: dict[str, Metric] = {
 
 # What a family's slot may hold. An anchor's `metric` is a style or statistics key without `eval/`, and
 # `resolve` also requires that key to be registered, so an anchor exists only for a known metric.
-_SLOTS = {"seed": r"\d+", "which": r"noop|ref", "metric": r"(?:style|stats)/\w+"}
+_SLOTS = {"seed": r"\d+", "which": r"noop|ref", "metric": r"(?:style|stats|content)/\w+"}
 
 
 def _pattern(family: str) -> re.Pattern[str]:

@@ -24,8 +24,8 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from ablation.gan.device import (
     to_device_layout,
 )
 from ablation.gan.fused import FusedNet, FuseMode, default_mode
+from ablation.gan.init_cache import InitSharing
 from ablation.gan.member import Member, build_evaluator, generate_u8, open_member
 from ablation.gan.run import EvalHook, LogFn, ProgressFn, StopFlag, TrainResult, stop_on_signals
 from ablation.gan.steps import learning_rates
@@ -96,90 +97,185 @@ def backbone_key(config: TrainConfig) -> str:
     return json.dumps({**bb.model_dump(mode="json"), "seed": seed}, sort_keys=True)
 
 
+EndHook = Callable[[TrainResult], None]  # a member left the array: its result, as soon as it is known
+
+
+@dataclass(frozen=True)
+class Joiner:
+    """One trial for an array: at the start, or later in a slot that a member left (`train_array(refill=...)`)."""
+
+    config: TrainConfig
+    out_dir: Path
+    log: LogFn
+    on_eval: EvalHook | None = None
+    progress: ProgressFn | None = None
+    on_end: EndHook | None = None
+
+
+# called with the number of free slots after members left; returns the trials that take them (maybe none)
+Refill = Callable[[int], Sequence[Joiner]]
+
+
 @dataclass
 class Array:
-    """The members of one array and the fused networks and backbones they share."""
+    """The members of one array and the fused networks, backbones and evaluators they share."""
 
     members: list[Member]
-    fused: FusedModels
+    fused: FusedModels | None  # built with the first member
     device: torch.device
     runtime: RuntimeConfig  # shared by every member (array_key)
+    domains: Domains
+    resume: bool
+    evaluator: TrialEvaluator | None  # shared by every member when given
+    fuse: FuseMode
+    evaluators: dict[str, TrialEvaluator | None] = field(default_factory=dict)  # per distinct `eval` section
+    backbone_infos: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def train_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: Sequence[LogFn], *,
                 domains: Domains | None = None, resume: bool = False, stop: StopFlag | None = None,
                 evaluator: TrialEvaluator | None = None, progress: Sequence[ProgressFn | None] | None = None,
-                on_eval: Sequence[EvalHook | None] | None = None, fuse: FuseMode | None = None) -> list[TrainResult]:
-    """Train every config into its out_dir as one array; `logs`, `progress`, `on_eval` are per member.
+                on_eval: Sequence[EvalHook | None] | None = None, on_end: Sequence[EndHook | None] | None = None,
+                refill: Refill | None = None, init_cache: Path | None = None,
+                fuse: FuseMode | None = None) -> list[TrainResult]:
+    """Train every config into its out_dir as one array; `logs`, `progress`, `on_eval`, `on_end` are per member.
     `domains` and `evaluator` (shared by all members) may be passed in to decode the data and compute the
-    evaluation references once; without an evaluator each distinct `eval` section builds its own. `fuse`: how
-    G and D run (gan/fused.py): "looped" (bit for bit each trial's own run) or "grouped"; by default
-    `default_mode(device)`."""
+    evaluation references once; without an evaluator each distinct `eval` section builds its own. `refill`
+    fills the slots of members that left early (diverged, pruned, resumed near their end) with more trials of
+    the same `array_key`. `init_cache`: a folder of stored init phases (gan/init_cache.py): members whose init
+    phase is stored, or computed by another member of the array, continue from it. `fuse`: how G and D run
+    (gan/fused.py): "looped" (bit for bit each trial's own run) or "grouped"; by default `default_mode(device)`.
+    Returns one result per member, in the order they joined."""
     if not configs:
         raise ValueError("train_array: no configs")
+    count = len(configs)
+    if len(out_dirs) != count or len(logs) != count:
+        raise ValueError(f"train_array: {count} configs, {len(out_dirs)} out_dirs, {len(logs)} logs")
+    check_compatible(configs)
+    joiners = [Joiner(config, Path(out_dirs[i]), logs[i], on_eval[i] if on_eval is not None else None,
+                      progress[i] if progress is not None else None, on_end[i] if on_end is not None else None)
+               for i, config in enumerate(configs)]
     domains = domains if domains is not None else load_domains(configs[0].data)
-    array = open_array(configs, out_dirs, logs, domains=domains, resume=resume, evaluator=evaluator,
-                       progress=progress, on_eval=on_eval, fuse=fuse)
+    array = new_array(configs[0].runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
     stop = stop if stop is not None else StopFlag()
-    active = []
-    for member in array.members:
-        if member.step >= member.total_steps:  # resumed from its last checkpoint: nothing left to train
-            member.status = Outcome.FINISHED
-        else:
-            active.append(member)
-    started = time.perf_counter()
-    for member in active:
-        member.window.started = started  # step time excludes set-up
+    sharing = InitSharing(init_cache) if init_cache is not None else None
+    woken: list[Member] = []  # members that waited for another's init phase and step from now on
+    # per member in the array (by id, popped as it leaves, so a later member reusing the id is a new entry):
+    # its index in join order and its end hook
+    slots: dict[int, tuple[int, EndHook | None]] = {}
+    results: list[TrainResult | None] = []
+
+    def leave(member: Member) -> None:
+        index, hook = slots.pop(id(member))
+        results[index] = result = member.result(domains)
+        array.members.remove(member)  # its models and optimisers are freed once the loop lets go of it
+        if array.fused is not None and all(m.backbone_key != member.backbone_key for m in array.members):
+            array.fused.backbones.pop(member.backbone_key, None)  # a random backbone of a seed no one trains now
+            array.backbone_infos.pop(member.backbone_key, None)
+        if sharing is not None:
+            woken.extend(sharing.left(member))
+        if hook is not None:
+            hook(result)
+
+    def admit(new: Sequence[Joiner]) -> list[Member]:
+        started, admitted = time.perf_counter(), []
+        for joiner in new:
+            member = join(array, joiner)
+            slots[id(member)] = (len(results), joiner.on_end)
+            results.append(None)
+            member.window.started = started  # step time excludes set-up
+            if member.step >= member.total_steps:  # resumed from its last checkpoint: nothing left to train
+                member.status = Outcome.FINISHED
+                leave(member)
+            elif sharing is None or sharing.admit(member):  # else it waits for another's init phase
+                admitted.append(member)
+        return admitted
+
+    active = admit(joiners)
+
+    def free() -> int:  # slots neither stepping nor waiting for an init phase
+        return count - len(active) - (len(sharing.all_waiting()) if sharing is not None else 0)
+
     with stop_on_signals(stop):
+        if refill is not None and free() > 0:
+            active += admit(refill(free()))
         while active:
+            took = time.perf_counter()
             step_array(array, active)
-            active = [m for m in active if not _after_step(m, domains)]
+            share = (time.perf_counter() - took) / len(active)
+            still = []
+            for member in active:
+                member.compute_s += share
+                if _after_step(member, domains):
+                    leave(member)
+                else:
+                    still.append(member)
+                    still += sharing.init_done(member) if sharing is not None else []
+            active, woken[:] = still + woken, []
             if stop:
                 for member in active:
                     member.checkpoint()
+                for member in active + (sharing.all_waiting() if sharing is not None else []):
                     member.status = Outcome.INTERRUPTED
-                active = []
+                    leave(member)
+                active, woken[:] = [], []
+            elif refill is not None and free() > 0:
+                active += admit(refill(free()))
     synchronize(array.device)
-    return [m.result(domains) for m in array.members]
+    assert all(r is not None for r in results), "train_array: a member never left the array"
+    return results  # type: ignore[return-value]  # every member has left, with its result
+
+
+def new_array(runtime: RuntimeConfig, domains: Domains, *, resume: bool = False,
+              evaluator: TrialEvaluator | None = None, fuse: FuseMode | None = None) -> Array:
+    """An empty array on the runtime's device; members come in with `join`."""
+    configure_threads(runtime)
+    device = resolve_device(runtime)
+    return Array([], None, device, runtime, domains, resume, evaluator,
+                 fuse if fuse is not None else default_mode(device))
+
+
+def join(array: Array, joiner: Joiner) -> Member:
+    """Set up (or resume) one trial in its out_dir and add it to the array; its backbone and evaluator are
+    built only when no member has them yet."""
+    config = joiner.config
+    if array.members:
+        check_compatible([array.members[0].config, config])
+    if any(Path(m.out_dir).resolve() == Path(joiner.out_dir).resolve() for m in array.members):
+        raise ValueError(f"train_array: every member needs its own out_dir ({joiner.out_dir} is taken)")
+    key = backbone_key(config)
+    backbone = None
+    if key not in array.backbone_infos:  # one frozen backbone per distinct weights
+        frozen_backbone = build_backbone(config.backbone, config.seed)
+        array.backbone_infos[key] = frozen_backbone.describe()
+        backbone = prepare_module(frozen_backbone, array.device, array.runtime)
+    evaluator = array.evaluator
+    if evaluator is None:
+        eval_key = json.dumps(config.eval.model_dump(mode="json"), sort_keys=True)
+        if eval_key not in array.evaluators:
+            array.evaluators[eval_key] = build_evaluator(config, array.domains, array.device)
+        evaluator = array.evaluators[eval_key]
+    member = open_member(config, Path(joiner.out_dir), joiner.log, domains=array.domains, device=array.device,
+                         precision=effective_precision(array.runtime, array.device),  # as `autocast` decides
+                         backbone_key=key, backbone_info=array.backbone_infos[key], evaluator=evaluator,
+                         resume=array.resume, on_eval=joiner.on_eval, progress=joiner.progress)
+    if array.fused is None:
+        array.fused = FusedModels(FusedNet(member.models.generator, array.fuse),
+                                  FusedNet(member.models.discriminator, array.fuse), {})
+    if backbone is not None:
+        array.fused.backbones[key] = backbone
+    array.members.append(member)
+    return member
 
 
 def open_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: Sequence[LogFn], *, domains: Domains,
-               resume: bool = False, evaluator: TrialEvaluator | None = None,
-               progress: Sequence[ProgressFn | None] | None = None, on_eval: Sequence[EvalHook | None] | None = None,
-               fuse: FuseMode | None = None) -> Array:
-    """Set up (or resume) every member in its out_dir, its backbone and the fused networks; no step yet."""
-    count = len(configs)
-    if count == 0 or len(out_dirs) != count or len(logs) != count:
-        raise ValueError(f"train_array: {count} configs, {len(out_dirs)} out_dirs, {len(logs)} logs")
-    if len({Path(d).resolve() for d in out_dirs}) != count:
-        raise ValueError("train_array: every member needs its own out_dir")
+               resume: bool = False, evaluator: TrialEvaluator | None = None, fuse: FuseMode | None = None) -> Array:
+    """An array with every config joined (no step yet): for benchmarks and tests that drive `step_array`."""
     check_compatible(configs)
-    runtime = configs[0].runtime
-    configure_threads(runtime)
-    device = resolve_device(runtime)
-    precision = effective_precision(runtime, device)  # the same function `autocast` decides by
-    backbones, infos = {}, {}
-    for config in configs:  # one frozen backbone per distinct weights, shared by the members that use them
-        if (key := backbone_key(config)) not in backbones:
-            frozen_backbone = build_backbone(config.backbone, config.seed)
-            infos[key] = frozen_backbone.describe()
-            backbones[key] = prepare_module(frozen_backbone, device, runtime)
-    evaluators: dict[str, TrialEvaluator | None] = {}
-    members = []
-    for i, config in enumerate(configs):
-        eval_key = json.dumps(config.eval.model_dump(mode="json"), sort_keys=True)
-        if evaluator is None and eval_key not in evaluators:
-            evaluators[eval_key] = build_evaluator(config, domains, device)
-        members.append(open_member(
-            config, Path(out_dirs[i]), logs[i], domains=domains, device=device, precision=precision,
-            backbone_key=backbone_key(config), backbone_info=infos[backbone_key(config)],
-            evaluator=evaluator if evaluator is not None else evaluators[eval_key], resume=resume,
-            on_eval=on_eval[i] if on_eval is not None else None,
-            progress=progress[i] if progress is not None else None))
-    mode = fuse if fuse is not None else default_mode(device)
-    fused = FusedModels(FusedNet(members[0].models.generator, mode), FusedNet(members[0].models.discriminator, mode),
-                        backbones)
-    return Array(members, fused, device, runtime)
+    array = new_array(configs[0].runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
+    for config, out_dir, log in zip(configs, out_dirs, logs, strict=True):
+        join(array, Joiner(config, Path(out_dir), log))
+    return array
 
 
 def _on_device(batch: Batch, member: Member) -> Batch:
@@ -191,6 +287,7 @@ def _on_device(batch: Batch, member: Member) -> Batch:
 def step_array(array: Array, active: Sequence[Member]) -> None:
     """One step of every active member: those in their init phase fused together, the others together."""
     fused = array.fused
+    assert fused is not None, "step_array: the array has no member"
     batches = [_on_device(m.streams.next(), m) for m in active]
     values: list[dict[str, torch.Tensor]] = [{} for _ in active]
     with autocast(array.device, array.runtime):

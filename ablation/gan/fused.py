@@ -26,6 +26,7 @@ over a whole run; "looped" matches it bit for bit.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 from typing import Literal
 
@@ -163,13 +164,14 @@ class FusedNet:
         leftover = [name for name, _ in [*self.skeleton.named_parameters(), *self.skeleton.named_buffers()]]
         if leftover:  # a layer type this file does not know: fusing it would silently share or drop its state
             raise TypeError(f"cannot fuse {type(template).__name__}: unknown layers hold {', '.join(leftover[:3])}")
-        self._leaves: dict[int, list[nn.Module]] = {}
+        # weak keys: a member that left the array (and its memory) is not held here, and a new member that
+        # happens to get a freed module's id() can never be served the old one's leaves
+        self._leaves: weakref.WeakKeyDictionary[nn.Module, list[nn.Module]] = weakref.WeakKeyDictionary()
 
     def _member_leaves(self, member: nn.Module) -> list[nn.Module]:
-        key = id(member)
-        if key not in self._leaves:
-            self._leaves[key] = [member.get_submodule(p) for p in self.paths]
-        return self._leaves[key]
+        if member not in self._leaves:
+            self._leaves[member] = [member.get_submodule(p) for p in self.paths]
+        return self._leaves[member]
 
     def _run(self, members: Sequence[nn.Module], x: Tensor, rngs: Sequence[torch.Generator] | None) -> Tensor:
         self.call.per_member = [self._member_leaves(m) for m in members]

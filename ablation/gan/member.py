@@ -17,12 +17,13 @@ from ablation.config import TrainConfig, cell_hash, to_yaml
 from ablation.data.images import to_signed, to_uint8
 from ablation.data.streams import DataStreams, Domains, val_photos
 from ablation.evaluation.protocol import TrialEvaluator
-from ablation.files import atomic_write_text
+from ablation.files import atomic_write_bytes, atomic_write_text
 from ablation.gan import samples
 from ablation.gan.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, save_checkpoint
 from ablation.gan.device import Precision, autocast, maybe_compile, prepare_module, to_device_layout
 from ablation.gan.discriminator import build_discriminator
 from ablation.gan.generator import build_generator
+from ablation.gan.init_cache import InitEntry
 from ablation.gan.run import BACKBONE_INFO, EVAL_INFO, RUN_INFO, EvalHook, LogFn, MetricWindow, ProgressFn, TrainResult
 from ablation.gan.steps import TrialModels, build_optimizers
 from ablation.outcomes import Outcome
@@ -79,6 +80,9 @@ class Member:
     last: dict[str, float] = field(default_factory=dict)  # last logged value of every key
     status: Outcome | None = None  # set when it leaves the array
     bad_step: int | None = None
+    init_rows: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # logged in the init phase
+    compute_s: float = 0.0  # its share of the array's step time (the steps it took, split among the members)
+    init_reused_s: float | None = None  # set when it continued a stored init phase: that phase's compute time
 
     @property
     def ckpt_path(self) -> Path:
@@ -120,6 +124,38 @@ class Member:
     def emit(self, metrics: dict[str, float], at: int) -> None:
         self.last.update(metrics)
         self.log(metrics, at)
+        if at <= self.init_steps:
+            self.init_rows.append((at, dict(metrics)))
+
+    def rng_states(self) -> list[torch.Tensor]:
+        """Its penalty/dropout generators' states (a stored init phase must not have drawn from them)."""
+        return [self.cpu_rng.get_state()] + ([self.rng.get_state()] if self.rng is not self.cpu_rng else [])
+
+    def init_entry(self) -> InitEntry:
+        """What the init phase changed, at its end (gan/init_cache.py)."""
+        frames = {p.name: p.read_bytes() for p in samples.epoch_frames(self.out_dir / "samples")}
+        return InitEntry(step=self.step, generator=self.models.generator.state_dict(),
+                         opt_init=self.models.opt_init.state_dict(), streams=self.streams.state_dict(),
+                         window=self.window.state_dict(), rows=list(self.init_rows), frames=frames,
+                         seconds=self.compute_s)
+
+    def continue_init(self, entry: InitEntry) -> None:
+        """Take over a stored init phase's end state, log its rows and frames as its own, checkpoint as the
+        epoch end does: from here on the trial is the one that ran the init phase itself."""
+        self.models.generator.load_state_dict(entry.generator)
+        self.models.opt_init.load_state_dict(entry.opt_init)
+        self.streams.load_state_dict(entry.streams)
+        self.window.load_state_dict(entry.window, self.device)
+        self.step = entry.step
+        for at, metrics in entry.rows:
+            self.emit(metrics, at)
+        (self.out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        for name, data in entry.frames.items():
+            atomic_write_bytes(self.out_dir / "samples" / name, data)
+        self.init_reused_s = entry.seconds
+        self.checkpoint()
+        if self.progress is not None:
+            self.progress(self.step, self.total_steps)
 
     def record(self, values: dict[str, torch.Tensor], images: int) -> None:
         """Add one step's losses to the window and note a non-finite one, without a device sync."""
@@ -142,7 +178,8 @@ class Member:
         of a finished run, and what it reports."""
         assert self.status is not None
         result = TrainResult(self.status, self.step, self.total_steps, metrics=dict(self.last), out_dir=self.out_dir,
-                             backbone_info=self.backbone_info, precision=self.precision)
+                             backbone_info=self.backbone_info, precision=self.precision,
+                             init_reused_s=self.init_reused_s)
         if self.status is Outcome.DIVERGED:
             result.diverged_step = self.bad_step
         val_real = val_photos(domains, self.config.data.val_count)  # uint8 [V, 3, S, S], fixed order

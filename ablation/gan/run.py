@@ -36,6 +36,7 @@ class TrainResult:
     artifacts: dict[str, Path] = field(default_factory=dict)
     backbone_info: dict[str, str] = field(default_factory=dict)  # FrozenBackbone.describe(), as in backbone.json
     precision: Precision = "fp32"  # effective_precision(): what the losses saw, as in run.json and the checkpoint
+    init_reused_s: float | None = None  # continued a stored init phase (gan/init_cache.py): its compute time
 
     @property
     def status_text(self) -> str:

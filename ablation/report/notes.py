@@ -7,6 +7,7 @@ The metric glossary says what each metric shown responds to and what it is blind
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +19,7 @@ from ablation.evaluation.gaps import gap_closure_reason
 from ablation.outcomes import Outcome
 from ablation.report.data import M, P, ReportData
 from ablation.report.text import duration, fmt
+from ablation.study.tracking import TAG_DEMO
 
 KID_MIN_IMAGES = 100  # below this KID's estimate is noisy (reference §4.5); the registry's N_IMAGES says so too
 UNKNOWN = "unknown"  # runs logged before the `precision` param existed
@@ -46,6 +48,8 @@ def setup_section(data: ReportData) -> dict[str, Any]:
         "wall": duration(spent), "span": duration(span),
         "parallel": fmt(spent / span, 2) if span and math.isfinite(span) and span > 0 else "–",
         "precision": precision, "images": images, "arrays": trained_together(data.trials),
+        "init_saved": init_saved(data.attempts),
+        "demo": json.loads(tags.get(TAG_DEMO, "[]")),  # how a --demo run deviates from the faithful config
         "warnings": [w for w in (precision_warning, images_warning) if w],
     }
 
@@ -59,6 +63,18 @@ def trained_together(trials: pd.DataFrame) -> list[str]:
     for _, group in trials[trials["array"].fillna("").astype(bool)].groupby("array", sort=False):
         lines.append(" + ".join(f"{row.label} seed={row.seed}" for row in group.itertuples()))
     return lines
+
+
+def init_saved(attempts: pd.DataFrame) -> str:
+    """'3 of 9 trials continued a stored init phase, saving ≈ 2.1 min of compute' (gan/init_cache.py); empty when
+    none did."""
+    if attempts.empty or "init_reused_s" not in attempts:
+        return ""
+    reused = attempts["init_reused_s"].dropna()
+    if reused.empty:
+        return ""
+    return (f"{len(reused)} of {len(attempts)} trial runs continued a stored init phase instead of computing it, "
+            f"saving ≈ {duration(float(reused.sum()))} of compute")
 
 
 def precision_summary(trials: pd.DataFrame) -> tuple[str, str]:

@@ -7,10 +7,9 @@ conditional UPDATE of `queue.claim_waiting`: Optuna's own pop can hand one trial
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -31,6 +30,7 @@ CELL_ID_MAX = 2**48  # cell hashes are 12 hex digits
 SEED_MAX = 2**31 - 1
 SOLO = "solo"  # user attr: this trial trains alone (its array failed once)
 ARRAY_FAILURE = "array_failure"  # user attr: failed as part of an array, not (yet) on its own
+ALONE = "alone:"  # group key prefix of a trial that trains in an array of its own
 
 
 # `--fuse auto` on a CPU (README "Trial arrays"; benchmarks/trial_arrays.py measures the gain per K).
@@ -93,7 +93,7 @@ def group_of(study: Study) -> Callable[[FrozenTrial], str]:
 
     def key(trial: FrozenTrial) -> str:
         if trial.user_attrs.get(SOLO) or "overrides" not in trial.user_attrs:
-            return f"alone:{trial.number}"  # its array failed once, or not one of ours: never fused
+            return f"{ALONE}{trial.number}"  # its array failed once, or not one of ours: never fused
         cell_key = trial.user_attrs["cell"]
         if cell_key not in memo:
             memo[cell_key] = array_key(cell_of(study, trial.user_attrs).config)
@@ -102,28 +102,42 @@ def group_of(study: Study) -> Callable[[FrozenTrial], str]:
     return key
 
 
-@contextlib.contextmanager
-def heartbeats(opt: optuna.Study, trials: list[Trial]) -> Iterator[None]:
-    """One heartbeat thread per claimed trial, as `Study.optimize` keeps for the trial it runs."""
-    threads = [get_heartbeat_thread(t._trial_id, opt._storage) for t in trials]
-    for thread in threads:
-        thread.start()
-    try:
-        yield
-    finally:
-        for thread in threads:
-            thread.join()
-
-
 def run_grid(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_trial_end: OnTrialEnd | None,
              max_trials: int | None, record: Callable[[Trial, TrialSpec, TrialOutcome], None]) -> int:
-    """Claim, train, record until the queue is empty (or `max_trials` ran, or a stop was requested)."""
-    ran = 0
+    """Claim, train, record until the queue is empty (or `max_trials` ran, or a stop was requested).
+
+    Each array claims up to `fuse` compatible trials and, as members leave early, claims more of its group for
+    the free slots; each trial is recorded the moment it ends, with a heartbeat kept while it trains."""
+    claimed_total = 0
     group = group_of(study)
-    while not ctx.stop and (max_trials is None or ran < max_trials):
+
+    def request(trial: Trial) -> TrialRequest:
+        nonlocal claimed_total
+        claimed_total += 1
+        beat = get_heartbeat_thread(trial._trial_id, opt._storage)  # as `Study.optimize` keeps for its trial
+        beat.start()
+        spec = _spec(study, trial)
+
+        def on_end(outcome: TrialOutcome) -> None:
+            beat.join()
+            if outcome.array_failed:
+                # one exception fails the whole fused model: re-run each member alone, retries untouched, so a
+                # member is never charged for a neighbour's fault
+                trial.set_user_attr(SOLO, True)
+                trial.set_user_attr(ARRAY_FAILURE, True)
+            record(trial, spec, outcome)
+            if on_trial_end is not None:
+                on_trial_end(opt._storage.get_trial(trial._trial_id))
+
+        return TrialRequest(spec, trial.number, dict(spec.cell.varied), on_end=on_end,
+                            on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+
+    def budget(slots: int) -> int:
+        return slots if max_trials is None else max(0, min(slots, max_trials - claimed_total))
+
+    while not ctx.stop and budget(1):
         optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
-        limit = fuse if max_trials is None else min(fuse, max_trials - ran)
-        claimed = queue.claim_waiting(opt, limit, group)
+        claimed = queue.claim_waiting(opt, budget(fuse), group)
         if not claimed:
             if not queue.has_running(opt):
                 break
@@ -131,24 +145,15 @@ def run_grid(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_t
             # (heartbeat gone stale) is picked up here instead of leaving the study incomplete
             time.sleep(min(storage.Heartbeat.from_env().interval, 10))
             continue
-        specs = [_spec(study, trial) for trial in claimed]
-        requests = [TrialRequest(spec, trial.number, dict(spec.cell.varied),
-                                 on_run=lambda run_id, trial=trial: trial.set_user_attr("mlflow_run_id", run_id))
-                    for trial, spec in zip(claimed, specs, strict=True)]
-        with heartbeats(opt, claimed):
-            outcomes = run_trials(ctx, requests)
-        if len(claimed) > 1 and all(o.outcome is Outcome.FAILED for o in outcomes):
-            # one exception fails the whole fused model: re-run each member alone, retries untouched, so a
-            # member is never charged for a neighbour's fault
-            for trial in claimed:
-                trial.set_user_attr(SOLO, True)
-                trial.set_user_attr(ARRAY_FAILURE, True)
-        for trial, spec, outcome in zip(claimed, specs, outcomes, strict=True):
-            record(trial, spec, outcome)
-            ran += 1
-            if on_trial_end is not None:
-                on_trial_end(opt._storage.get_trial(trial._trial_id))
-    return ran
+        key = group(claimed[0])
+
+        def refill(free: int, key: str = key) -> list[TrialRequest]:
+            if ctx.stop or key.startswith(ALONE) or not budget(free):
+                return []
+            return [request(t) for t in queue.claim_waiting(opt, budget(free), group, group=key)]
+
+        run_trials(ctx, [request(trial) for trial in claimed], refill=refill if fuse > 1 else None)
+    return claimed_total
 
 
 def _spec(study: Study, trial: Trial) -> TrialSpec:

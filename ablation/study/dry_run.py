@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ablation.config import TrainConfig
+from ablation.gan.init_cache import init_key, shareable
 from ablation.study.arrays import planned_arrays
 from ablation.study.spec import Study
 
@@ -22,11 +23,28 @@ def dry_run_lines(study: Study, fuse: int = 1) -> list[str]:
     width = max(len(cell.label) for cell in study.cells)
     for cell in study.cells:  # one line per cell: what the arm resolved to, incl. the backbone's weights
         lines.append(f"  {cell.label:<{width}}  backbone={backbone_text(cell.config)}  cell={cell.key}  seeds={seeds}")
+    lines += shared_init_lines(study)
     if fuse > 1:  # which trials one worker trains together (several workers claim the same way, in turns)
         arrays = planned_arrays(study, fuse)
         lines.append(f"arrays (--fuse {fuse}): {len(arrays)} of up to {fuse} trials")
         lines += [f"  array {i + 1}: " + ", ".join(s.run_name for s in members) for i, members in enumerate(arrays)]
     return lines
+
+
+def shared_init_lines(study: Study) -> list[str]:
+    """Trials with the same init identity run one init phase (gan/init_cache.py): computed once, continued by
+    the others."""
+    groups: dict[str, list[str]] = {}
+    for trial in study.trials:
+        if shareable(trial.config):
+            groups.setdefault(init_key(trial.config), []).append(trial.run_name)
+    shared = [names for names in groups.values() if len(names) > 1]
+    if not shared:
+        return ["init phases: none shared (each trial computes its own)"]
+    saved = sum(len(names) - 1 for names in shared)
+    lines = [f"init phases: {len(groups)} distinct for {sum(len(n) for n in groups.values())} trials; {saved} "
+             "trials continue a shared one instead of computing it (stored under <trials dir>/_init)"]
+    return lines + ["  shared: " + ", ".join(names) for names in shared]
 
 
 def backbone_text(config: TrainConfig) -> str:

@@ -8,8 +8,13 @@ never in GridSampler positions. A trial whose worker died is failed and re-queue
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import fcntl
+import os
+import threading
+from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 import optuna
 import sqlalchemy
@@ -30,7 +35,9 @@ def sampler_for(study: Study) -> optuna.samplers.BaseSampler:
     if spec is None:
         return optuna.samplers.RandomSampler(seed=0)  # grids only pop enqueued trials
     samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=spec.sampler_seed),
+        # constant liar: points asked while others run (a batch for an array, other workers) are steered
+        # away from the pending ones instead of piling onto the same region
+        "tpe": lambda: optuna.samplers.TPESampler(seed=spec.sampler_seed, constant_liar=True),
         "random": lambda: optuna.samplers.RandomSampler(seed=spec.sampler_seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=spec.sampler_seed),
         "gp": lambda: optuna.samplers.GPSampler(seed=spec.sampler_seed),
@@ -93,40 +100,124 @@ def latest_by_key(opt: optuna.Study) -> dict[str, FrozenTrial]:
 
 def enqueue_missing(study: Study, opt: optuna.Study, rerun_failed: bool = False,
                     rerun_diverged: bool = False) -> list[str]:
-    """Enqueue every (cell, seed) that is neither done nor pending. Called by one launcher only."""
-    latest = latest_by_key(opt)
-    added = []
-    for trial in study.trials:
-        previous = latest.get(trial.key)
-        if previous is not None:
-            outcome = outcome_of(previous)
-            if outcome.pending or outcome in (Outcome.FINISHED, Outcome.PRUNED):
+    """Enqueue every (cell, seed) that is neither done nor pending.
+
+    Launchers may race (two `ablate run`, `ablate enqueue` beside `ablate run`): the queue is read and
+    added to under `enqueue_lock`, so the second reads what the first added and queues nothing twice.
+    """
+    with enqueue_lock(opt):
+        latest = latest_by_key(opt)
+        added = []
+        for trial in study.trials:
+            previous = latest.get(trial.key)
+            if previous is not None and not _runs_again(outcome_of(previous), rerun_failed, rerun_diverged):
                 continue
-            if outcome is Outcome.DIVERGED and not rerun_diverged:
-                continue
-            if outcome is Outcome.FAILED and not rerun_failed:
-                continue
-        attempt = previous.user_attrs.get("attempt", 0) + 1 if previous is not None else 1
-        opt.enqueue_trial({"cell_id": int(trial.cell.key, 16), "seed": trial.seed}, user_attrs={
-            "trial_key": trial.key, "cell": trial.cell.key, "seed": trial.seed, "label": trial.cell.label,
-            "overrides": dict(trial.cell.varied), "attempt": attempt,
-            "retries_left": study.spec.max_retries})
-        added.append(trial.key)
+            attempt = previous.user_attrs.get("attempt", 0) + 1 if previous is not None else 1
+            # `rerun_of` names the attempt this one supersedes, as `retry_of` does for a requeue: a
+            # requeue of that attempt racing this rerun sees it and adds no second one
+            lineage = {"rerun_of": previous.number} if previous is not None else {}
+            opt.enqueue_trial({"cell_id": int(trial.cell.key, 16), "seed": trial.seed}, user_attrs={
+                "trial_key": trial.key, "cell": trial.cell.key, "seed": trial.seed, "label": trial.cell.label,
+                "overrides": dict(trial.cell.varied), "attempt": attempt,
+                "retries_left": study.spec.max_retries, **lineage})
+            added.append(trial.key)
     return added
 
 
+def _runs_again(outcome: Outcome, rerun_failed: bool, rerun_diverged: bool) -> bool:
+    """Whether a key whose newest attempt ended (or waits) this way is queued again."""
+    if outcome.pending or outcome in (Outcome.FINISHED, Outcome.PRUNED):
+        return False
+    if outcome is Outcome.DIVERGED:
+        return rerun_diverged
+    if outcome is Outcome.FAILED:
+        return rerun_failed
+    return True
+
+
 def requeue(opt: optuna.Study, trial: FrozenTrial, reason: str, consume_retry: bool) -> None:
-    """Put a trial back as WAITING with the same params and attrs (the retry keeps its identity)."""
+    """Put a trial back as WAITING with the same params and attrs (the retry keeps its identity).
+
+    Once per attempt: under `enqueue_lock`, nothing is added when a retry (`retry_of`) or a `--rerun-failed`
+    (`rerun_of`) of this attempt is already queued, so a racing launcher or a second reaper adds no twin.
+    """
     attrs = dict(trial.user_attrs)
     attrs["attempt"] = attrs.get("attempt", 1) + 1
     attrs["retry_of"] = trial.number
     attrs["requeue_reason"] = reason
-    for attempt_only in ("outcome", "mlflow_run_id", "array_failure", "error", "diverged_step"):
+    for attempt_only in ("outcome", "mlflow_run_id", "array_failure", "error", "diverged_step", "rerun_of",
+                         "mlflow_unsynced"):
         attrs.pop(attempt_only, None)  # what this attempt did; identity (and a `solo` flag) carries over
     if consume_retry:
         attrs["retries_left"] = attrs.get("retries_left", 0) - 1
-    opt.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
-                                            distributions=trial.distributions, user_attrs=attrs))
+    with enqueue_lock(opt):
+        if successor(opt, trial) is not None:
+            return
+        opt.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
+                                                distributions=trial.distributions, user_attrs=attrs))
+
+
+def successor(opt: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
+    """The newer attempt that retries (`requeue`) or reruns (`enqueue_missing`) `trial`, if one was queued."""
+    return next((t for t in opt.get_trials(deepcopy=False) if t.number > trial.number
+                 and trial.number in (t.user_attrs.get("retry_of"), t.user_attrs.get("rerun_of"))), None)
+
+
+# Namespace of our PostgreSQL advisory locks ("ablt"): the (namespace, study id) pair cannot collide with the
+# single-key locks or the other namespaces that another application on the same server may use.
+_PG_LOCK_NAMESPACE = 0x61626C74
+_IN_PROCESS_LOCK = threading.Lock()  # in-memory storages live in one process: a thread lock is enough
+
+
+@contextlib.contextmanager
+def enqueue_lock(opt: optuna.Study) -> Iterator[None]:
+    """Held across "read the queue, then add to it", so that processes adding to one study take turns.
+
+    Optuna reads and inserts through its own pooled connections, so no transaction of ours can span its
+    read and its insert. A unique key in a table of our own could not be written in the same transaction as
+    Optuna's trial either: a launcher killed between the two would leave a key marked queued with no trial,
+    never queued again. So the read-then-insert runs under a lock that its holder's death releases:
+    - PostgreSQL: a transaction-level advisory lock, per study, on a connection of our own; it ends with that
+      transaction, or with the connection when the process dies.
+    - SQLite: an exclusive flock on a file beside the database. SQLite is local only (it breaks on network
+      file systems), so every process using the database sees this file; the kernel drops the lock when the
+      process dies. (A `BEGIN IMMEDIATE` on our own connection would block Optuna's inserts, made on another
+      connection, until they time out.)
+    - in-memory storage: one process, a thread lock. Other databases (MySQL): no lock, one launcher at a time.
+    """
+    engine = _engine_of(opt)
+    if engine is None:
+        with _IN_PROCESS_LOCK:
+            yield
+    elif engine.dialect.name == "postgresql":
+        with engine.begin() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:namespace, :study_id)"),
+                               {"namespace": _PG_LOCK_NAMESPACE, "study_id": opt._study_id})
+            yield
+    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        with _file_lock(Path(f"{engine.url.database}-ablate.lock")):
+            yield
+    elif engine.dialect.name == "sqlite":  # an in-memory database belongs to one process
+        with _IN_PROCESS_LOCK:
+            yield
+    else:
+        yield
+
+
+def _engine_of(opt: optuna.Study) -> sqlalchemy.engine.Engine | None:
+    backend = getattr(opt._storage, "_backend", opt._storage)  # optuna wraps RDBStorage in a cache
+    return getattr(backend, "engine", None)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    # never deleted: removing a lock file another process has open would let a third lock a new file
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file, so threads of one process take turns as well
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def has_waiting(opt: optuna.Study) -> bool:
@@ -147,14 +238,15 @@ def search_budget_left(study: Study, opt: optuna.Study) -> int:
 
 
 
-def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial], str]) -> list[optuna.Trial]:
+def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial], str],
+                  group: str | None = None) -> list[optuna.Trial]:
     """Claim up to `limit` WAITING trials of one group (trials that can train together), oldest first.
 
     Each claim is one conditional UPDATE (`_claim`): a trial another worker took in between is skipped, so no
-    trial is ever claimed twice, on SQLite as on PostgreSQL. The group is the first claimed trial's.
+    trial is ever claimed twice, on SQLite as on PostgreSQL. The group is `group` when given (an array that
+    refills its free slots), else the first claimed trial's.
     """
     claimed: list[optuna.Trial] = []
-    group: str | None = None
     for frozen in sorted(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
         if len(claimed) == limit:
             break

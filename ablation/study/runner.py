@@ -5,6 +5,7 @@ Reads top to bottom; each step is one call one level down.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from ablation.data.presets import prepare_demo
+from ablation.data.presets import demo_deviations, prepare_demo
 from ablation.errors import UserError, problem
 from ablation.gan.trainer import stop_on_signals
 from ablation.outcomes import Outcome
@@ -24,8 +25,9 @@ from ablation.study import queue, storage
 from ablation.study.arrays import resolve_fuse
 from ablation.study.dry_run import dry_run_lines
 from ablation.study.lock import LocalLock
+from ablation.study.recovery import end_unsynced_runs, open_queue, reap_orphans
 from ablation.study.spec import Study, load_study
-from ablation.study.tracking import Tracker
+from ablation.study.tracking import TAG_DEMO, Tracker
 from ablation.study.trial import TrialContext
 from ablation.study.worker import work
 
@@ -71,8 +73,12 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
         tracker, ctx, opt = connect(study, path, options, create=True)    # 3. tracking + queue, once
         if lock is not None:
             reap_orphans(opt, tracker)                                    # 4. trials of a dead process
+        else:
+            end_unsynced_runs(opt, tracker)  # runs of dead attempts that an MLflow outage left unmarked
         added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
         _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+        if options.demo:  # the report's setup names every way the demo differs from the faithful config
+            tracker.set_parent_tags(ctx.parent_run_id, {TAG_DEMO: json.dumps(demo_changes(path, study, options))})
         if options.workers > 1 or options.devices:                        # 5. work
             code = run_worker_processes(path, options, url, tracker.uri)
         else:
@@ -89,6 +95,11 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
         out = build_report(study.spec.name, tracker, url, options.reports_dir, study)
         _say(options, f"report: {out}")
     return code
+
+
+def demo_changes(path: Path, study: Study, options: RunOptions) -> list[str]:
+    faithful = load_study(path, dict(options.overrides)).base_config
+    return demo_deviations(faithful.model_dump(mode="json"), study.base_config.model_dump(mode="json"))
 
 
 def connect(study: Study, path: Path, options: RunOptions, create: bool
@@ -158,31 +169,6 @@ def check_data_layout(study: Study) -> None:
                 raise UserError(problem(study.path, "base.data.root", f"a dataset folder {folder} with images "
                                         "(get one with `ablate data fetch animegan DEST` or run with --demo)",
                                         str(data.root)))
-
-
-def open_queue(url: str, tracker: Tracker) -> Any:
-    """RDB storage with heartbeat; a stale trial's run is marked failed and the trial re-queued."""
-
-    def on_stale(opt: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        if run_id := trial.user_attrs.get("mlflow_run_id"):
-            tracker.mark_abandoned(run_id, "worker stopped sending heartbeats")
-        if trial.user_attrs.get("trial_key") is not None:
-            queue.requeue(opt, trial, "worker died", consume_retry=False)
-
-    return storage.open_storage(url, storage.Heartbeat.from_env(), on_stale)
-
-
-def reap_orphans(opt: optuna.Study, tracker: Tracker) -> None:
-    """With the local lock held, every RUNNING trial belongs to a process that is gone."""
-    for trial in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        try:
-            opt._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        if run_id := trial.user_attrs.get("mlflow_run_id"):
-            tracker.mark_abandoned(run_id, "the process running it died")
-        if trial.user_attrs.get("trial_key") is not None:
-            queue.requeue(opt, trial, "process died", consume_retry=False)
 
 
 def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: RunOptions) -> int:

@@ -30,6 +30,8 @@ TAG_ROLE, TAG_STUDY, TAG_CELL, TAG_SEED = "ablate.role", "ablate.study", "ablate
 TAG_KEY, TAG_OUTCOME, TAG_OPTUNA = "ablate.trial_key", "ablate.outcome", "ablate.optuna_trial"
 TAG_LABEL, TAG_STEP = "ablate.cell_label", "ablate.diverged_step"
 TAG_ARRAY = "ablate.array"  # the trial keys of the members that trained together, "+"-joined (absent: alone)
+TAG_DEMO = "ablate.demo"  # parent run of a --demo run: JSON list of its deviations from the faithful config
+TAG_INIT_REUSED = "ablate.init_reused_s"  # continued a stored init phase: that phase's compute time (s)
 RETRY_SECONDS = 5.0
 
 

@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from ablation.config import DataConfig, TrainConfig, to_yaml
-from ablation.console import METRICS_FILE, MetricsFile
+from ablation.console import METRICS_FILE, MetricsFile, read_metrics
 from ablation.data.streams import Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
-from ablation.gan.array import train_array
+from ablation.gan.array import Joiner, train_array
 from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ablation.gan.device import effective_precision, resolve_device
+from ablation.gan.init_cache import INIT_DIR
 from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator
 from ablation.outcomes import Outcome
 from ablation.study.spec import TrialSpec
-from ablation.study.tracking import TAG_ARRAY, Tracker
+from ablation.study.tracking import TAG_ARRAY, TAG_INIT_REUSED, Tracker
 
 TRAIN_LOG = "train.log"
 
@@ -67,6 +68,7 @@ class TrialOutcome:
     run_id: str
     result: TrainResult | None = None
     error: str | None = None
+    array_failed: bool = False  # failed with its whole array (one exception fails the fused model)
 
 
 def trial_dir(ctx: TrialContext, spec: TrialSpec) -> Path:
@@ -84,8 +86,7 @@ def _replay(ctx: TrialContext, run_id: str, folder: Path, upto: int) -> None:
     if not path.exists():
         return
     logger = ctx.tracker.metric_logger(run_id)
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in read_metrics(path):  # a torn last line (a kill mid-append) is dropped, not fatal
         if row["step"] <= upto:
             step = row.pop("step")
             logger.log(row, step)
@@ -121,25 +122,60 @@ class TrialRequest:
     params: dict[str, Any]
     on_eval: EvalHook | None = None
     on_run: Callable[[str], None] | None = None
+    on_end: Callable[[TrialOutcome], None] | None = None  # its outcome, as soon as it leaves the array
 
 
-def run_trials(ctx: TrialContext, requests: list[TrialRequest]) -> list[TrialOutcome]:
+def run_trials(ctx: TrialContext, requests: list[TrialRequest],
+               refill: Callable[[int], list[TrialRequest]] | None = None) -> list[TrialOutcome]:
     """Train compatible trials as one array (`gan.array`); each keeps its own folder, run, metrics, outcome.
 
-    An exception fails every member (one process, one fused model); each member's run gets the traceback.
+    `refill(n)` gives up to n more trials for the slots of members that left early. Each request's `on_end`
+    runs when its trial ends (its run is closed by then). An exception fails every member still training
+    (one process, one fused model): each of their runs gets the traceback, and their outcomes say
+    `array_failed` when the array had more than one slot.
     """
     array_id = "+".join(r.spec.key for r in requests) if len(requests) > 1 else ""
-    opened = [_open(ctx, r, array_id) for r in requests]
+    handed = list(requests)  # every request given to this array, in join order
+    opened: dict[int, _Open] = {}  # index in `handed` -> its folder and run, once open
+    outcomes: dict[int, TrialOutcome] = {}  # index in `handed` -> outcome, as members leave
+
+    def joiner(index: int) -> Joiner:
+        request = handed[index]
+        opened[index] = member = _open(ctx, request, array_id)
+
+        def on_end(result: TrainResult) -> None:
+            outcomes[index] = _close(ctx, member, result)
+            if request.on_end is not None:
+                request.on_end(outcomes[index])
+
+        return Joiner(request.spec.config, member.folder, member.log, request.on_eval,
+                      ctx.on_progress if index == 0 else None, on_end)
+
+    def more(free: int) -> list[Joiner]:
+        start = len(handed)
+        handed.extend(refill(free) if refill is not None else [])
+        return [joiner(i) for i in range(start, len(handed))]
+
     configs = [r.spec.config for r in requests]
     try:
-        results = train_array(configs, [o.folder for o in opened], [o.log for o in opened],
-                              domains=ctx.domains(configs[0].data), resume=True, stop=ctx.stop,
-                              evaluator=ctx.evaluator(configs[0]), on_eval=[r.on_eval for r in requests],
-                              progress=[ctx.on_progress if i == 0 else None for i in range(len(requests))])
+        first = [joiner(i) for i in range(len(requests))]
+        train_array(configs, [j.out_dir for j in first], [j.log for j in first], domains=ctx.domains(configs[0].data),
+                    resume=True, stop=ctx.stop, evaluator=ctx.evaluator(configs[0]),
+                    on_eval=[j.on_eval for j in first], progress=[j.progress for j in first],
+                    on_end=[j.on_end for j in first], refill=more if refill is not None else None,
+                    init_cache=ctx.trials_dir / INIT_DIR)
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))
-        return [_fail(ctx, o, exc, error) for o in opened]
-    return [_close(ctx, o, result) for o, result in zip(opened, results, strict=True)]
+        for index, request in enumerate(handed):
+            if index in outcomes:
+                continue
+            if index in opened:
+                outcomes[index] = _fail(ctx, opened[index], exc, error, array_failed=len(requests) > 1)
+            else:  # its run could not be opened (tracking down): nothing to close
+                outcomes[index] = TrialOutcome(Outcome.FAILED, {}, "", None, error, array_failed=len(requests) > 1)
+            if request.on_end is not None:
+                request.on_end(outcomes[index])
+    return [outcomes[i] for i in range(len(handed))]
 
 
 def _open(ctx: TrialContext, request: TrialRequest, array_id: str) -> _Open:
@@ -172,13 +208,13 @@ def _open(ctx: TrialContext, request: TrialRequest, array_id: str) -> _Open:
                  MetricsFile(folder / METRICS_FILE, resume=resume_step is not None), ctx.tracker.metric_logger(run_id))
 
 
-def _fail(ctx: TrialContext, member: _Open, exc: Exception, error: str) -> TrialOutcome:
+def _fail(ctx: TrialContext, member: _Open, exc: Exception, error: str, array_failed: bool) -> TrialOutcome:
     log_path = member.folder / TRAIN_LOG
     _note(log_path, f"failed: {error}")
     _close_quietly(member.logger)
     ctx.tracker.log_artifacts(member.run_id, [log_path, member.folder / METRICS_FILE], "log")
     ctx.tracker.finish_run(member.run_id, Outcome.FAILED, {"ablate.error": f"{type(exc).__name__}: {exc}"[:7000]})
-    return TrialOutcome(Outcome.FAILED, {}, member.run_id, None, error)
+    return TrialOutcome(Outcome.FAILED, {}, member.run_id, None, error, array_failed)
 
 
 def _close(ctx: TrialContext, member: _Open, result: TrainResult) -> TrialOutcome:
@@ -197,6 +233,8 @@ def _close(ctx: TrialContext, member: _Open, result: TrainResult) -> TrialOutcom
         ctx.tracker.log_artifacts(run_id, [folder / EVAL_INFO], "eval")
     if result.diverged_step is not None:
         tags["ablate.diverged_step"] = str(result.diverged_step)
+    if result.init_reused_s is not None:  # continued a stored init phase: the compute it did not spend again
+        tags[TAG_INIT_REUSED] = f"{result.init_reused_s:.3f}"
     ctx.tracker.finish_run(run_id, result.status, tags)
     return TrialOutcome(result.status, result.metrics, run_id, result)
 

@@ -42,12 +42,16 @@ GRID: list[dict[str, object]] = [
 ]
 
 
-@pytest.fixture(scope="module")
-def domains() -> Domains:
+def tiny_domains() -> Domains:
     photos, _ = procedural_batch(12, SIZE, seed=1)
     _, animes = procedural_batch(12, SIZE, seed=2)
     val, _ = procedural_batch(4, SIZE, seed=3)
     return domains_from_arrays(photos, animes, val)
+
+
+@pytest.fixture(scope="module")
+def domains() -> Domains:
+    return tiny_domains()
 
 
 def tiny(**overrides: object) -> TrainConfig:
@@ -206,6 +210,35 @@ def test_diverged_and_pruned_members_leave_and_the_others_go_on_unchanged(
     assert max(logs[2].losses) == 8
     assert "generator" not in results[1].artifacts and "generator" not in results[2].artifacts
     assert_same_losses(logs[0].losses, want, rel=0.0)  # to the last bit
+
+
+def test_a_freed_slot_is_refilled_and_the_newcomer_logs_its_own_run(
+        tmp_path: Path, alone: list[Losses], domains: Domains) -> None:
+    # member 0 is pruned at step 8; its slot takes GRID[1], which then trains all 20 steps beside member 2,
+    # bit for bit as alone (looped fusion), while the old member's models are dropped from the array
+    first = [tiny(**GRID[0], **{"schedule.eval_every": 1}), tiny(**GRID[2])]
+    logs = [Recorder(), Recorder()]
+    newcomer_log, ended, asked = Recorder(), [], []
+
+    def refill(free: int) -> list[array_module.Joiner]:
+        asked.append(free)
+        if len(asked) > 1:
+            return []  # the queue is empty now
+        return [array_module.Joiner(tiny(**GRID[1]), tmp_path / "new", newcomer_log,
+                                    on_end=lambda result: ended.append(("new", result.status, result.step)))]
+
+    results = train_array(first, [tmp_path / "a", tmp_path / "b"], logs, domains=domains, evaluator=StubEvaluator(),
+                          on_eval=[lambda metrics, step: step >= 8, None], refill=refill,
+                          on_end=[lambda r: ended.append(("a", r.status, r.step)),
+                                  lambda r: ended.append(("b", r.status, r.step))])
+    assert [(r.status, r.step) for r in results] == [(Outcome.PRUNED, 8), (Outcome.FINISHED, STEPS),
+                                                     (Outcome.FINISHED, STEPS)]
+    # each end is reported as it happens: the pruned member first, the newcomer 8 steps after the other
+    assert ended == [("a", Outcome.PRUNED, 8), ("b", Outcome.FINISHED, STEPS), ("new", Outcome.FINISHED, STEPS)]
+    assert asked[0] == 1
+    assert_same_losses(newcomer_log.losses, alone[1], rel=0.0)
+    assert_same_losses(logs[1].losses, alone[2], rel=0.0)
+    assert (tmp_path / "new" / "generator.pt").exists()
 
 
 def test_members_that_drew_the_same_images_share_their_backbone_targets(

@@ -62,10 +62,11 @@ def test_writeup_demo_dry_run_prints_each_arms_resolved_weights(tmp_path: Path,
     monkeypatch.setenv("ABLATE_DEMO_DIR", str(tmp_path / "demo"))
     lines = dry_run_lines(resolve_study(STUDIES / "writeup.yaml", RunOptions(demo=True)))
     assert lines[0] == "study writeup-demo: 9 cells x 3 seeds = 27 trials"
-    by_arm = {line.split()[0]: line for line in lines[1:]}
+    cells = [line for line in lines[1:] if " cell=" in line]
+    by_arm = {line.split()[0]: line for line in cells}
     assert "backbone=mobilenet_v2 width 1 random (trial seed)" in by_arm["exp3_style10_random"]
     assert "backbone=mobilenet_v2 width 1 imagenet" in by_arm["exp4_style10_pretrained"]
-    assert all("seeds=0,1,2" in line for line in lines[1:])
+    assert len(cells) == 9 and all("seeds=0,1,2" in line for line in cells)
 
 
 def test_defaults_use_the_pretrained_vgg19_and_demo_and_tests_use_random() -> None:

@@ -66,6 +66,11 @@ def test_grid_runs_once_and_rerun_does_nothing(tmp_path: Path, data_root: Path,
                          "model/generator.pt", "config/config.yaml"}
     history = tracker.history(one, "loss/g/total")
     assert [step for step, _ in history] == [3, 4]
+    # the init phase reads neither the style weight nor the style target: computed once per seed (2 of 8)
+    continued = [r for r in runs["FINISHED"] if "ablate.init_reused_s" in r.data.tags]
+    assert len(continued) == 6 and all(float(r.data.tags["ablate.init_reused_s"]) > 0 for r in continued)
+    assert all(tracker.history(r.info.run_id, "loss/init/content") for r in continued)  # its init curve too
+    assert len(list((tmp_path / "trials" / "_init").glob("*.json"))) == 2
 
     assert run_study(study, options(tmp_path)) == 0  # nothing missing: nothing runs
     assert len(runs_by_status(tmp_path, "grid")["FINISHED"]) == 8
@@ -155,8 +160,13 @@ def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [1.0, 2.0, 3.0]}, [0, 1], "grid")
     assert run_study(study, options(tmp_path), dry_run=True) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "study grid: 3 cells x 2 seeds = 6 trials" and len(out) == 7
-    assert out[4:] == ["arrays (--fuse 4): 2 of up to 4 trials",  # the CPU's auto: what one worker trains together
+    assert out[0] == "study grid: 3 cells x 2 seeds = 6 trials" and len(out) == 10
+    # the init phase reads no loss weight: one per seed, continued by the other two levels
+    assert out[4:7] == ["init phases: 2 distinct for 6 trials; 4 trials continue a shared one instead of computing "
+                        "it (stored under <trials dir>/_init)",
+                        "  shared: style_weight=1 seed=0, style_weight=2 seed=0, style_weight=3 seed=0",
+                        "  shared: style_weight=1 seed=1, style_weight=2 seed=1, style_weight=3 seed=1"]
+    assert out[7:] == ["arrays (--fuse 4): 2 of up to 4 trials",  # the CPU's auto: what one worker trains together
                        "  array 1: style_weight=1 seed=0, style_weight=1 seed=1, style_weight=2 seed=0, "
                        "style_weight=2 seed=1",
                        "  array 2: style_weight=3 seed=0, style_weight=3 seed=1"]
@@ -183,6 +193,34 @@ def test_search_study_runs_its_budget_and_resumes_to_it(tmp_path: Path, data_roo
     assert {r.data.params["loss.style_target"] for r in runs} <= {"gray", "color"}
     assert run_study(study, options(tmp_path)) == 0  # the budget is spent: nothing new
     assert len(optuna.load_study(study_name="srch", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
+
+
+def test_search_asks_points_in_batches_and_trains_their_seeds_as_arrays(tmp_path: Path, data_root: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    study = tmp_path / "batched.yaml"
+    study.write_text(yaml.safe_dump({
+        "name": "batched", "base": base, "method": "search", "seeds": [0, 1], "objectives": OBJECTIVES,
+        "search": {"sampler": "tpe", "n_trials": 3, "space": {
+            "loss.style_weight": {"low": 0.5, "high": 20.0, "log": True}}}}))
+    # --fuse 4 with 2 seeds: 2 points per batch (4 members in one array), then the last point alone (2 members)
+    assert run_study(study, RunOptions(**{**options(tmp_path).__dict__, "fuse": 4})) == 0
+    opt = optuna.load_study(study_name="batched", storage=f"sqlite:///{tmp_path}/optuna.db")
+    assert [t.state.name for t in opt.trials] == ["COMPLETE"] * 3
+    assert opt.sampler._constant_liar  # type: ignore[attr-defined]  # points asked while others are pending
+    runs = runs_by_status(tmp_path, "batched")["FINISHED"]
+    arrays: dict[str, list[tuple[int, int]]] = {}
+    for run in runs:
+        arrays.setdefault(run.data.tags["ablate.array"], []).append(
+            (int(run.data.tags["ablate.optuna_trial"]), int(run.data.tags["ablate.seed"])))
+    assert sorted(sorted(a) for a in arrays.values()) == [[(0, 0), (0, 1), (1, 0), (1, 1)], [(2, 0), (2, 1)]]
+    for trial in opt.trials:  # each point's values: the mean over its two seeds
+        mine = [r for r in runs if int(r.data.tags["ablate.optuna_trial"]) == trial.number]
+        for objective, value in zip(OBJECTIVES, trial.values, strict=True):
+            want = sum(r.data.metrics[objective["metric"]] for r in mine) / 2
+            assert value == pytest.approx(want)
 
 
 def test_single_objective_search_feeds_eval_metrics_to_the_pruner(tmp_path: Path, data_root: Path,

@@ -1,0 +1,196 @@
+"""The init phase, computed once per identity and seed, continued by every trial that shares it.
+
+The init phase (content-only pre-training of G) reads only what `init_identity` lists: G's architecture, the
+backbone, the data, the batch size, the init schedule and logging, the init optimiser (lr, betas), the content
+weight, the smooth target (which images the streams serve), the runtime and the seed. Trials that agree on
+these (every level of a loss-weight axis, say) run identical init phases, seed by seed. One of them computes it
+and stores its end state; the others start from that state at the first GAN step.
+
+An entry holds everything the trial holds at that step that the init phase changed: G's weights, the init
+optimiser's moments, the data stream positions, the metric window, the rows it logged and the sample frames it
+wrote. D and the penalty/dropout RNG are not in it: each trial draws them from its own seed (D after G, so D's
+init does not depend on the init phase), and the init phase draws nothing from that RNG, which the leader
+checks before it stores an entry. On CPU a trial continued from an entry therefore equals the same trial run
+from scratch, bit for bit (tests/gan/test_init_cache.py).
+
+Entries live under the trials directory (`<trials_dir>/_init/`), so workers on other hosts share them through
+the shared volume. Each is a `.pt` file and a `.json` written after it with its identity and SHA-256: a
+missing, partial or corrupt entry, or one of another identity, is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ablation.config import TrainConfig
+from ablation.files import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from ablation.gan.member import Member
+
+FORMAT = 1
+INIT_DIR = "_init"  # under the trials directory
+
+# What the init phase reads (dotted config paths); everything else may differ between trials that share it.
+INIT_FIELDS: tuple[str, ...] = (
+    "model.generator", "model.generator_sn", "model.resize", "backbone", "data", "loss.content_weight",
+    "loss.smooth_target", "optim.init_lr", "optim.beta1", "optim.beta2", "schedule.batch_size",
+    "schedule.init_epochs", "schedule.steps_per_epoch", "schedule.log_every", "runtime", "seed",
+)
+# read as well when an evaluation falls inside the init phase (its metrics are among the rows it logs)
+INIT_EVAL_FIELDS: tuple[str, ...] = ("eval", "schedule.eval_every")
+
+
+def _field(dump: dict[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        dump = dump[part]
+    return dump
+
+
+def evaluates_in_init(config: TrainConfig) -> bool:
+    every = config.schedule.eval_every
+    return config.eval.enabled and every > 0 and every <= config.schedule.init_epochs
+
+
+def shareable(config: TrainConfig) -> bool:
+    """A GAN phase follows the init phase: only then is there anything to continue from its end state."""
+    return 0 < config.schedule.init_epochs < config.schedule.epochs
+
+
+def init_identity(config: TrainConfig) -> dict[str, Any]:
+    """The values of every field the init phase reads."""
+    dump = config.model_dump(mode="json")
+    fields = INIT_FIELDS + (INIT_EVAL_FIELDS if evaluates_in_init(config) else ())
+    return {"format": FORMAT, **{path: _field(dump, path) for path in fields}}
+
+
+def init_key(config: TrainConfig) -> str:
+    """Equal for two configs iff their init phases are identical: a hash of `init_identity`."""
+    payload = json.dumps(init_identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass
+class InitEntry:
+    """The end state of one init phase (see the module doc)."""
+
+    step: int
+    generator: dict[str, torch.Tensor]
+    opt_init: dict[str, Any]
+    streams: dict[str, Any]
+    window: dict[str, Any]
+    rows: list[tuple[int, dict[str, float]]]  # what it logged, in order
+    frames: dict[str, bytes]  # sample frame file name -> PNG bytes
+    seconds: float  # the init phase's own compute time: what each trial that continues it saves
+
+
+def _paths(root: Path, key: str) -> tuple[Path, Path]:
+    return root / f"{key}.pt", root / f"{key}.json"
+
+
+def save_entry(root: Path, config: TrainConfig, entry: InitEntry) -> None:
+    """State first, then the JSON that vouches for it: a reader never trusts a state without its checksum."""
+    root.mkdir(parents=True, exist_ok=True)
+    key = init_key(config)
+    state_path, meta_path = _paths(root, key)
+    buffer = io.BytesIO()
+    torch.save(entry.__dict__, buffer)
+    data = buffer.getvalue()
+    atomic_write(state_path, lambda handle: handle.write(data))
+    atomic_write_text(meta_path, json.dumps({"identity": init_identity(config), "sha256": hashlib.sha256(data)
+                                             .hexdigest(), "seconds": entry.seconds}, sort_keys=True))
+
+
+def load_entry(root: Path, config: TrainConfig) -> InitEntry | None:
+    """The entry for this config's init phase, or None when there is none or it cannot be trusted."""
+    state_path, meta_path = _paths(root, init_key(config))
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = state_path.read_bytes()
+        if meta["identity"] != init_identity(config) or hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise ValueError("identity or checksum mismatch")
+        # our own file (checksummed): optimiser and stream states hold plain containers and RNG states
+        return InitEntry(**torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+    except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, whatever broke it
+        print(f"ablate: init cache entry {meta_path.name} unusable ({type(exc).__name__}: {exc}); recomputing it",
+              file=sys.stderr)
+        return None
+
+
+class InitSharing:
+    """Within one array (and across arrays, workers and hosts through the entries): the first member of an
+    init identity computes the init phase (the leader); later ones with the same identity wait, not stepped,
+    until the leader stores its entry, then continue from it. A leader that leaves during its init phase
+    (diverged, pruned, stopped) hands the lead to the next waiting member."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.leaders: dict[str, Member] = {}
+        self.waiting: dict[str, list[Member]] = {}
+        self.rng_at_start: dict[int, list[torch.Tensor]] = {}
+
+    def admit(self, member: Member) -> bool:
+        """True when the member steps now (it leads, continues from an entry, or shares nothing)."""
+        if member.step != 0 or not shareable(member.config):
+            return True
+        key = init_key(member.config)
+        if key in self.leaders:
+            self.waiting.setdefault(key, []).append(member)
+            return False
+        if (entry := load_entry(self.root, member.config)) is not None:
+            member.continue_init(entry)
+            return True
+        self._lead(key, member)
+        return True
+
+    def _lead(self, key: str, member: Member) -> None:
+        self.leaders[key] = member
+        self.rng_at_start[id(member)] = member.rng_states()
+
+    def init_done(self, member: Member) -> list[Member]:
+        """After each step of a member still in the array: a leader that just ended its init phase stores its
+        entry; the members waiting for it continue from it and are returned, to step from now on."""
+        key = init_key(member.config) if shareable(member.config) else None
+        if key is None or self.leaders.get(key) is not member or member.step != member.init_steps:
+            return []
+        del self.leaders[key]
+        waiting = self.waiting.pop(key, [])
+        drew = [bool((a != b).any()) for a, b in zip(self.rng_at_start.pop(id(member)), member.rng_states(),
+                                                     strict=True)]
+        if any(drew):  # its init phase drew from the trial RNG: an entry would not be exact; each computes its own
+            print(f"ablate: init phase of {member.out_dir} drew random numbers; not shared", file=sys.stderr)
+            return waiting
+        save_entry(self.root, member.config, member.init_entry())
+        entry = load_entry(self.root, member.config)  # what every other trial will read: the same path here
+        for follower in waiting:
+            if entry is not None:
+                follower.continue_init(entry)
+        return waiting
+
+    def left(self, member: Member) -> list[Member]:
+        """A member left the array: if it led an unfinished init phase, the next waiting member leads now
+        (returned, to step from its first step); members still waiting when the array stops are returned too."""
+        key = init_key(member.config) if shareable(member.config) else None
+        if key is None or self.leaders.get(key) is not member:
+            return []
+        del self.leaders[key]
+        self.rng_at_start.pop(id(member), None)
+        waiting = self.waiting.pop(key, [])
+        if not waiting:
+            return []
+        self._lead(key, waiting[0])
+        self.waiting[key] = waiting[1:]
+        return [waiting[0]]
+
+    def all_waiting(self) -> list[Member]:
+        return [m for members in self.waiting.values() for m in members]

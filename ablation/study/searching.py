@@ -1,0 +1,168 @@
+"""Search studies in arrays: ask Optuna for several points at once, train every point's seed replicates as
+members of arrays, tell each point the mean over its seeds.
+
+A batch holds `fuse // len(seeds)` points (at least one). Points are asked one after another while the
+earlier ones are RUNNING, so TPE's constant liar (queue.sampler_for) steers each new point away from the
+pending ones, as it does for parallel workers; re-queued points (retries) are claimed first, with the
+conditional UPDATE of `queue.claim_waiting`. A point whose array failed is retried with each seed alone.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.storages._heartbeat import get_heartbeat_thread
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from ablation.gan.array import array_key
+from ablation.outcomes import Outcome
+from ablation.study import queue, storage
+from ablation.study.arrays import ARRAY_FAILURE, SOLO, OnTrialEnd, failed_line
+from ablation.study.spec import Study, TrialSpec, search_cell
+from ablation.study.trial import TrialContext, TrialOutcome, TrialRequest, run_trials
+
+Values = Callable[[TrialOutcome], list[float]]  # a member's objective values (worst where it has none)
+Retry = Callable[[optuna.Study, FrozenTrial], None]  # what happens to a FAIL trial (re-queue or not)
+
+
+def search_params(study: Study, trial: Trial) -> dict[str, Any]:
+    """The point's values: sampled for a new trial, the stored ones for a re-queued trial."""
+    assert study.spec.search is not None
+    params: dict[str, Any] = {}
+    for name, p in study.spec.search.space.items():
+        if p.choices is not None:
+            params[name] = trial.suggest_categorical(name, p.choices)
+        elif p.int:
+            params[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log, step=p.step)
+    return params
+
+
+@dataclass
+class Point:
+    """One Optuna trial of a search: its sampled params and one member per seed."""
+
+    trial: Trial
+    params: dict[str, Any]
+    specs: list[TrialSpec]
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    pruned: bool = False
+
+
+def run_search(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_trial_end: OnTrialEnd | None,
+               max_trials: int | None, values_of: Values, retry: Retry) -> int:
+    """Ask, train, tell until the budget is spent (or `max_trials` points ran, or a stop was requested)."""
+    ran = 0
+    per_batch = max(1, fuse // len(study.spec.seeds))
+    while not ctx.stop and (max_trials is None or ran < max_trials):
+        optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
+        wanted = per_batch if max_trials is None else min(per_batch, max_trials - ran)
+        points = [_open_point(study, t) for t in _ask(study, opt, wanted)]
+        if not points:
+            if not queue.has_running(opt):
+                break
+            time.sleep(min(storage.Heartbeat.from_env().interval, 10))  # wait for the last, as grids do
+            continue
+        beats = [get_heartbeat_thread(p.trial._trial_id, opt._storage) for p in points]
+        for beat in beats:
+            beat.start()
+        try:
+            for members in _arrays(points, fuse):
+                outcomes = run_trials(ctx, [_request(study, point, spec) for point, spec in members])
+                for (point, _), outcome in zip(members, outcomes, strict=True):
+                    point.outcomes.append(outcome)
+        finally:
+            for beat in beats:
+                beat.join()
+        for point in points:
+            _tell(study, opt, ctx, point, values_of)
+            frozen = opt._storage.get_trial(point.trial._trial_id)
+            retry(opt, frozen)
+            ran += 1
+            if on_trial_end is not None:
+                on_trial_end(frozen)
+    return ran
+
+
+def _ask(study: Study, opt: optuna.Study, wanted: int) -> list[Trial]:
+    """Re-queued points first (claimed atomically), then new ones while the budget allows."""
+    trials = queue.claim_waiting(opt, wanted, lambda frozen: "search")
+    while len(trials) < wanted and queue.search_budget_left(study, opt) > 0:
+        with warnings.catch_warnings():  # we keep each asked trial's heartbeat ourselves (run_search)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+            trials.append(opt.ask())
+    return trials
+
+
+def _open_point(study: Study, trial: Trial) -> Point:
+    trial.set_user_attr("attempt", trial.user_attrs.get("attempt", 1))
+    params = search_params(study, trial)
+    cell = search_cell(study, params)
+    trial.set_user_attr("cell", cell.key)
+    trial.set_user_attr("trial_key", f"search:{cell.key}")
+    return Point(trial, params, [TrialSpec.of(cell, seed) for seed in study.spec.seeds])
+
+
+def _arrays(points: list[Point], fuse: int) -> list[list[tuple[Point, TrialSpec]]]:
+    """Members that can be fused (equal `array_key`: a search space may vary the architecture), `fuse` at a
+    time; a point whose array failed before trains each seed alone."""
+    groups: dict[str, list[tuple[Point, TrialSpec]]] = {}
+    for point in points:
+        for spec in point.specs:
+            alone = point.trial.user_attrs.get(SOLO)
+            key = f"alone:{point.trial.number}:{spec.seed}" if alone else array_key(spec.config)
+            groups.setdefault(key, []).append((point, spec))
+    return [members[i:i + fuse] for members in groups.values() for i in range(0, len(members), fuse)]
+
+
+def _request(study: Study, point: Point, spec: TrialSpec) -> TrialRequest:
+    prune = study.spec.search is not None and study.spec.search.pruner != "none"
+    metric = study.spec.objectives[0].metric
+    trial = point.trial
+
+    def on_eval(metrics: dict[str, float], step: int) -> bool:
+        if point.pruned:  # a sibling seed was pruned: the point is, so this replicate stops too
+            return True
+        if not prune or metric not in metrics:
+            return False
+        trial.report(metrics[metric], step)
+        point.pruned = trial.should_prune()
+        return point.pruned
+
+    return TrialRequest(spec, trial.number, point.params, on_eval=on_eval,
+                        on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+
+
+def _tell(study: Study, opt: optuna.Study, ctx: TrialContext, point: Point, values_of: Values) -> None:
+    """One point's end, as `Study.optimize` would record it from the objective: the mean over its seeds."""
+    trial, outcomes = point.trial, point.outcomes
+    worst = next((o for o in outcomes if o.outcome in (Outcome.INTERRUPTED, Outcome.FAILED)), None)
+    if worst is not None:
+        trial.set_user_attr("outcome", worst.outcome)
+        if any(o.array_failed for o in outcomes):
+            trial.set_user_attr(SOLO, True)  # retried with each seed alone, retries untouched
+            trial.set_user_attr(ARRAY_FAILURE, True)
+        if worst.outcome is Outcome.FAILED:
+            trial.set_user_attr("error", (worst.error or "")[-2000:])
+            print(failed_line(ctx, point.specs[outcomes.index(worst)], worst), file=sys.stderr)
+        opt.tell(trial, state=TrialState.FAIL)
+        return
+    if point.pruned or any(o.outcome is Outcome.PRUNED for o in outcomes):
+        trial.set_user_attr("outcome", Outcome.PRUNED)
+        opt.tell(trial, state=TrialState.PRUNED)
+        return
+    diverged = next((o for o in outcomes if o.outcome is Outcome.DIVERGED), None)
+    trial.set_user_attr("outcome", (diverged or outcomes[0]).outcome)
+    if diverged is not None and diverged.result is not None:
+        trial.set_user_attr("diverged_step", diverged.result.diverged_step)
+    if hasattr(trial, "set_constraint"):  # Optuna 5: infeasible, so samplers learn to avoid it
+        trial.set_constraint("diverged", 1.0 if diverged is not None else -1.0)
+    per_seed = [values_of(o) for o in outcomes]
+    opt.tell(trial, [sum(v[i] for v in per_seed) / len(per_seed) for i in range(len(study.spec.objectives))])
