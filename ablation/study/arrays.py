@@ -33,8 +33,12 @@ ARRAY_FAILURE = "array_failure"  # user attr: failed as part of an array, not (y
 ALONE = "alone:"  # group key prefix of a trial that trains in an array of its own
 
 
-# `--fuse auto` on a CPU (README "Trial arrays"; benchmarks/trial_arrays.py measures the gain per K).
-CPU_AUTO_FUSE = 4
+# `--fuse auto` on a CPU (README "Trial arrays"): one trial at a time. The CPU step is compute-bound and the
+# members run their own kernels, so an array gains only the backbone targets of members with the same seed and
+# random backbone (about 1.1x at K = 9 in benchmarks/trial_arrays.py), and it lost end to end: the demo study
+# took 622 s with K = 4 and less with K = 1 (same machine, same results bit for bit); the shared init phase
+# (gan/init_cache.py) works at any K.
+CPU_AUTO_FUSE = 1
 CUDA_MAX_FUSE = 16
 CUDA_MEMORY_SHARE = 0.8  # of the free memory at start: room for the evaluator and allocator slack
 

@@ -272,7 +272,7 @@ def test_end_to_end_tiny_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
                        {"metric": "eval/content/ssim_luma_blur", "direction": "maximize"}]}))
     options = RunOptions(demo=True, overrides=tuple(E2E_TINY.items()), storage=f"sqlite:///{tmp_path / 'optuna.db'}",
                          tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", trials_dir=tmp_path / "trials",
-                         artifact_root=tmp_path / "mlartifacts", reports_dir=tmp_path / "reports", quiet=True)
+                         artifact_root=tmp_path / "mlartifacts", reports_dir=tmp_path / "reports", quiet=True, fuse=4)
     assert run_study(study_path, options) == 0
     html = (tmp_path / "reports" / "tiny-demo" / "index.html").read_text()
     assert len(tables_of(html)["trial-table"]) == 4
@@ -280,7 +280,7 @@ def test_end_to_end_tiny_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert len(tables_of(html)["effects-table"]) == 2
     # what the trial itself logs reaches the report: its precision param and the evaluator's eval/n_images
     assert "fp32 (4 trials)" in html
-    # --fuse auto on the CPU (4): the four trials trained as one fused array, and the setup says so
+    # --fuse 4: the four trials trained as one fused array, and the setup says so
     assert ("1 trial array(s) (one fused model each):<ul><li>style_weight=3 seed=0 + style_weight=3 seed=1 + "
             "style_weight=10 seed=0 + style_weight=10 seed=1</li></ul>") in html
     assert "KID is computed on" in html and "images per set in at least one trial (fewer than 100)" in html

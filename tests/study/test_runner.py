@@ -158,7 +158,7 @@ def test_killed_process_resumes_without_duplicates(tmp_path: Path, data_root: Pa
 
 def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture) -> None:
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [1.0, 2.0, 3.0]}, [0, 1], "grid")
-    assert run_study(study, options(tmp_path), dry_run=True) == 0
+    assert run_study(study, RunOptions(**{**options(tmp_path).__dict__, "fuse": 4}), dry_run=True) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "study grid: 3 cells x 2 seeds = 6 trials" and len(out) == 10
     # the init phase reads no loss weight: one per seed, continued by the other two levels
@@ -166,7 +166,7 @@ def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys
                         "it (stored under <trials dir>/_init)",
                         "  shared: style_weight=1 seed=0, style_weight=2 seed=0, style_weight=3 seed=0",
                         "  shared: style_weight=1 seed=1, style_weight=2 seed=1, style_weight=3 seed=1"]
-    assert out[7:] == ["arrays (--fuse 4): 2 of up to 4 trials",  # the CPU's auto: what one worker trains together
+    assert out[7:] == ["arrays (--fuse 4): 2 of up to 4 trials",  # what one worker trains together
                        "  array 1: style_weight=1 seed=0, style_weight=1 seed=1, style_weight=2 seed=0, "
                        "style_weight=2 seed=1",
                        "  array 2: style_weight=3 seed=0, style_weight=3 seed=1"]
