@@ -173,17 +173,24 @@ def test_dry_run_prints_trials_and_count(tmp_path: Path, data_root: Path, capsys
     assert not (tmp_path / "optuna.db").exists()  # nothing was created
 
 
+def write_search(tmp: Path, data_root: Path, name: str, seeds: list[int], sampler: str,
+                 space: dict[str, dict]) -> Path:
+    """A 3-point search study over the tiny base."""
+    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    study = tmp / f"{name}.yaml"
+    study.write_text(yaml.safe_dump({"name": name, "base": base, "method": "search", "seeds": seeds,
+                                     "objectives": OBJECTIVES,
+                                     "search": {"sampler": sampler, "n_trials": 3, "space": space}}))
+    return study
+
+
 def test_search_study_runs_its_budget_and_resumes_to_it(tmp_path: Path, data_root: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
-    base["data"]["root"] = str(data_root)
-    study = tmp_path / "search.yaml"
-    study.write_text(yaml.safe_dump({
-        "name": "srch", "base": base, "method": "search", "seeds": [0], "objectives": OBJECTIVES,
-        "search": {"sampler": "random", "n_trials": 3, "space": {
-            "loss.style_weight": {"low": 0.5, "high": 20.0, "log": True},
-            "loss.style_target": {"choices": ["gray", "color"]}}}}))
+    study = write_search(tmp_path, data_root, "srch", [0], "random", {
+        "loss.style_weight": {"low": 0.5, "high": 20.0, "log": True},
+        "loss.style_target": {"choices": ["gray", "color"]}})
     assert run_study(study, options(tmp_path)) == 0
     opt = optuna.load_study(study_name="srch", storage=f"sqlite:///{tmp_path}/optuna.db")
     assert [t.state.name for t in opt.trials] == ["COMPLETE"] * 3
@@ -198,13 +205,8 @@ def test_search_study_runs_its_budget_and_resumes_to_it(tmp_path: Path, data_roo
 def test_search_asks_points_in_batches_and_trains_their_seeds_as_arrays(tmp_path: Path, data_root: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    base = yaml.safe_load(yaml.safe_dump(TINY_BASE))
-    base["data"]["root"] = str(data_root)
-    study = tmp_path / "batched.yaml"
-    study.write_text(yaml.safe_dump({
-        "name": "batched", "base": base, "method": "search", "seeds": [0, 1], "objectives": OBJECTIVES,
-        "search": {"sampler": "tpe", "n_trials": 3, "space": {
-            "loss.style_weight": {"low": 0.5, "high": 20.0, "log": True}}}}))
+    study = write_search(tmp_path, data_root, "batched", [0, 1], "tpe",
+                         {"loss.style_weight": {"low": 0.5, "high": 20.0, "log": True}})
     # --fuse 4 with 2 seeds: 2 points per batch (4 members in one array), then the last point alone (2 members)
     assert run_study(study, RunOptions(**{**options(tmp_path).__dict__, "fuse": 4})) == 0
     opt = optuna.load_study(study_name="batched", storage=f"sqlite:///{tmp_path}/optuna.db")

@@ -35,7 +35,12 @@ seeds: [0, 1]
     assert trial.config.seed == 0 and trial.config.schedule.epochs == 3
     assert trial.run_name.endswith("seed=0")
     lines = dry_run_lines(study)
-    assert lines[0] == "study g: 4 cells x 2 seeds = 8 trials" and len(lines) == 5
+    assert lines[0] == "study g: 4 cells x 2 seeds = 8 trials" and len(lines) == 8
+    # neither the style weight nor the style target is read by the init phase: one per seed, shared by 4
+    assert lines[5:] == ["init phases: 2 distinct for 8 trials; 6 trials continue a shared one instead of "
+                         "computing it (stored under <trials dir>/_init)",
+                         "  shared: " + ", ".join(t.run_name for t in study.trials if t.seed == 0),
+                         "  shared: " + ", ".join(t.run_name for t in study.trials if t.seed == 1)]
 
 
 def test_cell_identity_survives_extending_the_grid(tmp_path: Path) -> None:
