@@ -187,6 +187,13 @@ def cell_hash(config: TrainConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def get_path(data: dict[str, Any], dotted: str) -> Any:
+    """The value at a dotted path inside nested dicts (a config's `model_dump`): "loss.style_weight" -> 3.0."""
+    for part in dotted.split("."):
+        data = data[part]
+    return data
+
+
 def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set a dotted path inside nested dicts, creating levels as needed."""
     parts = dotted.split(".")

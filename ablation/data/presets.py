@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ablation.config import get_path
+
 DEMO_IMAGE_SIZE = 64
 DEMO_EVAL_IMAGES = 32  # held-out photos per evaluation (the report warns below 100: a demo is a smoke run)
 
@@ -71,11 +73,5 @@ def prepare_demo(root: Path | None = None) -> dict[str, Any]:
 def demo_deviations(faithful: dict[str, Any], demo: dict[str, Any]) -> list[str]:
     """`optim.init_lr 0.001 instead of 0.0001: so that ...` for each field the preset changed; the arguments are
     a config's `model_dump(mode="json")` without and with the preset."""
-
-    def value(dump: dict[str, Any], path: str) -> Any:
-        for part in path.split("."):
-            dump = dump[part]
-        return dump
-
-    return [f"{path} {value(demo, path)} instead of {value(faithful, path)}: {reason}"
-            for path, reason in DEMO_REASONS.items() if value(demo, path) != value(faithful, path)]
+    return [f"{path} {get_path(demo, path)} instead of {get_path(faithful, path)}: {reason}"
+            for path, reason in DEMO_REASONS.items() if get_path(demo, path) != get_path(faithful, path)]

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ablation.config import RuntimeConfig, TrainConfig
+from ablation.config import RuntimeConfig, TrainConfig, get_path
 from ablation.data.streams import Batch, Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
 from ablation.gan.array_steps import FusedModels, gan_step, init_step, targets_for
@@ -59,16 +59,11 @@ ARRAY_FIELDS: tuple[str, ...] = (
 )
 
 
-def _field(dump: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        dump = dump[part]
-    return dump
-
 
 def array_key(config: TrainConfig) -> str:
     """Two configs can train fused in one array iff their keys are equal: a hash of the `ARRAY_FIELDS`."""
     dump = config.model_dump(mode="json")
-    payload = json.dumps({path: _field(dump, path) for path in ARRAY_FIELDS}, sort_keys=True, separators=(",", ":"))
+    payload = json.dumps({path: get_path(dump, path) for path in ARRAY_FIELDS}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -81,7 +76,7 @@ def _leaves(value: Any, path: str) -> dict[str, Any]:
 
 def check_compatible(configs: Sequence[TrainConfig]) -> None:
     """Raise ValueError naming the fields in which the configs cannot be fused."""
-    shared = [{leaf: v for path in ARRAY_FIELDS for leaf, v in _leaves(_field(c.model_dump(mode="json"), path),
+    shared = [{leaf: v for path in ARRAY_FIELDS for leaf, v in _leaves(get_path(c.model_dump(mode="json"), path),
                                                                       path).items()} for c in configs]
     differ = [path for path in shared[0] if any(other[path] != shared[0][path] for other in shared[1:])]
     if differ:

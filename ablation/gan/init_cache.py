@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ablation.config import TrainConfig
+from ablation.config import TrainConfig, get_path
 from ablation.files import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:
@@ -49,11 +49,6 @@ INIT_FIELDS: tuple[str, ...] = (
 INIT_EVAL_FIELDS: tuple[str, ...] = ("eval", "schedule.eval_every")
 
 
-def _field(dump: dict[str, Any], path: str) -> Any:
-    for part in path.split("."):
-        dump = dump[part]
-    return dump
-
 
 def evaluates_in_init(config: TrainConfig) -> bool:
     every = config.schedule.eval_every
@@ -69,7 +64,7 @@ def init_identity(config: TrainConfig) -> dict[str, Any]:
     """The values of every field the init phase reads."""
     dump = config.model_dump(mode="json")
     fields = INIT_FIELDS + (INIT_EVAL_FIELDS if evaluates_in_init(config) else ())
-    return {"format": FORMAT, **{path: _field(dump, path) for path in fields}}
+    return {"format": FORMAT, **{path: get_path(dump, path) for path in fields}}
 
 
 def init_key(config: TrainConfig) -> str:
@@ -160,8 +155,11 @@ class InitSharing:
     def init_done(self, member: Member) -> list[Member]:
         """After each step of a member still in the array: a leader that just ended its init phase stores its
         entry; the members waiting for it continue from it and are returned, to step from now on."""
-        key = init_key(member.config) if shareable(member.config) else None
-        if key is None or self.leaders.get(key) is not member or member.step != member.init_steps:
+        # called after every step of every member: the cheap test first, the key (a config hash) only at the end
+        if member.step != member.init_steps or not shareable(member.config):
+            return []
+        key = init_key(member.config)
+        if self.leaders.get(key) is not member:
             return []
         del self.leaders[key]
         waiting = self.waiting.pop(key, [])
@@ -180,9 +178,9 @@ class InitSharing:
     def left(self, member: Member) -> list[Member]:
         """A member left the array: if it led an unfinished init phase, the next waiting member leads now
         (returned, to step from its first step); members still waiting when the array stops are returned too."""
-        key = init_key(member.config) if shareable(member.config) else None
-        if key is None or self.leaders.get(key) is not member:
+        if not any(leader is member for leader in self.leaders.values()):
             return []
+        key = init_key(member.config)
         del self.leaders[key]
         self.rng_at_start.pop(id(member), None)
         waiting = self.waiting.pop(key, [])
