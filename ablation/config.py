@@ -106,6 +106,9 @@ class LossConfig(Frozen):
     smooth_target: Literal["gray", "color"] = "gray"  # edge-smoothed image shown to D
     color_scale: Literal["unit", "255"] = "unit"  # YUV on [0,1] (official) or 0-255 (write-up defect)
     color_count: int = Field(1, ge=1, le=2)  # 2 = the write-up's colour term counted twice
+    # 0 = the original's content-only init phase. A random backbone's features carry little colour, so the demo
+    # adds the (unit-scale) colour loss to its init phase: the reconstruction keeps the photo's colours.
+    init_color_weight: float = Field(0.0, ge=0.0)
 
 
 class OptimConfig(Frozen):

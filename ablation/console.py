@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -24,28 +24,32 @@ def make_progress(transient: bool = False) -> Progress:
                     transient=transient)
 
 
-class BarProgress:
-    """Two rich bars: trials done of the study, and the running trial's steps."""
+EtaFn = Callable[[], str]  # the study's time left, as a line (study/eta.py)
 
-    def __init__(self, bar: Progress, name: str, total: int, done: int) -> None:
-        self.bar = bar
-        self.study_task = bar.add_task("trials", total=total, completed=done, info=name)
-        self.trial_task = bar.add_task("  steps", total=None, info="")
+
+class BarProgress:
+    """Two rich bars: trials done of the study (with the study's ETA), and the running array's steps."""
+
+    def __init__(self, bar: Progress, name: str, total: int, done: int, eta: EtaFn) -> None:
+        self.bar, self.eta = bar, eta
+        self.study_task = bar.add_task("trials", total=total, completed=done, info=f"{name}  {eta()}")
+        self.trial_task = bar.add_task("  array step", total=None, info="")
 
     def step(self, step: int, steps: int) -> None:
         if step < (self.bar.tasks[self.trial_task].completed or 0):  # a new trial: restart its clock
             self.bar.reset(self.trial_task)
         self.bar.update(self.trial_task, completed=step, total=steps)
+        self.bar.update(self.study_task, info=self.eta())
 
     def trial_done(self, line: str | None, done: int, total: int) -> None:
-        self.bar.update(self.study_task, completed=done, total=total)
+        self.bar.update(self.study_task, completed=done, total=total, info=self.eta())
 
 
 class LineProgress:
     """One plain line per finished trial: what a log file or a pipe can show (rich bars print at the end)."""
 
-    def __init__(self, out: TextIO, name: str, total: int, done: int) -> None:
-        self.out, self.name, self.started = out, name, time.monotonic()
+    def __init__(self, out: TextIO, name: str, total: int, done: int, eta: EtaFn) -> None:
+        self.out, self.name, self.started, self.eta = out, name, time.monotonic(), eta
         print(f"{name}: {done}/{total} trials done", file=out, flush=True)
 
     def step(self, step: int, steps: int) -> None:
@@ -54,19 +58,22 @@ class LineProgress:
     def trial_done(self, line: str | None, done: int, total: int) -> None:
         if line is not None:
             elapsed = time.monotonic() - self.started
-            print(f"[{done}/{total}] {line} [{elapsed / 60:.1f} min elapsed]", file=self.out, flush=True)
+            print(f"[{done}/{total}] {line} [{elapsed / 60:.1f} min elapsed, {self.eta()}]", file=self.out,
+                  flush=True)
 
 
 @contextmanager
-def study_progress(name: str, total: int, done: int, out: TextIO | None = None
+def study_progress(name: str, total: int, done: int, eta: EtaFn, out: TextIO | None = None
                    ) -> Iterator[BarProgress | LineProgress]:
     """Bars on a terminal, plain lines elsewhere (`ablate run ... > log.txt`, CI, a pipe)."""
     stream = out if out is not None else sys.stdout
     if not stream.isatty():
-        yield LineProgress(stream, name, total, done)
+        yield LineProgress(stream, name, total, done, eta)
         return
-    with make_progress() as bar:
-        yield BarProgress(bar, name, total, done)
+    # no rich ETA column: it would extrapolate trials per minute, blind to shared init phases
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.fields[info]}")) as bar:
+        yield BarProgress(bar, name, total, done, eta)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -145,7 +145,10 @@ METRICS: dict[str, Metric] = {
                          "without one)"),
     "loss/d/total": Metric("minimize", "loss", "discriminator loss that is optimised: the weighted sum"),
     "loss/init/content": Metric("minimize", "loss", "content loss of the generator's init phase, raw term"),
-    "loss/init/total": Metric("minimize", "loss", "init-phase loss that is optimised: content_weight x content"),
+    "loss/init/color": Metric("minimize", "loss", "colour loss of the init phase, raw term (only when "
+                              "loss.init_color_weight > 0, a demo deviation)"),
+    "loss/init/total": Metric("minimize", "loss", "init-phase loss that is optimised: content_weight x content "
+                              "(+ init_color_weight x color)"),
     # --- throughput, over the steps since the previous log point ---
     "perf/step_s": Metric("minimize", "perf", "wall-clock seconds per training step", plotted=False),
     "perf/images_per_s": Metric("maximize", "perf", "training photos per second", plotted=False),

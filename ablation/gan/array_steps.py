@@ -108,9 +108,11 @@ def _update(members: Sequence[StepMember], optimizer: str, values: Sequence[Valu
 
 def init_step(models: FusedModels, members: Sequence[StepMember], batches: Sequence[Batch],
               targets: Sequence[Targets]) -> list[Values]:
-    """Content-only pre-training of every member's G (the original's init phase)."""
-    feat_fake = _fake_features(models, members, generate(models, members, batches))
-    values = [steps.init_losses(m.config, t.feat_photo, f) for m, t, f in zip(members, targets, feat_fake, strict=True)]
+    """Content pre-training of every member's G (the original's init phase)."""
+    fakes = generate(models, members, batches)
+    feat_fake = _fake_features(models, members, fakes)
+    values = [steps.init_losses(m.config, b.real_photo, fake, t.feat_photo, f)
+              for m, b, fake, t, f in zip(members, batches, fakes, targets, feat_fake, strict=True)]
     _update(members, "opt_init", values)
     return [steps.logged("init", v) for v in values]
 

@@ -59,10 +59,17 @@ def compute_targets(backbone: nn.Module, batch: Batch, style_target: str, *, nee
     return Targets(feat_photo=feat_photo, feat_style=backbone(style_image))
 
 
-def init_losses(config: TrainConfig, feat_photo: torch.Tensor, feat_fake: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The init phase's content-only loss of one trial; "total" is what it backpropagates."""
+def init_losses(config: TrainConfig, real_photo: torch.Tensor, fake_anime: torch.Tensor, feat_photo: torch.Tensor,
+                feat_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The init phase's content loss of one trial (+ the colour loss when `loss.init_color_weight` > 0, a demo
+    deviation); "total" is what it backpropagates."""
+    lc = config.loss
     content = losses.content_loss(feat_photo, feat_fake)
-    return {"content": content, "total": config.loss.content_weight * content}
+    if lc.init_color_weight == 0:
+        return {"content": content, "total": lc.content_weight * content}
+    color = losses.color_loss(real_photo, fake_anime, "unit")
+    return {"content": content, "color": color,
+            "total": lc.content_weight * content + lc.init_color_weight * color}
 
 
 # The loss formulas below are split where the one-trial step runs D: each trial's graph is then built in the
@@ -126,8 +133,9 @@ def learning_rates(models: TrialModels, init_phase: bool) -> dict[str, float]:
 
 def init_step(models: TrialModels, backbone: nn.Module, batch: Batch, targets: Targets,
               config: TrainConfig) -> dict[str, torch.Tensor]:
-    """Content-only pre-training of G (the original's init phase)."""
-    values = init_losses(config, targets.feat_photo, backbone(models.generator(batch.real_photo)))
+    """Content pre-training of G (the original's init phase)."""
+    fake_anime = models.generator(batch.real_photo)
+    values = init_losses(config, batch.real_photo, fake_anime, targets.feat_photo, backbone(fake_anime))
     models.opt_init.zero_grad(set_to_none=True)
     values["total"].backward()
     models.opt_init.step()

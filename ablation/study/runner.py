@@ -24,6 +24,7 @@ from ablation.outcomes import Outcome
 from ablation.study import queue, storage
 from ablation.study.arrays import resolve_fuse
 from ablation.study.dry_run import dry_run_lines
+from ablation.study.eta import format_eta, study_eta, update_eta
 from ablation.study.lock import LocalLock
 from ablation.study.recovery import end_unsynced_runs, open_queue, reap_orphans
 from ablation.study.spec import Study, load_study
@@ -174,15 +175,25 @@ def check_data_layout(study: Study) -> None:
 def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: RunOptions) -> int:
     from ablation.console import study_progress
 
+    fuse = resolve_fuse(options.fuse, study)
+    eta = study_eta(study, opt, ctx.trials_dir, fuse)
     # bars on a terminal; one plain line per finished trial in a file or pipe, where bars show nothing
-    with study_progress(study.spec.name, _total(study, opt), _done(opt)) as progress, stop_on_signals(ctx.stop):
-        ctx.on_progress = progress.step
+    with study_progress(study.spec.name, _total(study, opt), _done(opt), lambda: format_eta(eta.remaining_s())) \
+            as progress, stop_on_signals(ctx.stop):
+
+        def on_progress(key: str, step: int, steps: int) -> None:
+            if eta.followed is None or eta.followed.key != key:
+                eta.follow(key)
+            eta.step(step, steps)
+            progress.step(step, steps)
 
         def on_trial_end(trial: optuna.trial.FrozenTrial | None) -> None:
             real = trial is not None and not trial.user_attrs.get("spurious")  # not an empty-queue ask
+            update_eta(eta, study, opt, ctx.trials_dir)
             progress.trial_done(trial_line(study, trial) if real else None, _done(opt), _total(study, opt))
 
-        work(study, opt, ctx, on_trial_end=on_trial_end, fuse=resolve_fuse(options.fuse, study))
+        ctx.on_progress = on_progress
+        work(study, opt, ctx, on_trial_end=on_trial_end, fuse=fuse)
     return 130 if ctx.stop else 0
 
 

@@ -12,6 +12,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class TrialContext:
     parent_run_id: str
     trials_dir: Path  # a path every worker can read: checkpoints and samples live here
     stop: StopFlag = field(default_factory=StopFlag)
-    on_progress: Callable[[int, int], None] | None = None
+    on_progress: Callable[[str, int, int], None] | None = None  # (trial key, steps done, total steps)
     domains_cache: dict[str, Domains] = field(default_factory=dict)
     evaluator_cache: dict[str, TrialEvaluator | None] = field(default_factory=dict)
 
@@ -148,8 +149,8 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
             if request.on_end is not None:
                 request.on_end(outcomes[index])
 
-        return Joiner(request.spec.config, member.folder, member.log, request.on_eval,
-                      ctx.on_progress if index == 0 else None, on_end)
+        progress = partial(ctx.on_progress, request.spec.key) if ctx.on_progress is not None and index == 0 else None
+        return Joiner(request.spec.config, member.folder, member.log, request.on_eval, progress, on_end)
 
     def more(free: int) -> list[Joiner]:
         start = len(handed)

@@ -27,7 +27,8 @@ READ_CHANGES = {  # one change per field the init phase reads
     "model.generator": "v2", "model.generator_sn": True, "model.resize": "half_pixel", "backbone.arch":
     "mobilenet_v2", "backbone.seed": 7, "backbone.width": 1.0, "backbone.preprocess": "signed",
     "data.root": "elsewhere", "data.style": "Paprika", "data.image_size": 64, "data.val_count": 3,
-    "loss.content_weight": 2.0, "loss.smooth_target": "color", "optim.init_lr": 1e-3, "optim.beta1": 0.9,
+    "loss.content_weight": 2.0, "loss.init_color_weight": 5.0,
+    "loss.smooth_target": "color", "optim.init_lr": 1e-3, "optim.beta1": 0.9,
     "optim.beta2": 0.99, "schedule.batch_size": 4, "schedule.init_epochs": 2, "schedule.steps_per_epoch": 5,
     "schedule.log_every": 3, "runtime.amp": False, "runtime.threads": 1, "seed": 3,
 }

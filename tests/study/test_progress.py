@@ -28,12 +28,15 @@ def test_plain_line_per_finished_trial_when_piped(tmp_path: Path) -> None:
     assert len(lines) == 2, out.stdout
     for done, line in enumerate(lines, start=1):
         assert re.fullmatch(rf"\[{done}/2\] style_weight=[36] seed=0: finished, loss/g/style [0-9.e+-]+, "
-                            r"loss/g/content [0-9.e+-]+ \(\d+ s\) \[\d+\.\d min elapsed\]", line), line
+                            r"loss/g/content [0-9.e+-]+ \(\d+ s\) \[\d+\.\d min elapsed, eta \d+:\d\d "
+                            r"\(measured step times; shared init phases counted once\)\]", line), line
+    assert lines[-1].endswith("eta 0:00 (measured step times; shared init phases counted once)]")
     assert "━" not in out.stdout  # no rich bar drawn into the pipe
 
 
 def test_terminal_gets_bars_and_a_file_gets_lines(tmp_path: Path) -> None:
-    with (tmp_path / "log.txt").open("w") as handle, study_progress("s", 3, 1, out=handle) as progress:
+    log = (tmp_path / "log.txt").open("w")
+    with log as handle, study_progress("s", 3, 1, lambda: "eta 1:05", out=handle) as progress:
         assert isinstance(progress, LineProgress)
         progress.step(5, 10)  # per-step updates print nothing
         progress.trial_done("a seed=0: finished (1 s)", 2, 3)
@@ -41,6 +44,7 @@ def test_terminal_gets_bars_and_a_file_gets_lines(tmp_path: Path) -> None:
     text = (tmp_path / "log.txt").read_text().splitlines()
     assert text[0] == "s: 1/3 trials done"
     assert len(text) == 2 and text[1].startswith("[2/3] a seed=0: finished (1 s) [")
+    assert text[1].endswith(" min elapsed, eta 1:05]")
 
 
 @pytest.mark.parametrize("outcome", ["finished", "diverged", "pruned", "failed", "interrupted", "crashed"])

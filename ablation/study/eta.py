@@ -1,0 +1,143 @@
+"""The study's time left: the steps still to train, in measured step times, counting each shared init phase once.
+
+A trial that continues a stored init phase (gan/init_cache.py) trains only its GAN steps, so the work left is
+the GAN steps of every unfinished trial plus the init steps of each init identity not computed yet. Init and GAN
+steps are timed apart (a GAN step runs D and G; an init step runs G only), from consecutive steps of the trial the
+display follows; a jump (a continued init phase, a resume) is not a step taken and is not timed. The timing
+includes the evaluations and checkpoints between steps: they are part of the wall-clock time a study takes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+
+from ablation.config import TrainConfig, with_overrides
+from ablation.gan.init_cache import INIT_DIR, init_key, shareable
+from ablation.study import queue
+from ablation.study.spec import Study
+
+# Until a GAN step has been timed, its cost is guessed from the init step: D + G over G alone, measured at 64 px
+# on a 2-core CPU (MobileNetV2 0.64 / 0.50 s, VGG19 1.0 / 0.8 s; README "Demo").
+GAN_OVER_INIT = 1.3
+
+
+@dataclass(frozen=True)
+class TrialWork:
+    """One planned trial's steps, and the init identity it may share (None: it computes its own)."""
+
+    key: str
+    init_key: str | None
+    init_steps: int
+    gan_steps: int
+
+
+def trial_work(key: str, config: TrainConfig) -> TrialWork:
+    schedule = config.schedule
+    init_steps = min(schedule.init_epochs, schedule.epochs) * schedule.steps_per_epoch
+    total = schedule.epochs * schedule.steps_per_epoch
+    return TrialWork(key, init_key(config) if shareable(config) else None, init_steps, total - init_steps)
+
+
+def stored_init_keys(trials_dir: Path) -> set[str]:
+    """Init identities already computed by any worker (their entry's identity file is written last)."""
+    return {path.stem for path in (trials_dir / INIT_DIR).glob("*.json")}
+
+
+class StudyEta:
+    """Fed by the display: `follow(key)` when a trial starts reporting, `step(step, steps)` from its progress,
+    `update(done, stored)` as trials end; `remaining_s()` for the display."""
+
+    def __init__(self, work: list[TrialWork], width: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self.work = {trial.key: trial for trial in work}
+        self.width = max(width, 1)  # trials trained at once: an array step advances each of its members
+        self.clock = clock
+        self.seconds = {"init": 0.0, "gan": 0.0}
+        self.count = {"init": 0, "gan": 0}
+        self.followed: TrialWork | None = None  # the trial whose progress the display shows
+        self.last: tuple[int, float] | None = None  # (step, time) of its last progress call
+        self.done: set[str] = set()
+        self.stored: set[str] = set()
+
+    def update(self, done: Iterable[str], stored: Iterable[str]) -> None:
+        """The trial keys that ended and the init identities stored so far."""
+        self.done, self.stored = set(done), set(stored)
+
+    def follow(self, key: str) -> None:
+        self.followed, self.last = self.work.get(key), None
+
+    def step(self, step: int, steps: int) -> None:
+        now = self.clock()
+        if self.last is not None and step == self.last[0] + 1 and self.followed is not None:
+            phase = "init" if step <= self.followed.init_steps else "gan"
+            self.seconds[phase] += now - self.last[1]
+            self.count[phase] += 1
+        self.last = (step, now)
+
+    def step_s(self, phase: str) -> float | None:
+        if self.count[phase]:
+            return self.seconds[phase] / self.count[phase]
+        if phase == "gan" and self.count["init"]:
+            return GAN_OVER_INIT * self.seconds["init"] / self.count["init"]
+        return None
+
+    def steps_left(self) -> tuple[int, int]:
+        """(init steps, GAN steps) still to train over the study: each init identity once, unless stored."""
+        init_left = gan_left = 0
+        counted = set(self.stored)
+        followed, at = self.followed, self.last[0] if self.last is not None else 0
+        if followed is not None and followed.key not in self.done:
+            gan_left += followed.gan_steps - max(at - followed.init_steps, 0)
+            if at < followed.init_steps:  # it computes its init phase now (a continued one jumps past it)
+                init_left += followed.init_steps - at
+            if followed.init_key is not None:
+                counted.add(followed.init_key)
+        for trial in self.work.values():
+            if trial.key in self.done or trial is followed:
+                continue
+            gan_left += trial.gan_steps
+            if trial.init_key is None or trial.init_key not in counted:
+                init_left += trial.init_steps
+                if trial.init_key is not None:
+                    counted.add(trial.init_key)
+        return init_left, gan_left
+
+    def remaining_s(self) -> float | None:
+        """Seconds left, or None until a step has been timed."""
+        init_s, gan_s = self.step_s("init"), self.step_s("gan")
+        init_left, gan_left = self.steps_left()
+        if (init_left and init_s is None) or (gan_left and gan_s is None):
+            return None
+        return (init_left * (init_s or 0.0) + gan_left * (gan_s or 0.0)) / self.width
+
+
+def study_eta(study: Study, opt: optuna.Study, trials_dir: Path, fuse: int) -> StudyEta:
+    """The ETA over every planned trial; a search's points are unknown ahead, so each counts as the base config
+    with one of the study's seeds."""
+    if study.spec.method == "search" and study.spec.search is not None:
+        seeds = study.spec.seeds
+        work = [trial_work(f"point-{i}", with_overrides(study.base_config, {"seed": seeds[i % len(seeds)]}))
+                for i in range(study.spec.search.n_trials)]
+    else:
+        work = [trial_work(trial.key, trial.config) for trial in study.trials]
+    eta = StudyEta(work, width=fuse)
+    update_eta(eta, study, opt, trials_dir)
+    return eta
+
+
+def update_eta(eta: StudyEta, study: Study, opt: optuna.Study, trials_dir: Path) -> None:
+    ended = [key for key, trial in queue.latest_by_key(opt).items() if queue.outcome_of(trial).done]
+    if study.spec.method == "search":  # points are interchangeable: count them
+        ended = list(eta.work)[:len(ended)]
+    eta.update(ended, stored_init_keys(trials_dir))
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "eta: timing the first steps"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"eta {minutes}:{secs:02d} (measured step times; shared init phases counted once)"
