@@ -206,6 +206,15 @@ def _converted_numerics(raw: Any, path: Path, cfg: BackboneConfig) -> dict[str, 
             "source_sha256": str(raw.get("source_sha256", ""))}
 
 
+def imagenet_on_disk(cfg: BackboneConfig) -> bool:
+    """Whether torchvision's ImageNet weights for this backbone are in the hub cache: loadable with no download."""
+    arch = ARCHES.get(cfg.arch)
+    weights_enum = arch.imagenet_weights(cfg) if arch is not None else None
+    if weights_enum is None:
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / weights_enum.url.rsplit("/", 1)[-1]).is_file()
+
+
 def _load_imagenet(cfg: BackboneConfig, arch: Arch) -> tuple[Any, str]:
     weights_enum = arch.imagenet_weights(cfg)
     if weights_enum is None:

@@ -23,7 +23,7 @@ def dry_run_lines(study: Study, fuse: int = 1) -> list[str]:
     width = max(len(cell.label) for cell in study.cells)
     for cell in study.cells:  # one line per cell: what the arm resolved to, incl. the backbone's weights
         lines.append(f"  {cell.label:<{width}}  backbone={backbone_text(cell.config)}  cell={cell.key}  seeds={seeds}")
-    lines += shared_init_lines(study)
+    lines += shared_init_lines(study) + offline_lines(study)
     if fuse > 1:  # which trials one worker trains together (several workers claim the same way, in turns)
         arrays = planned_arrays(study, fuse)
         lines.append(f"arrays (--fuse {fuse}): {len(arrays)} of up to {fuse} trials")
@@ -45,6 +45,15 @@ def shared_init_lines(study: Study) -> list[str]:
     lines = [f"init phases: {len(groups)} distinct for {sum(len(n) for n in groups.values())} trials; {saved} "
              "trials continue a shared one instead of computing it (stored under <trials dir>/_init)"]
     return lines + ["  shared: " + ", ".join(names) for names in shared]
+
+
+def offline_lines(study: Study) -> list[str]:
+    """What an offline (--demo) run could not run as written: ImageNet weights, and the arms that need them."""
+    if not study.offline_random:
+        return []
+    lines = ["backbone.weights random instead of imagenet: no ImageNet weights on disk and a demo downloads "
+             "nothing, so pretrained vs random is not tested"]
+    return lines + [f"arm {arm} not run: without ImageNet weights it is {same}" for arm, same in study.merged]
 
 
 def backbone_text(config: TrainConfig) -> str:

@@ -4,7 +4,8 @@ A trial that continues a stored init phase (gan/init_cache.py) trains only its G
 the GAN steps of every unfinished trial plus the init steps of each init identity not computed yet. Init and GAN
 steps are timed apart (a GAN step runs D and G; an init step runs G only), from consecutive steps of the trial the
 display follows; a jump (a continued init phase, a resume) is not a step taken and is not timed. The timing
-includes the evaluations and checkpoints between steps: they are part of the wall-clock time a study takes.
+includes the evaluations and checkpoints between steps. What a trial costs besides its steps (set-up, the final
+evaluation, artifacts, MLflow) is measured per followed trial and added once per trial left.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class StudyEta:
         self.seconds = {"init": 0.0, "gan": 0.0}
         self.count = {"init": 0, "gan": 0}
         self.followed: TrialWork | None = None  # the trial whose progress the display shows
+        self.followed_key = ""  # its trial key (a search point's differs from its stand-in's)
         self.last: tuple[int, float] | None = None  # (step, time) of its last progress call
+        self.started = 0.0  # when the followed trial began reporting
+        self.in_steps = 0.0  # seconds of timed steps since then
+        self.overhead = {"seconds": 0.0, "trials": 0}  # per trial, outside its timed steps
         self.done: set[str] = set()
         self.stored: set[str] = set()
 
@@ -68,7 +73,10 @@ class StudyEta:
         self.done, self.stored = set(done), set(stored)
 
     def follow(self, key: str) -> None:
-        self.followed, self.last = self.work.get(key), None
+        """Follow trial `key`; a key not planned ahead (a search point) stands in for the next planned trial."""
+        self.followed = self.work.get(key) or next((w for w in self.work.values() if w.key not in self.done), None)
+        self.followed_key = key
+        self.last, self.started, self.in_steps = None, self.clock(), 0.0
 
     def step(self, step: int, steps: int) -> None:
         now = self.clock()
@@ -76,7 +84,15 @@ class StudyEta:
             phase = "init" if step <= self.followed.init_steps else "gan"
             self.seconds[phase] += now - self.last[1]
             self.count[phase] += 1
+            self.in_steps += now - self.last[1]
         self.last = (step, now)
+
+    def ended(self, key: str) -> None:
+        """A trial ended; when it is the followed one, its time outside the timed steps is measured."""
+        if self.followed is not None and self.followed_key == key:
+            self.overhead["seconds"] += max(self.clock() - self.started - self.in_steps, 0.0)
+            self.overhead["trials"] += 1
+            self.followed, self.last = None, None
 
     def step_s(self, phase: str) -> float | None:
         if self.count[phase]:
@@ -112,7 +128,9 @@ class StudyEta:
         init_left, gan_left = self.steps_left()
         if (init_left and init_s is None) or (gan_left and gan_s is None):
             return None
-        return (init_left * (init_s or 0.0) + gan_left * (gan_s or 0.0)) / self.width
+        trials_left = sum(key not in self.done for key in self.work)
+        per_trial = self.overhead["seconds"] / self.overhead["trials"] if self.overhead["trials"] else 0.0
+        return (init_left * (init_s or 0.0) + gan_left * (gan_s or 0.0) + trials_left * per_trial) / self.width
 
 
 def study_eta(study: Study, opt: optuna.Study, trials_dir: Path, fuse: int) -> StudyEta:

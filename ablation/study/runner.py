@@ -23,7 +23,7 @@ from ablation.gan.trainer import stop_on_signals
 from ablation.outcomes import Outcome
 from ablation.study import queue, storage
 from ablation.study.arrays import resolve_fuse
-from ablation.study.dry_run import dry_run_lines
+from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
 from ablation.study.lock import LocalLock
 from ablation.study.recovery import end_unsynced_runs, open_queue, reap_orphans
@@ -54,7 +54,7 @@ class RunOptions:
 
 def resolve_study(path: Path, options: RunOptions) -> Study:
     overrides = {**(prepare_demo() if options.demo else {}), **dict(options.overrides)}
-    return load_study(path, overrides, name_suffix="-demo" if options.demo else "")
+    return load_study(path, overrides, name_suffix="-demo" if options.demo else "", offline=options.demo)
 
 
 def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
@@ -100,7 +100,8 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
 
 def demo_changes(path: Path, study: Study, options: RunOptions) -> list[str]:
     faithful = load_study(path, dict(options.overrides)).base_config
-    return demo_deviations(faithful.model_dump(mode="json"), study.base_config.model_dump(mode="json"))
+    return (demo_deviations(faithful.model_dump(mode="json"), study.base_config.model_dump(mode="json"))
+            + offline_lines(study))
 
 
 def connect(study: Study, path: Path, options: RunOptions, create: bool
@@ -182,13 +183,15 @@ def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: 
             as progress, stop_on_signals(ctx.stop):
 
         def on_progress(key: str, step: int, steps: int) -> None:
-            if eta.followed is None or eta.followed.key != key:
+            if eta.followed is None or eta.followed_key != key:
                 eta.follow(key)
             eta.step(step, steps)
             progress.step(step, steps)
 
         def on_trial_end(trial: optuna.trial.FrozenTrial | None) -> None:
             real = trial is not None and not trial.user_attrs.get("spurious")  # not an empty-queue ask
+            if real and (key := queue.key_of(trial)) is not None:
+                eta.ended(key)
             update_eta(eta, study, opt, ctx.trials_dir)
             progress.trial_done(trial_line(study, trial) if real else None, _done(opt), _total(study, opt))
 

@@ -15,9 +15,19 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from ablation.config import Frozen, TrainConfig, apply_overrides, build_config, cell_hash, field_paths, read_yaml
+from ablation.config import (
+    Frozen,
+    TrainConfig,
+    apply_overrides,
+    build_config,
+    cell_hash,
+    field_paths,
+    read_yaml,
+    with_overrides,
+)
 from ablation.errors import UserError, from_validation_error, problem
 from ablation.evaluation import registry
+from ablation.gan.backbone import imagenet_on_disk
 from ablation.study import checks
 
 
@@ -149,6 +159,10 @@ class Study:
     path: Path
     base: dict[str, Any]  # base config data with the study overrides applied (validated)
     cells: tuple[Cell, ...]
+    # offline (--demo): ImageNet weights not on disk became random; each arm that thereby equals an earlier
+    # one is not run: (its label, the label of the cell it equals)
+    offline_random: bool = False
+    merged: tuple[tuple[str, str], ...] = ()
 
     @property
     def trials(self) -> list[TrialSpec]:
@@ -170,8 +184,12 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-def load_study(path: Path, extra_overrides: dict[str, Any] | None = None, name_suffix: str = "") -> Study:
-    """Read, validate and expand a study; every problem is reported before any training starts."""
+def load_study(path: Path, extra_overrides: dict[str, Any] | None = None, name_suffix: str = "",
+               offline: bool = False) -> Study:
+    """Read, validate and expand a study; every problem is reported before any training starts.
+
+    `offline` (the demo downloads nothing): a cell asking for ImageNet weights that are not on disk gets random
+    weights, and a cell that thereby equals an earlier one is merged into it (`Study.merged`)."""
     raw = read_yaml(path)
     try:
         spec = StudySpec.model_validate(raw)
@@ -189,13 +207,13 @@ def load_study(path: Path, extra_overrides: dict[str, Any] | None = None, name_s
     errors += _check_axes(spec, base, path)
     if errors:
         raise UserError(*errors)
-    cells = _expand(spec, base, path) if spec.method == "grid" else ()
+    cells, merged, substituted = _expand(spec, base, path, offline) if spec.method == "grid" else ((), (), False)
     configs = [cell.config for cell in cells] or [build_config(_copy(base), path, "base.")]
     errors += checks.seed_problems(path, spec.seeds, configs)
     errors += checks.objective_problems(path, [o.metric for o in spec.objectives], configs)
     if errors:
         raise UserError(*errors)
-    return Study(spec=spec, path=path, base=base, cells=cells)
+    return Study(spec=spec, path=path, base=base, cells=cells, offline_random=substituted, merged=merged)
 
 
 def _collect(errors: list[str], action: Any) -> Any:
@@ -261,10 +279,14 @@ def _validate_with(base: dict[str, Any], overrides: dict[str, Any], path: Path, 
         raise UserError(*(f"{path}: {where}: {line}" for line in lines)) from None
 
 
-def _expand(spec: StudySpec, base: dict[str, Any], path: Path) -> tuple[Cell, ...]:
+def _expand(spec: StudySpec, base: dict[str, Any], path: Path, offline: bool = False
+            ) -> tuple[tuple[Cell, ...], tuple[tuple[str, str], ...], bool]:
+    """The cells; with `offline`, also the cells merged into an earlier one and whether weights were replaced."""
     arms = list(spec.arms.items()) or [(None, {})]
     axes = list(spec.axes.items())
     cells: dict[str, Cell] = {}
+    merged: list[tuple[str, str]] = []
+    substituted: set[str] = set()  # keys of cells whose ImageNet weights became random
     errors: list[str] = []
     for arm, arm_overrides in arms:
         for combo in itertools.product(*(values for _, values in axes)):
@@ -276,16 +298,25 @@ def _expand(spec: StudySpec, base: dict[str, Any], path: Path) -> tuple[Cell, ..
                                                                                               f"cell [{where}]"))
             if config is None:
                 continue
+            label = re.sub(r"^arm=", "", " ".join(f"{short_name(p) if p != 'arm' else 'arm'}={format_value(v)}"
+                                                  for p, v in varied))
+            replaced = offline and config.backbone.weights == "imagenet" and not imagenet_on_disk(config.backbone)
+            if replaced:
+                config = with_overrides(config, {"backbone.weights": "random"})
             key = cell_hash(config)
+            if replaced:
+                substituted.add(key)
+            if key in cells and key in substituted:
+                merged.append((label, cells[key].label))
+                continue
             if key in cells:
                 errors.append(problem(path, f"cell [{where}]", "a distinct configuration",
                                       f"<the same config as cell [{cells[key].label}]>"))
                 continue
-            label = " ".join(f"{short_name(p) if p != 'arm' else 'arm'}={format_value(v)}" for p, v in varied)
-            cells[key] = Cell(key, re.sub(r"^arm=", "", label), tuple(varied), config)
+            cells[key] = Cell(key, label, tuple(varied), config)
     if errors:
         raise UserError(*errors)
-    return tuple(cells.values())
+    return tuple(cells.values()), tuple(merged), bool(substituted)
 
 
 def search_cell(study: Study, params: dict[str, Any]) -> Cell:

@@ -96,3 +96,33 @@ def test_stored_init_keys_are_read_from_the_trials_folder(tmp_path: Path) -> Non
     (tmp_path / INIT_DIR / "abc.pt").write_bytes(b"")
     (tmp_path / INIT_DIR / "def.pt").write_bytes(b"")  # its identity file is written last: not stored yet
     assert stored_init_keys(tmp_path) == {"abc"}
+
+
+def test_time_outside_the_steps_is_measured_per_trial_and_added_per_trial_left() -> None:
+    clock = Clock()
+    eta = StudyEta(three_levels_two_seeds(), clock=clock)
+    eta.follow("w1-s0")
+    clock.now += 4.0  # set-up before its first step: not a step
+    for step in range(1, 31):
+        eta.step(step, 30)
+        clock.now += 0.5 if step < 20 else 1.0  # 19 timed init gaps of 0.5 s (step 1 starts the clock) ...
+    clock.now += 6.0  # ... its final evaluation, artifacts and MLflow
+    eta.ended("w1-s0")
+    eta.update(done=["w1-s0"], stored=["init-s0"])
+    # 4 s set-up + 1 s after step 30 + 6 s = 11 s outside the timed steps
+    assert eta.overhead == {"seconds": pytest.approx(11.0), "trials": 1}
+    assert eta.steps_left() == (20, 50)
+    assert eta.remaining_s() == pytest.approx(20 * 0.5 + 50 * 1.0 + 5 * 11.0)
+
+
+def test_a_search_point_stands_in_for_the_next_planned_trial() -> None:
+    clock = Clock()
+    eta = StudyEta([TrialWork(f"point-{i}", "init-s0", 20, 10) for i in range(3)], clock=clock)
+    eta.follow("c0ffee-s0")  # a point's key is known only once Optuna asks for it
+    assert eta.followed is not None and eta.followed.key == "point-0"
+    for step in range(1, 6):
+        clock.now += 0.5
+        eta.step(step, 30)
+    assert eta.steps_left() == (15, 30)  # its own init phase, shared by the other points
+    eta.ended("c0ffee-s0")
+    assert eta.overhead["trials"] == 1

@@ -1,0 +1,59 @@
+"""A --demo run downloads nothing: arms that ask for ImageNet weights not on disk run with random weights, and
+an arm that thereby equals another is not run twice (studies/writeup.yaml: exp4 = exp3 without pretraining)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torchvision.models import MobileNet_V2_Weights
+
+from ablation.study.dry_run import offline_lines
+from ablation.study.spec import load_study
+
+WRITEUP = Path(__file__).resolve().parents[2] / "studies" / "writeup.yaml"
+
+
+@pytest.fixture
+def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "torch"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    return home
+
+
+def test_offline_arms_get_random_weights_and_equal_arms_merge(empty_torch_home: Path) -> None:
+    study = load_study(WRITEUP, offline=True)
+    labels = [cell.label for cell in study.cells]
+    assert len(labels) == 8 and "exp4_style10_pretrained" not in labels and "exp3_style10_random" in labels
+    assert {cell.config.backbone.weights for cell in study.cells} == {"random"}
+    assert study.merged == (("exp4_style10_pretrained", "exp3_style10_random"),)
+    assert offline_lines(study) == [
+        "backbone.weights random instead of imagenet: no ImageNet weights on disk and a demo downloads nothing, "
+        "so pretrained vs random is not tested",
+        "arm exp4_style10_pretrained not run: without ImageNet weights it is exp3_style10_random"]
+
+
+def test_weights_on_disk_are_used_and_a_faithful_load_never_substitutes(empty_torch_home: Path) -> None:
+    faithful = load_study(WRITEUP)
+    assert len(faithful.cells) == 9 and not faithful.offline_random and faithful.merged == ()
+    assert [c.config.backbone.weights for c in faithful.cells].count("imagenet") == 8
+    checkpoints = empty_torch_home / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / MobileNet_V2_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]).write_bytes(b"weights")
+    offline = load_study(WRITEUP, offline=True)  # the file is there: nothing to substitute
+    assert len(offline.cells) == 9 and not offline.offline_random and offline_lines(offline) == []
+
+
+def test_writeup_demo_dry_run_works_without_imagenet_weights(tmp_path: Path, empty_torch_home: Path) -> None:
+    env = dict(os.environ, TORCH_HOME=str(empty_torch_home), ABLATE_DEMO_DIR=str(tmp_path / "demo"))
+    out = subprocess.run([sys.executable, "-m", "ablation.cli", "run", str(WRITEUP), "--demo", "--dry-run",
+                          "--storage", f"sqlite:///{tmp_path}/o.db", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "study writeup-demo: 8 cells x 3 seeds = 24 trials" in out.stdout
+    assert "arm exp4_style10_pretrained not run: without ImageNet weights it is exp3_style10_random" in out.stdout
+    cell_lines = [line for line in out.stdout.splitlines() if "  cell=" in line]
+    assert len(cell_lines) == 8 and all("backbone=mobilenet_v2 width 1 random" in line for line in cell_lines)
