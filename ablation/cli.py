@@ -177,6 +177,9 @@ def ui(tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP), port: 
     from ablation.study.tracking import tracking_uri as resolve
 
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve(tracking_uri), "--port", str(port)]
+    # the UI opens in its GenAI view unless told otherwise (ablation/study/note.py runs_page)
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning "
+               "(the 'Model training' switch at the top left; open a study's experiment, expand its parent run)")
     raise typer.Exit(subprocess.call(command))
 
 

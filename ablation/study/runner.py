@@ -26,6 +26,7 @@ from ablation.study.arrays import resolve_fuse
 from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
 from ablation.study.lock import LocalLock
+from ablation.study.note import EXPERIMENT_KIND, experiment_note
 from ablation.study.recovery import end_unsynced_runs, open_queue, reap_orphans
 from ablation.study.spec import Study, load_study
 from ablation.study.tracking import TAG_DEMO, Tracker
@@ -109,7 +110,8 @@ def connect(study: Study, path: Path, options: RunOptions, create: bool
     """The study's MLflow experiment and parent run, and its Optuna queue (created by launchers only)."""
     url = storage.storage_url(options.storage)
     tracker = Tracker(options.tracking_uri, options.artifact_root)
-    experiment_id = tracker.experiment_id(study.spec.name)
+    experiment_id = tracker.experiment_id(study.spec.name, {"mlflow.experimentKind": EXPERIMENT_KIND,
+                                                            "mlflow.note.content": experiment_note(study)})
     parent_id = tracker.parent_run(experiment_id, study.spec.name, path, _provenance())
     opt = queue.open_study(study, open_queue(url, tracker), create=create)
     ctx = TrialContext(study.spec.name, tracker, experiment_id, parent_id, options.trials_dir)

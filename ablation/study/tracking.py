@@ -80,17 +80,24 @@ class Tracker:
         return retry(action, what, self.uri)
 
     # ---- study level -------------------------------------------------------------------------------
-    def experiment_id(self, name: str) -> str:
+    def experiment_id(self, name: str, tags: dict[str, str] | None = None) -> str:
+        """The experiment of a study (created or restored), with `tags` set on it every time: its kind and
+        description follow the study file."""
         found = self._retry(lambda: self.client.get_experiment_by_name(name), "get experiment")
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
-            return found.experiment_id
-        location = None
-        if self.artifact_root is not None and not self.uri.startswith(("http", "databricks")):
-            location = (self.artifact_root.resolve() / name).as_uri()
-        return self._retry(lambda: self.client.create_experiment(name, artifact_location=location),
-                           "create experiment")
+            experiment_id = found.experiment_id
+        else:
+            location = None
+            if self.artifact_root is not None and not self.uri.startswith(("http", "databricks")):
+                location = (self.artifact_root.resolve() / name).as_uri()
+            experiment_id = self._retry(lambda: self.client.create_experiment(name, artifact_location=location),
+                                        "create experiment")
+        for key, value in (tags or {}).items():
+            self._retry(lambda key=key, value=value: self.client.set_experiment_tag(experiment_id, key, value),
+                        "tag experiment")
+        return experiment_id
 
     def parent_run(self, experiment_id: str, study: str, study_yaml: Path, tags: dict[str, str]) -> str:
         """Found again by tag, so re-running a study reuses its parent run."""
