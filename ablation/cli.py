@@ -170,6 +170,33 @@ def report(
 
 
 @app.command()
+def best(
+    study: str = typer.Argument(..., help="study name or study YAML"),
+    metric: str | None = typer.Option(None, help="rank by this metric (default: the study's first objective)"),
+    top: int | None = typer.Option(None, min=1, help="only the N best cells"),
+    json_out: bool = typer.Option(False, "--json", help="print JSON for scripts"),
+    demo: bool = typer.Option(False, help="the --demo variant of the study"),
+    tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+) -> None:
+    """Rank the finished trials: cells by their mean over seeds (95% interval), with run ids and weights."""
+    import json
+
+    from ablation.report.best import as_json, rank, table_lines
+    from ablation.study.runner import RunOptions, resolve_study
+    from ablation.study.tracking import Tracker
+
+    spec, name = None, f"{study}-demo" if demo else study
+    if study.endswith((".yaml", ".yml")):
+        resolved = resolve_study(Path(study), RunOptions(demo=demo))
+        spec, name = resolved.spec, resolved.spec.name
+    chosen, direction, cells = rank(Tracker(tracking_uri), name, spec, metric, top)
+    if json_out:
+        typer.echo(json.dumps(as_json(chosen, direction, cells), indent=2))
+    else:
+        typer.echo("\n".join(table_lines(chosen, direction, cells)))
+
+
+@app.command()
 def ui(tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP), port: int = typer.Option(5000)) -> None:
     """Open the MLflow UI on the study runs (mlflow ui)."""
     import subprocess

@@ -84,13 +84,13 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
     if parent is None and not runs:
         raise UserError(problem(tracker.uri, "study", f"an MLflow experiment named {name} with runs "
                                 "(run it with `ablate run`, or pass --tracking-uri)", _not_found(name, tracker)))
-    study_yaml = _study_yaml(tracker, parent, study, workdir)
-    spec = study.spec if study is not None else _parse_spec(study_yaml)
-    attempts = pd.DataFrame([_row(run) for run in runs], columns=None if runs else list(_row_columns()))
+    study_yaml = study_yaml_text(tracker, parent, study, workdir)
+    spec = study.spec if study is not None else parse_spec(study_yaml)
+    attempts = pd.DataFrame([run_row(run) for run in runs], columns=None if runs else list(_row_columns()))
     for column in ("seed", "diverged_step", "optuna", "steps"):  # nullable ints, not floats with nan
         if column in attempts:
             attempts[column] = attempts[column].astype("Int64")
-    trials = _newest_per_key(attempts) if runs else attempts
+    trials = newest_per_key(attempts) if runs else attempts
     axes = _axes(spec, trials)
     trials = _order(trials, axes)
     params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c not in RUN_PARAMS)
@@ -108,7 +108,7 @@ def _not_found(name: str, tracker: Tracker) -> str:
     return f"<not found>; found: {close[0]}{hint}"
 
 
-def _row(run: Any) -> dict[str, Any]:
+def run_row(run: Any) -> dict[str, Any]:
     tags, info = run.data.tags, run.info
     end = info.end_time or None
     row: dict[str, Any] = {
@@ -141,13 +141,13 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def _newest_per_key(attempts: pd.DataFrame) -> pd.DataFrame:
+def newest_per_key(attempts: pd.DataFrame) -> pd.DataFrame:
     """A re-run supersedes an abandoned attempt: newest FINISHED run per key, else the newest of any."""
     ranked = attempts.assign(_done=attempts["status"].eq("FINISHED")).sort_values(["_done", "start_ms"])
     return ranked.groupby("key", sort=False).tail(1).drop(columns="_done")
 
 
-def _study_yaml(tracker: Tracker, parent: Any, study: Study | None, workdir: Path) -> str:
+def study_yaml_text(tracker: Tracker, parent: Any, study: Study | None, workdir: Path) -> str:
     """The file just run wins: the parent run is reused across edits and keeps the first YAML it saw."""
     if study is not None and study.path.exists():
         return study.path.read_text()
@@ -159,7 +159,7 @@ def _study_yaml(tracker: Tracker, parent: Any, study: Study | None, workdir: Pat
     return ""
 
 
-def _parse_spec(text: str) -> StudySpec | None:
+def parse_spec(text: str) -> StudySpec | None:
     """`ablate report NAME` has no Study object: rebuild the spec from the YAML the parent run kept."""
     try:
         return StudySpec.model_validate(yaml.safe_load(text) or {})

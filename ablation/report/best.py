@@ -1,0 +1,128 @@
+"""`ablate best STUDY`: the finished trials ranked by a metric, cells by their mean over seeds with a t-interval,
+each trial with its run id and where its generator's weights are."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ablation.errors import UserError, problem
+from ablation.evaluation import registry
+from ablation.report.data import M, newest_per_key, parse_spec, run_row, study_yaml_text
+from ablation.report.stats import mean_ci
+from ablation.study.spec import StudySpec
+from ablation.study.tracking import Tracker
+
+WEIGHTS = "model/generator.pt"  # the artifact every finished trial logs (study/trial.py)
+
+
+@dataclass(frozen=True)
+class RankedTrial:
+    seed: int | None
+    value: float
+    run_id: str
+    weights: str  # runs:/<run id>/model/generator.pt
+
+
+@dataclass(frozen=True)
+class RankedCell:
+    rank: int
+    cell: str
+    label: str
+    mean: float
+    ci_low: float
+    ci_high: float
+    trials: list[RankedTrial]  # best first
+
+
+def ranking_metric(spec: StudySpec | None, metric: str | None, source: str) -> tuple[str, str]:
+    """(metric, direction): the study's first objective, or a registry metric named by --metric."""
+    if metric is None:
+        if spec is None or not spec.objectives:
+            raise UserError(problem(source, "--metric", "a metric key (the study's objectives are unknown)", "none"))
+        return spec.objectives[0].metric, spec.objectives[0].direction
+    for objective in spec.objectives if spec is not None else []:
+        if objective.metric == metric:
+            return metric, objective.direction
+    known = registry.find(metric)
+    if known is None or known.direction is None:
+        raise UserError(problem(source, "--metric", "a metric with a direction, e.g. one of: "
+                                + ", ".join(registry.objective_names()), metric))
+    return metric, known.direction
+
+
+def rank(tracker: Tracker, name: str, spec: StudySpec | None = None, metric: str | None = None,
+         top: int | None = None) -> tuple[str, str, list[RankedCell]]:
+    """(metric, direction, cells best first) over the study's finished trials (newest attempt per trial)."""
+    runs = tracker.trial_runs(name)
+    if not runs:
+        raise UserError(problem(tracker.uri, "study", f"an MLflow experiment named {name} with finished trials "
+                                "(run it with `ablate run`, or pass --tracking-uri / --demo)", "<no trial runs>"))
+    if spec is None:  # the study file the parent run kept
+        with tempfile.TemporaryDirectory(prefix="ablate-best-") as tmp:
+            spec = parse_spec(study_yaml_text(tracker, tracker.parent_run_of(name), None, Path(tmp)))
+    metric, direction = ranking_metric(spec, metric, f"study {name}")
+    trials = newest_per_key(pd.DataFrame([run_row(run) for run in runs]))
+    column = M + metric
+    finished = trials[trials["outcome"].eq("finished")]
+    if column not in finished or not finished[column].notna().any():
+        raise UserError(problem(f"study {name}", "--metric", "a metric its finished trials logged",
+                                f"{metric} (logged: {', '.join(_logged(finished)) or 'none'})"))
+    sign = 1.0 if direction == "minimize" else -1.0
+    cells = []
+    for cell, group in finished.groupby("cell", sort=False):
+        values = [float(v) for v in group[column] if _finite(v)]
+        if not values:
+            continue
+        mean, low, high = mean_ci(values)
+        members = sorted((RankedTrial(_seed(row["seed"]), float(row[column]), row["run_id"],
+                                      f"runs:/{row['run_id']}/{WEIGHTS}")
+                          for _, row in group.iterrows() if _finite(row[column])), key=lambda t: sign * t.value)
+        cells.append((sign * mean, str(cell), str(group["label"].iloc[0]), mean, low, high, members))
+    cells.sort(key=lambda c: (c[0], c[2]))
+    ranked = [RankedCell(i + 1, cell, label, mean, low, high, members)
+              for i, (_, cell, label, mean, low, high, members) in enumerate(cells)]
+    return metric, direction, ranked[:top] if top else ranked
+
+
+def as_json(metric: str, direction: str, cells: list[RankedCell]) -> dict[str, Any]:
+    return {"metric": metric, "direction": direction, "cells": [asdict(cell) for cell in cells]}
+
+
+def table_lines(metric: str, direction: str, cells: list[RankedCell]) -> list[str]:
+    """One line per trial, grouped by cell (best cell first); the cell's mean and 95% interval on its first."""
+    header = ("rank", "cell", "seeds", f"mean {metric} [95% CI]", "seed", "value", "run id", "weights")
+    rows = []
+    for cell in cells:
+        interval = (f"{cell.mean:.4g} [{cell.ci_low:.4g}, {cell.ci_high:.4g}]" if len(cell.trials) > 1
+                    else f"{cell.mean:.4g} (one seed)")
+        for i, trial in enumerate(cell.trials):
+            first = i == 0
+            rows.append((str(cell.rank) if first else "", cell.label if first else "",
+                         str(len(cell.trials)) if first else "", interval if first else "",
+                         "" if trial.seed is None else str(trial.seed), f"{trial.value:.4g}", trial.run_id,
+                         trial.weights))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
+    return [f"{metric} ({direction}; cells by their mean over seeds)", line(header), *(line(r) for r in rows)]
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _seed(value: Any) -> int | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "<NA>" \
+        else int(value)
+
+
+def _logged(trials: Any) -> list[str]:
+    return sorted(c[len(M):] for c in trials if c.startswith(M) and trials[c].notna().any())[:12]
