@@ -196,6 +196,35 @@ def best(
         typer.echo("\n".join(table_lines(chosen, direction, cells)))
 
 
+@app.command("stylize")
+def stylize_command(
+    sources: list[Path] = typer.Argument(..., help="images, folders (searched recursively) and videos"),
+    model: str = typer.Option(..., help="a generator .pt, an MLflow run id, runs:/<run id>/..., or STUDY:best"),
+    out: Path = typer.Option(..., help="output folder (the input's relative paths and names are kept)"),
+    side_by_side: bool = typer.Option(False, help="write input | output"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
+    tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+) -> None:
+    """Stylize images and videos with a trained generator; output sizes, frame rates and audio are kept."""
+    import tempfile
+
+    from ablation.config import RuntimeConfig
+    from ablation.gan.device import resolve_device
+    from ablation.gan.inference import load_generator
+    from ablation.study.models import resolve_model
+    from ablation.study.tracking import Tracker
+    from ablation.stylize import stylize_sources
+
+    target = resolve_device(RuntimeConfig(device=device))
+    with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
+        weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp))
+        generator = load_generator(weights, config, target)
+    typer.echo(f"model: {where}; generator {config.model.generator}; device {target}")
+    failed = stylize_sources(sources, generator, target, out, side_by_side)
+    typer.echo(f"outputs in {out}" + (f"; {failed} source(s) skipped" if failed else ""))
+    raise typer.Exit(1 if failed else 0)
+
+
 @app.command()
 def ui(tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP), port: int = typer.Option(5000)) -> None:
     """Open the MLflow UI on the study runs (mlflow ui)."""
@@ -259,7 +288,10 @@ def weights_convert(
 def main() -> None:
     configure_process()  # this process is ablate's own; library imports stay side-effect free
     try:
-        app(standalone_mode=False)
+        # without standalone mode click *returns* the code of a typer.Exit instead of raising it
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as exc:
         for line in exc.lines:
             print(f"error: {line}", file=sys.stderr)

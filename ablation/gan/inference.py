@@ -1,0 +1,52 @@
+"""A trained generator applied to images of any size (`ablate stylize`): plain torch.
+
+The generator halves the resolution twice and doubles it back, so a side that is not a multiple of 4 would
+come back a few pixels off. Inputs are reflect-padded to a multiple of `PAD_MULTIPLE` and the output is cropped
+back: the output always has the input's size. Inference runs in bf16 autocast on CUDA and fp32 on a CPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ablation.config import RuntimeConfig, TrainConfig
+from ablation.data.images import to_signed, to_uint8
+from ablation.gan.device import autocast
+from ablation.gan.generator import build_generator
+
+PAD_MULTIPLE = 8  # two stride-2 stages need 4; 8 keeps the reflect padding identical for v1 and v2
+
+
+def load_generator(weights: Path, config: TrainConfig, device: torch.device) -> nn.Module:
+    """G as the trial built it (its version, SN and resize mode from `config`) with the saved state dict."""
+    generator = build_generator(config.model.generator, config.model.generator_sn, config.model.resize)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "generator" in state and isinstance(state["generator"], dict):
+        state = state["generator"]  # a training checkpoint rather than generator.pt
+    generator.load_state_dict(state)
+    return generator.to(device).eval()
+
+
+def padded(photo: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """[N, 3, H, W] -> reflect-padded to multiples of PAD_MULTIPLE, with the original H and W."""
+    height, width = photo.shape[-2:]
+    pad_h, pad_w = -height % PAD_MULTIPLE, -width % PAD_MULTIPLE
+    if pad_h or pad_w:
+        mode = "reflect" if pad_h < height and pad_w < width else "replicate"  # reflect needs pad < size
+        photo = F.pad(photo, (0, pad_w, 0, pad_h), mode=mode)
+    return photo, height, width
+
+
+@torch.no_grad()
+def stylize(generator: nn.Module, photos_u8: torch.Tensor, device: torch.device,
+            runtime: RuntimeConfig | None = None) -> torch.Tensor:
+    """uint8 [N, 3, H, W] photos (one size) -> uint8 [N, 3, H, W] anime, the same size."""
+    real_photo, height, width = padded(to_signed(photos_u8.to(device)))
+    with autocast(device, runtime or RuntimeConfig()):
+        fake_anime = generator(real_photo)
+    return to_uint8(fake_anime[..., :height, :width].float()).cpu()
+
