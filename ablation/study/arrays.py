@@ -14,15 +14,18 @@ from pathlib import Path
 
 import optuna
 import torch
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ablation.config import TrainConfig
 from ablation.gan.array import array_key
 from ablation.gan.device import resolve_device
 from ablation.outcomes import Outcome
-from ablation.study import queue, storage
-from ablation.study.spec import Cell, Study, TrialSpec, search_cell
+from ablation.study import ownership, queue
+from ablation.study.ownership import FolderLock
+from ablation.study.recovery import reap_dead
+from ablation.study.spec import Study, TrialSpec
+from ablation.study.storage import Beat, give_up_line, heartbeat_of
+from ablation.study.stored import trial_spec
 from ablation.study.trial import TrialContext, TrialOutcome, TrialRequest, run_trials
 
 OnTrialEnd = Callable[[FrozenTrial | None], None]
@@ -85,12 +88,6 @@ def planned_arrays(study: Study, fuse: int) -> list[list[TrialSpec]]:
     return arrays
 
 
-def cell_of(study: Study, attrs: dict) -> Cell:
-    """The cell a queued trial names; rebuilt from its overrides when the study file changed since."""
-    cells = {cell.key: cell for cell in study.cells}
-    return cells.get(attrs["cell"]) or search_cell(study, {k: v for k, v in attrs["overrides"].items() if k != "arm"})
-
-
 def group_of(study: Study) -> Callable[[FrozenTrial], str]:
     """Trials that may train in one array share this key (`gan.array.array_key` of their config)."""
     memo: dict[str, str] = {}
@@ -100,7 +97,7 @@ def group_of(study: Study) -> Callable[[FrozenTrial], str]:
             return f"{ALONE}{trial.number}"  # its array failed once, or not one of ours: never fused
         cell_key = trial.user_attrs["cell"]
         if cell_key not in memo:
-            memo[cell_key] = array_key(cell_of(study, trial.user_attrs).config)
+            memo[cell_key] = array_key(trial_spec(study, trial.user_attrs, trial.user_attrs.get("seed", 0)).config)
         return memo[cell_key]
 
     return key
@@ -111,52 +108,85 @@ def run_grid(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_t
     """Claim, train, record until the queue is empty (or `max_trials` ran, or a stop was requested).
 
     Each array claims up to `fuse` compatible trials and, as members leave early, claims more of its group for
-    the free slots; each trial is recorded the moment it ends, with a heartbeat kept while it trains."""
+    the free slots; each trial is recorded the moment it ends, with a heartbeat kept while it trains. A trial
+    trains only while this process holds its folder's lock (study.ownership): one whose folder another process
+    still writes to goes back to the queue. A trial whose claim was lost (no heartbeat recorded for the grace
+    period: `Storage.lost_trials`) is stopped with a checkpoint and left unrecorded, for a reaper to re-queue."""
     claimed_total = 0
     group = group_of(study)
+    held: dict[int, tuple[FolderLock, Beat]] = {}  # trial id -> what this process holds for it
 
-    def request(trial: Trial) -> TrialRequest:
+    def folder(trial: FrozenTrial | Trial) -> Path:
+        return ctx.trials_dir / ctx.study_name / str(trial.user_attrs.get("trial_key"))
+
+    def busy(frozen: FrozenTrial) -> bool:
+        return "trial_key" in frozen.user_attrs and ownership.folder_held(folder(frozen))
+
+    def request(trial: Trial) -> TrialRequest | None:
         nonlocal claimed_total
+        lock = ownership.take(folder(trial), trial.number)
+        if lock is None:  # another process owns the folder (claimed between our check and our claim)
+            queue.unclaim(opt, trial._trial_id)
+            return None
+        trial.set_user_attr(ownership.OWNER_ATTR, ownership.owner_attr([lock]))
         claimed_total += 1
-        beat = get_heartbeat_thread(trial._trial_id, opt._storage)  # as `Study.optimize` keeps for its trial
-        beat.start()
+        beat = Beat(opt, trial._trial_id).start()
+        held[trial._trial_id] = (lock, beat)
         spec = _spec(study, trial)
 
         def on_end(outcome: TrialOutcome) -> None:
-            beat.join()
+            if beat.lost:  # it may be re-queued by now: never told here, its checkpoint waits for the next owner
+                ctx.stop.given_up.append(trial.number)
+                print(give_up_line(opt, trial.number, spec.key, beat.silent_s), file=sys.stderr, flush=True)
+                beat.stop(wait=False)  # its last heartbeat call may hang in the unreachable database
+                lock.release()
+                held.pop(trial._trial_id, None)
+                return
+            beat.stop()
             if outcome.array_failed:
                 # one exception fails the whole fused model: re-run each member alone, retries untouched, so a
                 # member is never charged for a neighbour's fault
                 trial.set_user_attr(SOLO, True)
                 trial.set_user_attr(ARRAY_FAILURE, True)
             record(trial, spec, outcome)
+            lock.release()  # after the record: a free lock naming a RUNNING trial means its owner died
+            held.pop(trial._trial_id, None)
             if on_trial_end is not None:
                 on_trial_end(opt._storage.get_trial(trial._trial_id))
 
         return TrialRequest(spec, trial.number, dict(spec.cell.varied), on_end=on_end,
                             on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
 
+    def requests(trials: list[Trial]) -> list[TrialRequest]:
+        return [r for r in map(request, trials) if r is not None]
+
     def budget(slots: int) -> int:
         return slots if max_trials is None else max(0, min(slots, max_trials - claimed_total))
 
-    while not ctx.stop and budget(1):
-        optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
-        claimed = queue.claim_waiting(opt, budget(fuse), group)
-        if not claimed:
-            if not queue.has_running(opt):
-                break
-            # another worker holds the last trials: stay until they finish, so that one whose worker died
-            # (heartbeat gone stale) is picked up here instead of leaving the study incomplete
-            time.sleep(min(storage.Heartbeat.from_env().interval, 10))
-            continue
-        key = group(claimed[0])
+    try:
+        while not ctx.stop and budget(1):
+            reap_dead(opt, ctx.tracker)  # dead workers' trials go back to the queue first
+            trials = queue.claim_waiting(opt, budget(fuse), group, busy=busy)
+            claimed = requests(trials)
+            if not claimed:
+                if not queue.has_running(opt) and not queue.has_waiting(opt):
+                    break
+                # another worker holds the last trials (or their folders): stay until they end, so that one
+                # whose worker died is picked up here instead of leaving the study incomplete
+                time.sleep(min(heartbeat_of(opt).interval, 10))
+                continue
+            key = group(trials[0])  # type: ignore[arg-type]  # a Trial has the user_attrs and number it reads
 
-        def refill(free: int, key: str = key) -> list[TrialRequest]:
-            if ctx.stop or key.startswith(ALONE) or not budget(free):
-                return []
-            return [request(t) for t in queue.claim_waiting(opt, budget(free), group, group=key)]
+            def refill(free: int, key: str = key) -> list[TrialRequest]:
+                if ctx.stop or key.startswith(ALONE) or not budget(free):
+                    return []
+                return requests(queue.claim_waiting(opt, budget(free), group, group=key, busy=busy))
 
-        run_trials(ctx, [request(trial) for trial in claimed], refill=refill if fuse > 1 else None)
+            run_trials(ctx, claimed, refill=refill if fuse > 1 else None)
+    finally:  # an error on the way out (the database gone): nothing of ours stays locked in this process
+        for lock, beat in held.values():
+            beat.stop(wait=False)
+            lock.release()
     return claimed_total
 
 
@@ -164,7 +194,7 @@ def _spec(study: Study, trial: Trial) -> TrialSpec:
     trial.set_user_attr("attempt", trial.user_attrs.get("attempt", 1))
     trial.suggest_int("cell_id", 0, CELL_ID_MAX)  # the enqueued (fixed) params: identity in the Optuna UI
     seed = trial.suggest_int("seed", 0, SEED_MAX)
-    return TrialSpec.of(cell_of(study, trial.user_attrs), seed)
+    return trial_spec(study, trial.user_attrs, seed)  # the config the launcher queued, not a rebuild
 
 
 def failed_line(ctx: TrialContext, spec: TrialSpec, outcome: TrialOutcome) -> str:

@@ -1,4 +1,4 @@
-"""The launcher lock of a local (SQLite) study."""
+"""The launcher lock of a local (SQLite) study: one `ablate run` per study and database file."""
 
 from __future__ import annotations
 
@@ -6,12 +6,25 @@ import fcntl
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
+
+def launcher_lock_path(storage_url: str, study_name: str) -> Path | None:
+    """Beside the SQLite file the study lives in, whatever the current directory; None for a server database
+    (several hosts: a local file would say nothing) or an in-memory one."""
+    url = make_url(storage_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    database = Path(url.database).resolve()
+    return database.parent / f"{database.name}-{study_name}.run.lock"
+
 
 class LocalLock:
-    """An exclusive lock held by the one launcher of a local (SQLite) study.
+    """An exclusive lock held by the one launcher (`ablate run`) of a local study.
 
-    While it is held no other local process runs this study, so every RUNNING trial left in the file is
-    from a process that died: it can be re-queued at once instead of after the heartbeat grace period.
+    It only keeps two launchers of one study from running at once (join a running one with `ablate worker`).
+    It says nothing about which trials are alive: workers and the children of `--workers` do not hold it and
+    may outlive the launcher. Trials are reaped by heartbeat and trial-folder locks (study.recovery).
     """
 
     def __init__(self, path: Path) -> None:

@@ -75,6 +75,9 @@ def open_study(study: Study, storage: RDBStorage, create: bool) -> optuna.Study:
                                 "`ablate run` or `ablate enqueue`)", "<not found>")) from None
 
 
+CONFIG_ATTR = "config"  # user attr: the trial's resolved training config (JSON), as the launcher queued it
+
+
 def key_of(trial: FrozenTrial) -> str | None:
     return trial.user_attrs.get("trial_key")
 
@@ -116,10 +119,11 @@ def enqueue_missing(study: Study, opt: optuna.Study, rerun_failed: bool = False,
             # `rerun_of` names the attempt this one supersedes, as `retry_of` does for a requeue: a
             # requeue of that attempt racing this rerun sees it and adds no second one
             lineage = {"rerun_of": previous.number} if previous is not None else {}
+            # the resolved config travels with the trial: a worker trains exactly this (study.stored)
             opt.enqueue_trial({"cell_id": int(trial.cell.key, 16), "seed": trial.seed}, user_attrs={
                 "trial_key": trial.key, "cell": trial.cell.key, "seed": trial.seed, "label": trial.cell.label,
-                "overrides": dict(trial.cell.varied), "attempt": attempt,
-                "retries_left": study.spec.max_retries, **lineage})
+                "overrides": dict(trial.cell.varied), CONFIG_ATTR: trial.config.model_dump(mode="json"),
+                "attempt": attempt, "retries_left": study.spec.max_retries, **lineage})
             added.append(trial.key)
     return added
 
@@ -146,7 +150,7 @@ def requeue(opt: optuna.Study, trial: FrozenTrial, reason: str, consume_retry: b
     attrs["retry_of"] = trial.number
     attrs["requeue_reason"] = reason
     for attempt_only in ("outcome", "mlflow_run_id", "array_failure", "error", "diverged_step", "rerun_of",
-                         "mlflow_unsynced"):
+                         "mlflow_unsynced", "owner"):
         attrs.pop(attempt_only, None)  # what this attempt did; identity (and a `solo` flag) carries over
     if consume_retry:
         attrs["retries_left"] = attrs.get("retries_left", 0) - 1
@@ -237,20 +241,23 @@ def search_budget_left(study: Study, opt: optuna.Study) -> int:
 
 
 
-
 def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial], str],
-                  group: str | None = None) -> list[optuna.Trial]:
+                  group: str | None = None, busy: Callable[[FrozenTrial], bool] | None = None
+                  ) -> list[optuna.Trial]:
     """Claim up to `limit` WAITING trials of one group (trials that can train together), oldest first.
 
     Each claim is one conditional UPDATE (`_claim`): a trial another worker took in between is skipped, so no
     trial is ever claimed twice, on SQLite as on PostgreSQL. The group is `group` when given (an array that
-    refills its free slots), else the first claimed trial's.
+    refills its free slots), else the first claimed trial's. A trial `busy` says another process still writes
+    to (its folder is locked: study.ownership) is left for later.
     """
     claimed: list[optuna.Trial] = []
     for frozen in sorted(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
         if len(claimed) == limit:
             break
         if group is not None and group_of(frozen) != group:
+            continue
+        if busy is not None and busy(frozen):
             continue
         if _claim(opt, frozen._trial_id):
             group = group if group is not None else group_of(frozen)
@@ -273,4 +280,19 @@ def _claim(opt: optuna.Study, trial_id: int) -> bool:
             sqlalchemy.text("UPDATE trials SET state = 'RUNNING', datetime_start = :now "
                             "WHERE trial_id = :trial_id AND state = 'WAITING'"),
             {"now": datetime.now(), "trial_id": trial_id})
+    return result.rowcount == 1
+
+
+def unclaim(opt: optuna.Study, trial_id: int) -> bool:
+    """RUNNING -> WAITING for a trial this worker claimed but may not train (another process owns its folder),
+    as one conditional UPDATE like `_claim`; the trial keeps its number, params and attrs."""
+    engine = _engine_of(opt)
+    if engine is None:  # in-memory storage: one process, whose own folders are never busy to it
+        return False
+    with engine.begin() as connection:
+        result = connection.execute(
+            sqlalchemy.text("UPDATE trials SET state = 'WAITING', datetime_start = NULL "
+                            "WHERE trial_id = :trial_id AND state = 'RUNNING'"), {"trial_id": trial_id})
+        connection.execute(sqlalchemy.text("DELETE FROM trial_heartbeats WHERE trial_id = :trial_id"),
+                           {"trial_id": trial_id})
     return result.rowcount == 1

@@ -7,17 +7,22 @@ cannot be marked is recorded on the trial's next attempt (UNSYNCED) and marked b
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timedelta
 from typing import Any
 
 import optuna
+import sqlalchemy
 
-from ablation.study import queue, storage
+from ablation.study import ownership, queue, storage
 from ablation.study.outages import tracking_outage
 from ablation.study.tracking import Tracker, mlflow_unavailable
 
 
 def open_queue(url: str, tracker: Tracker) -> Any:
-    """RDB storage with heartbeat; a stale trial is re-queued, then its run is marked failed."""
+    """RDB storage with heartbeat; a stale trial is re-queued, then its run is marked failed.
+
+    The heartbeat settings given here are provisional: once the study is open, `storage.settle_heartbeat`
+    applies the ones stored with it."""
 
     def on_stale(opt: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         requeue_dead(opt, trial, tracker, "worker died", "worker stopped sending heartbeats")
@@ -26,17 +31,70 @@ def open_queue(url: str, tracker: Tracker) -> Any:
 
 
 def reap_orphans(opt: optuna.Study, tracker: Tracker) -> None:
-    """With the local lock held, every RUNNING trial belongs to a process that is gone.
-
-    First ends the runs that earlier re-queues could not mark failed while MLflow was away (before, so that
-    a run this reaping cannot mark is not tried twice in a row)."""
+    """What a launcher does before it queues and works: end the runs that earlier re-queues could not mark
+    failed while MLflow was away (first, so that a run this reaping cannot mark is not tried twice in a row),
+    then re-queue the trials of dead processes (`reap_dead`)."""
     end_unsynced_runs(opt, tracker)
+    reap_dead(opt, tracker)
+
+
+def reap_dead(opt: optuna.Study, tracker: Tracker) -> list[int]:
+    """Fail and re-queue every RUNNING trial whose owner is dead; the numbers of those reaped.
+
+    Dead = silent: no heartbeat for longer than the study's grace period (none at all, and claimed that long
+    ago), which holds for every process on every host; or gone: the owner claimed it on this host and none of
+    its trial-folder locks is held any more (study.ownership), known at once. Which process runs the reaping
+    (a launcher, `ablate worker`, a child of `--workers`) does not matter: a live owner keeps both its
+    heartbeat and its locks, so its trial is never taken from it.
+    """
+    silent = set(_silent_trial_ids(opt))
+    reaped = []
     for trial in opt.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        try:
-            opt._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
+        if trial._trial_id in silent:
+            reason, run_reason = "worker died", "worker stopped sending heartbeats"
+        elif ownership.owner_gone(trial):  # the same reason as a silent one: only the evidence differs
+            reason, run_reason = "worker died", "the process running it died"
+        else:
             continue
-        requeue_dead(opt, trial, tracker, "process died", "the process running it died")
+        if not _fail_running(opt, trial._trial_id):  # its owner, or another reaper, ended it first
+            continue
+        requeue_dead(opt, trial, tracker, reason, run_reason)
+        reaped.append(trial.number)
+    return reaped
+
+
+def _fail_running(opt: optuna.Study, trial_id: int) -> bool:
+    """RUNNING -> FAIL as one conditional UPDATE (as `queue._claim`): Optuna's read-then-write can overwrite the
+    COMPLETE its owner wrote in between on SQLite, which ignores FOR UPDATE. True when this call failed it."""
+    backend = storage.backend_of(opt)
+    if not isinstance(backend, optuna.storages.RDBStorage):
+        try:
+            return opt._storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+    query = sqlalchemy.text("UPDATE trials SET state = 'FAIL', datetime_complete = :now "
+                            "WHERE trial_id = :trial_id AND state = 'RUNNING'"
+                            ).bindparams(sqlalchemy.bindparam("now", type_=sqlalchemy.DateTime()))
+    with backend.engine.begin() as connection:
+        return connection.execute(query, {"now": datetime.now(), "trial_id": trial_id}).rowcount == 1
+
+
+def _silent_trial_ids(opt: optuna.Study) -> list[int]:
+    """RUNNING trials without a heartbeat for longer than the grace period, by the database's clock; and those
+    without any heartbeat that were claimed longer ago than that (the claimer died before its first one)."""
+    backend = storage.backend_of(opt)
+    if not isinstance(backend, optuna.storages.RDBStorage) or backend.heartbeat_interval is None:
+        return []
+    grace = storage.heartbeat_of(opt).grace
+    silent = list(backend._get_stale_trial_ids(opt._study_id))
+    cutoff = datetime.now() - timedelta(seconds=grace)  # `_claim` writes datetime_start from this clock
+    with backend.engine.connect() as connection:
+        query = sqlalchemy.text(
+            "SELECT trial_id FROM trials WHERE study_id = :study_id AND state = 'RUNNING' AND datetime_start < "
+            ":cutoff AND trial_id NOT IN (SELECT trial_id FROM trial_heartbeats)"
+        ).bindparams(sqlalchemy.bindparam("cutoff", type_=sqlalchemy.DateTime()))  # stored as Optuna stores it
+        rows = connection.execute(query, {"study_id": opt._study_id, "cutoff": cutoff}).all()
+    return silent + [row[0] for row in rows]
 
 
 UNSYNCED = "mlflow_unsynced"  # user attr of a re-queued trial: the dead attempt's run MLflow could not mark

@@ -25,13 +25,18 @@ from ablation.study import queue, storage
 from ablation.study.arrays import resolve_fuse
 from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
-from ablation.study.lock import LocalLock
+from ablation.study.lock import LocalLock, launcher_lock_path
 from ablation.study.note import EXPERIMENT_KIND, experiment_note
-from ablation.study.recovery import end_unsynced_runs, open_queue, reap_orphans
+from ablation.study.recovery import open_queue, reap_orphans
 from ablation.study.spec import Study, load_study
+from ablation.study.stored import check_agrees
 from ablation.study.tracking import TAG_DEMO, Tracker
 from ablation.study.trial import TrialContext
 from ablation.study.worker import work
+
+# set by `ablate run` for its `--workers` children: they resolve the launcher's own study file, so the check
+# that a worker's file agrees with the queue (study.stored) is the launcher's to make, not theirs
+LAUNCHER_ENV = "ABLATE_LAUNCHER_PID"
 
 
 @dataclass(frozen=True)
@@ -67,16 +72,14 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     preflight_backbones(study)
     started = time.time()
     url = storage.storage_url(options.storage)
-    lock = LocalLock(Path(".ablate") / f"{study.spec.name}.lock") if url.startswith("sqlite") else None
+    lock_path = launcher_lock_path(url, study.spec.name)
+    lock = LocalLock(lock_path) if lock_path is not None else None
     if lock is not None and not lock.acquire():
-        raise UserError(problem(lock.path, "lock", "no other `ablate run` of this study on this machine (join "
+        raise UserError(problem(lock.path, "lock", "no other `ablate run` of this study on this database (join "
                                 "it with `ablate worker`)", "<held by a running process>"))
     try:
         tracker, ctx, opt = connect(study, path, options, create=True)    # 3. tracking + queue, once
-        if lock is not None:
-            reap_orphans(opt, tracker)                                    # 4. trials of a dead process
-        else:
-            end_unsynced_runs(opt, tracker)  # runs of dead attempts that an MLflow outage left unmarked
+        reap_orphans(opt, tracker)                                        # 4. trials of dead processes
         added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
         _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
         if options.demo:  # the report's setup names every way the demo differs from the faithful config
@@ -114,6 +117,7 @@ def connect(study: Study, path: Path, options: RunOptions, create: bool
                                                             "mlflow.note.content": experiment_note(study)})
     parent_id = tracker.parent_run(experiment_id, study.spec.name, path, _provenance())
     opt = queue.open_study(study, open_queue(url, tracker), create=create)
+    storage.settle_heartbeat(opt, storage.Heartbeat.from_env(), storage.Heartbeat.env_given())
     ctx = TrialContext(study.spec.name, tracker, experiment_id, parent_id, options.trials_dir)
     return tracker, ctx, opt
 
@@ -132,6 +136,8 @@ def run_worker(path: Path, options: RunOptions) -> int:
     study = resolve_study(path, options)
     check_data_layout(study)
     tracker, ctx, opt = connect(study, path, options, create=False)
+    if os.environ.get(LAUNCHER_ENV) != str(os.getppid()):  # a child of `ablate run` has the launcher's file
+        check_agrees(study, opt)
     if fraction := os.environ.get("ABLATE_MEMORY_FRACTION"):
         import torch
 
@@ -225,7 +231,7 @@ def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking
             [(None, k) for k in range(options.workers)]
     procs = []
     for device, _ in slots:
-        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, **{LAUNCHER_ENV: str(os.getpid())})
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device  # each trial sees only its device
             if options.trials_per_device > 1:

@@ -14,17 +14,23 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from ablation.config import TrainConfig
 from ablation.gan.array import array_key
 from ablation.outcomes import Outcome
-from ablation.study import queue, storage
+from ablation.study import ownership, queue
 from ablation.study.arrays import ARRAY_FAILURE, SOLO, OnTrialEnd, failed_line
-from ablation.study.spec import Study, TrialSpec, search_cell
+from ablation.study.ownership import FolderLock
+from ablation.study.queue import CONFIG_ATTR
+from ablation.study.recovery import reap_dead
+from ablation.study.spec import Cell, Study, TrialSpec, search_cell
+from ablation.study.storage import Beat, give_up_line, heartbeat_of
+from ablation.study.stored import with_local_runtime
 from ablation.study.trial import TrialContext, TrialOutcome, TrialRequest, run_trials
 
 Values = Callable[[TrialOutcome], list[float]]  # a member's objective values (worst where it has none)
@@ -58,42 +64,86 @@ class Point:
 
 def run_search(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_trial_end: OnTrialEnd | None,
                max_trials: int | None, values_of: Values, retry: Retry) -> int:
-    """Ask, train, tell until the budget is spent (or `max_trials` points ran, or a stop was requested)."""
+    """Ask, train, tell until the budget is spent (or `max_trials` points ran, or a stop was requested).
+
+    As for grids (study.arrays): a point trains only while this process holds the locks of its seeds' folders,
+    and a point whose claim was lost (no heartbeat recorded for the grace period) is left untold."""
     ran = 0
     per_batch = max(1, fuse // len(study.spec.seeds))
     while not ctx.stop and (max_trials is None or ran < max_trials):
-        optuna.storages.fail_stale_trials(opt)  # dead workers' trials go back to the queue first
+        reap_dead(opt, ctx.tracker)  # dead workers' trials go back to the queue first
         wanted = per_batch if max_trials is None else min(per_batch, max_trials - ran)
-        points = [_open_point(study, t) for t in _ask(study, opt, wanted)]
-        if not points:
-            if not queue.has_running(opt):
-                break
-            time.sleep(min(storage.Heartbeat.from_env().interval, 10))  # wait for the last, as grids do
-            continue
-        beats = [get_heartbeat_thread(p.trial._trial_id, opt._storage) for p in points]
-        for beat in beats:
-            beat.start()
+        locks: dict[int, list[FolderLock]] = {}
         try:
-            for members in _arrays(points, fuse):
-                outcomes = run_trials(ctx, [_request(study, point, spec) for point, spec in members])
-                for (point, _), outcome in zip(members, outcomes, strict=True):
-                    point.outcomes.append(outcome)
+            points = [p for p in (_open_point(study, t) for t in _ask(study, opt, ctx, wanted))
+                      if _own(ctx, opt, p, locks)]
+            if not points:
+                if not queue.has_running(opt) and not queue.has_waiting(opt):
+                    break
+                time.sleep(min(heartbeat_of(opt).interval, 10))  # wait for the last, as grids do
+                continue
+            beats = [Beat(opt, p.trial._trial_id).start() for p in points]
+            lost: dict[int, float] = {}  # trial id -> seconds without a recorded heartbeat
+            try:
+                for members in _arrays(points, fuse):
+                    outcomes = run_trials(ctx, [_request(study, point, spec) for point, spec in members])
+                    for (point, _), outcome in zip(members, outcomes, strict=True):
+                        point.outcomes.append(outcome)
+            finally:
+                lost = {beat.trial_id: beat.silent_s for beat in beats if beat.lost}
+                for beat in beats:
+                    beat.stop(wait=beat.trial_id not in lost)  # a lost one may hang in the dead database
+            for point in points:
+                if point.trial._trial_id in lost:  # maybe re-queued already: left for the reaper, untold
+                    ctx.stop.given_up.append(point.trial.number)
+                    print(give_up_line(opt, point.trial.number, point.trial.user_attrs.get("trial_key", "?"),
+                                       lost[point.trial._trial_id]), file=sys.stderr, flush=True)
+                    continue
+                _tell(study, opt, ctx, point, values_of)
+                for lock in locks.pop(point.trial._trial_id, []):
+                    lock.release()  # after the tell: a free lock naming a RUNNING trial means its owner died
+                frozen = opt._storage.get_trial(point.trial._trial_id)
+                retry(opt, frozen)
+                ran += 1
+                if on_trial_end is not None:
+                    on_trial_end(frozen)
         finally:
-            for beat in beats:
-                beat.join()
-        for point in points:
-            _tell(study, opt, ctx, point, values_of)
-            frozen = opt._storage.get_trial(point.trial._trial_id)
-            retry(opt, frozen)
-            ran += 1
-            if on_trial_end is not None:
-                on_trial_end(frozen)
+            for held in locks.values():
+                for lock in held:
+                    lock.release()
     return ran
 
 
-def _ask(study: Study, opt: optuna.Study, wanted: int) -> list[Trial]:
-    """Re-queued points first (claimed atomically), then new ones while the budget allows."""
-    trials = queue.claim_waiting(opt, wanted, lambda frozen: "search")
+def _folders(ctx: TrialContext, study: Study, cell_key: str) -> list[Path]:
+    return [ctx.trials_dir / ctx.study_name / f"{cell_key}-s{seed}" for seed in study.spec.seeds]
+
+
+def _own(ctx: TrialContext, opt: optuna.Study, point: Point, locks: dict[int, list[FolderLock]]) -> bool:
+    """Take the locks of the point's seed folders; when another process holds one, the point goes back to
+    the queue (study.ownership)."""
+    taken: list[FolderLock] = []
+    for spec in point.specs:
+        lock = ownership.take(ctx.trials_dir / ctx.study_name / spec.key, point.trial.number)
+        if lock is None:
+            for other in taken:
+                other.release()
+            queue.unclaim(opt, point.trial._trial_id)
+            return False
+        taken.append(lock)
+    locks[point.trial._trial_id] = taken
+    point.trial.set_user_attr(ownership.OWNER_ATTR, ownership.owner_attr(taken))
+    return True
+
+
+def _ask(study: Study, opt: optuna.Study, ctx: TrialContext, wanted: int) -> list[Trial]:
+    """Re-queued points first (claimed atomically, unless another process still owns their folders), then new
+    ones while the budget allows."""
+
+    def busy(frozen: FrozenTrial) -> bool:
+        cell = frozen.user_attrs.get("cell")
+        return cell is not None and any(ownership.folder_held(f) for f in _folders(ctx, study, cell))
+
+    trials = queue.claim_waiting(opt, wanted, lambda frozen: "search", busy=busy)
     while len(trials) < wanted and queue.search_budget_left(study, opt) > 0:
         with warnings.catch_warnings():  # we keep each asked trial's heartbeat ourselves (run_search)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
@@ -105,6 +155,12 @@ def _open_point(study: Study, trial: Trial) -> Point:
     trial.set_user_attr("attempt", trial.user_attrs.get("attempt", 1))
     params = search_params(study, trial)
     cell = search_cell(study, params)
+    stored = trial.user_attrs.get(CONFIG_ATTR)
+    if stored is not None:  # a re-queued point trains the config it was first asked with (study.stored)
+        cell = Cell(trial.user_attrs.get("cell", cell.key), cell.label, cell.varied,
+                    with_local_runtime(study, TrainConfig.model_validate(stored)))
+    else:
+        trial.set_user_attr(CONFIG_ATTR, cell.config.model_dump(mode="json"))
     trial.set_user_attr("cell", cell.key)
     trial.set_user_attr("trial_key", f"search:{cell.key}")
     return Point(trial, params, [TrialSpec.of(cell, seed) for seed in study.spec.seeds])

@@ -32,6 +32,24 @@ from ablation.study.tracking import TAG_ARRAY, TAG_INIT_REUSED, Tracker
 TRAIN_LOG = "train.log"
 
 
+class WorkerStop(StopFlag):
+    """A worker's stop flag, read after every training step: set by SIGINT/SIGTERM, and also up while a trial
+    of this worker has gone without a recorded heartbeat for longer than the grace period (`watch`): another
+    worker may re-queue it by now, so the trainer stops it with a checkpoint. The worker leaves such a trial
+    unrecorded (`given_up`; study.arrays, study.searching) and goes on once the database answers again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.claims: Any = None  # the Storage that tracks this worker's claims (`Storage.lost_trials`)
+        self.given_up: list[int] = []  # Optuna numbers of the trials this worker gave up
+
+    def watch(self, storage: Any) -> None:
+        self.claims = storage if hasattr(storage, "lost_trials") else None
+
+    def __bool__(self) -> bool:
+        return super().__bool__() or (self.claims is not None and bool(self.claims.lost_trials()))
+
+
 @dataclass
 class TrialContext:
     """What every trial of one worker shares."""
@@ -41,7 +59,7 @@ class TrialContext:
     experiment_id: str
     parent_run_id: str
     trials_dir: Path  # a path every worker can read: checkpoints and samples live here
-    stop: StopFlag = field(default_factory=StopFlag)
+    stop: WorkerStop = field(default_factory=WorkerStop)
     on_progress: Callable[[str, int, int], None] | None = None  # (trial key, steps done, total steps)
     domains_cache: dict[str, Domains] = field(default_factory=dict)
     evaluator_cache: dict[str, TrialEvaluator | None] = field(default_factory=dict)

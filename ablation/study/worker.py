@@ -58,20 +58,31 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext,
 
     Grids train up to `fuse` compatible trials at once as one array (study/arrays.py); searches ask for
     `fuse // len(seeds)` points at once and train their seed replicates as arrays (study/searching.py).
-    `on_trial_end` gets each trial this worker ended."""
+    `on_trial_end` gets each trial this worker ended. A worker that lost its claim on a trial (no heartbeat
+    recorded for longer than the grace period) stops it with a checkpoint and leaves it unrecorded, for a
+    reaper to re-queue (itself, once the database answers again); if the database stays away, it stops with
+    one line."""
+    ctx.stop.watch(storage.backend_of(opt))
     try:
-        if study.spec.method == "grid":
-            retry = after_trial(study, lambda: bool(ctx.stop))
-
-            def record(trial: optuna.Trial, spec: TrialSpec, outcome: TrialOutcome) -> None:
-                arrays.tell(opt, trial, spec, outcome, ctx, objective_values(study, outcome))
-                retry(opt, opt._storage.get_trial(trial._trial_id))
-
-            return arrays.run_grid(study, opt, ctx, fuse, on_trial_end, max_trials, record)
-        return run_search(study, opt, ctx, fuse, on_trial_end, max_trials,
-                          lambda outcome: objective_values(study, outcome), after_trial(study, lambda: bool(ctx.stop)))
+        return _work(study, opt, ctx, on_trial_end, max_trials, fuse)
     except Exception as exc:
         # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
         if (cause := database_outage(exc)) is None:
             raise
+        if ctx.stop.given_up:
+            raise storage.claims_lost(opt, ctx.stop.given_up) from None
         raise storage.storage_down(opt, cause) from None
+
+
+def _work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Callable[[FrozenTrial | None], None]
+          | None, max_trials: int | None, fuse: int) -> int:
+    if study.spec.method == "grid":
+        retry = after_trial(study, lambda: bool(ctx.stop))
+
+        def record(trial: optuna.Trial, spec: TrialSpec, outcome: TrialOutcome) -> None:
+            arrays.tell(opt, trial, spec, outcome, ctx, objective_values(study, outcome))
+            retry(opt, opt._storage.get_trial(trial._trial_id))
+
+        return arrays.run_grid(study, opt, ctx, fuse, on_trial_end, max_trials, record)
+    return run_search(study, opt, ctx, fuse, on_trial_end, max_trials,
+                      lambda outcome: objective_values(study, outcome), after_trial(study, lambda: bool(ctx.stop)))

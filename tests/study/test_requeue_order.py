@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from services import MlflowServer
 
-from ablation.study import queue, recovery, tracking
+from ablation.study import ownership, queue, recovery, tracking
 from ablation.study.tracking import Tracker
 
 pytestmark = pytest.mark.services
@@ -50,6 +50,16 @@ def _running_trials(opt: optuna.Study, tracker: Tracker, n: int) -> list[str]:
     return run_ids
 
 
+def _orphan(opt: optuna.Study, folder: Path) -> None:
+    """Make every RUNNING trial one whose process took its trial folder on this host and then died (its lock
+    free, still naming the trial): what `recovery.reap_orphans` re-queues at once (study.ownership)."""
+    for trial in opt.get_trials(states=(TrialState.RUNNING,)):
+        lock = ownership.take(folder / trial.user_attrs["trial_key"], trial.number)
+        assert lock is not None
+        opt._storage.set_trial_user_attr(trial._trial_id, ownership.OWNER_ATTR, ownership.owner_attr([lock]))
+        lock.release()
+
+
 def _check_requeued(opt: optuna.Study, run_ids: list[str], reason: str) -> dict[str, FrozenTrial]:
     """Every dead trial is FAIL with exactly one new WAITING attempt that records its unsynced run."""
     trials = opt.get_trials()
@@ -73,11 +83,12 @@ def test_reaping_with_mlflow_down_requeues_and_a_later_run_ends_the_runs(
     opt = optuna.create_study(study_name="reap", storage=recovery.open_queue(f"sqlite:///{tmp_path}/optuna.db",
                                                                           tracker))
     run_ids = _running_trials(opt, tracker, 2)
+    _orphan(opt, tmp_path / "trials")
     server.stop()
 
     recovery.reap_orphans(opt, tracker)  # the launcher of the next `ablate run`, its process gone
 
-    _check_requeued(opt, run_ids, "process died")
+    _check_requeued(opt, run_ids, "worker died")
     err = capsys.readouterr().err
     assert all(f"its run {run_id} is not marked failed yet" in err for run_id in run_ids), err
 
@@ -94,7 +105,7 @@ def test_stale_trials_with_mlflow_down_all_go_back_to_the_queue(
         server: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("ABLATE_HEARTBEAT_S", "1")
-    monkeypatch.setenv("ABLATE_GRACE_S", "1")
+    monkeypatch.setenv("ABLATE_GRACE_S", "2")  # at least two heartbeats (storage.Heartbeat.from_env)
     tracker = ImpatientTracker(server.url)
     opt = optuna.create_study(study_name="stale", storage=recovery.open_queue(f"sqlite:///{tmp_path}/optuna.db",
                                                                            tracker))
@@ -102,7 +113,7 @@ def test_stale_trials_with_mlflow_down_all_go_back_to_the_queue(
     for trial in opt.get_trials(states=(TrialState.RUNNING,)):
         opt._storage.record_heartbeat(trial._trial_id)  # the worker's last heartbeat before it died
     server.stop()
-    time.sleep(2.5)  # past the grace period
+    time.sleep(3.5)  # past the grace period
 
     optuna.storages.fail_stale_trials(opt)  # what a live worker does before its next trial
 

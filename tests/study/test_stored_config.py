@@ -1,0 +1,95 @@
+"""The queue decides what a trial trains, not the worker's copy of the study file (issue 12, item 5): each
+queued trial stores its resolved config, a worker trains exactly that, and a worker whose study file resolves a
+queued trial differently refuses to start, in one line.
+
+Real Optuna and MLflow on SQLite in tmp_path; tiny 32 px trials.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from scale_helpers import OBJECTIVES, TINY_BASE
+
+from ablation.config import TrainConfig, read_yaml
+from ablation.data.demo import build_demo_dataset
+from ablation.errors import UserError
+from ablation.study.runner import RunOptions, enqueue_study, run_worker
+from ablation.study.spec import load_study
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
+    return root
+
+
+def options(tmp: Path) -> RunOptions:
+    return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                      trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True,
+                      fuse=1)
+
+
+def write_arms(path: Path, data_root: Path, arms: dict[str, dict[str, Any]]) -> Path:
+    base = json.loads(json.dumps(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    path.write_text(yaml.safe_dump({"name": "arms", "base": base, "arms": arms, "seeds": [0],
+                                    "objectives": OBJECTIVES}))
+    return path
+
+
+def trials(tmp: Path) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name="arms", storage=f"sqlite:///{tmp}/optuna.db").get_trials()
+
+
+LAUNCHER_ARMS = {"a": {"loss.style_weight": 9.0}, "b": {"loss.style_weight": 2.0}}
+
+
+def test_queued_trials_store_their_config_and_a_worker_trains_it(tmp_path: Path, data_root: Path) -> None:
+    study = write_arms(tmp_path / "study.yaml", data_root, LAUNCHER_ARMS)
+    enqueue_study(study, options(tmp_path))
+    expected = {t.key: t.config.model_dump(mode="json") for t in load_study(study).trials}
+    assert {t.user_attrs["trial_key"]: t.user_attrs["config"] for t in trials(tmp_path)} == expected
+
+    assert run_worker(study, options(tmp_path)) == 0
+    for key, config in expected.items():
+        trained = TrainConfig.model_validate(read_yaml(tmp_path / "trials" / "arms" / key / "config.yaml"))
+        assert trained.model_dump(mode="json") == config
+    assert sorted(t.state.name for t in trials(tmp_path)) == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_worker_whose_study_file_resolves_a_queued_trial_differently_refuses(tmp_path: Path,
+                                                                               data_root: Path) -> None:
+    launcher = write_arms(tmp_path / "launcher.yaml", data_root, LAUNCHER_ARMS)
+    enqueue_study(launcher, options(tmp_path))
+    key_a = next(t.user_attrs["trial_key"] for t in trials(tmp_path) if t.user_attrs["label"] == "a")
+    mine = write_arms(tmp_path / "worker.yaml", data_root, {"a": {"loss.style_weight": 5.0},
+                                                            "b": {"loss.style_weight": 2.0}})
+    with pytest.raises(UserError) as raised:
+        run_worker(mine, options(tmp_path))
+    assert raised.value.lines == [f"{mine}: trial {key_a} [a seed=0]: loss.style_weight: expected 9.0 (as the "
+                                  "launcher queued it), got 5.0 in this study file; start workers with the "
+                                  "launcher's study file"]
+    assert [t.state.name for t in trials(tmp_path)] == ["WAITING", "WAITING"]  # nothing was trained
+
+
+def test_a_worker_whose_study_file_lacks_a_queued_cell_refuses(tmp_path: Path, data_root: Path) -> None:
+    launcher = write_arms(tmp_path / "launcher.yaml", data_root, LAUNCHER_ARMS)
+    enqueue_study(launcher, options(tmp_path))
+    key_b = next(t.user_attrs["trial_key"] for t in trials(tmp_path) if t.user_attrs["label"] == "b")
+    mine = write_arms(tmp_path / "worker.yaml", data_root, {"a": {"loss.style_weight": 9.0},
+                                                            "c": {"loss.style_weight": 4.0}})
+    with pytest.raises(UserError) as raised:
+        run_worker(mine, options(tmp_path))
+    assert raised.value.lines == [f"{mine}: trial {key_b} [b seed=0]: expected a cell of this study file, as the "
+                                  "launcher queued it, got <no such cell>; start workers with the launcher's "
+                                  "study file"]
+    assert [t.state.name for t in trials(tmp_path)] == ["WAITING", "WAITING"]
