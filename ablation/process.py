@@ -30,9 +30,8 @@ def configure_process() -> None:
     - MLflow client environment (see `MLFLOW_DEFAULTS`): short HTTP retries and timeout, no progress bars.
     - Optuna logs at ERROR only: the worker reports each trial's outcome itself in one line, and Optuna's
       INFO lines ("Trial 3 finished with value ...") would repeat it in another format.
-    - Optuna's ExperimentalWarning is ignored: the RDB heartbeat (`heartbeat_interval`) and
-      `fail_stale_trials`, which a worker calls before every trial, are marked experimental, and the
-      warning would repeat on every trial of every worker.
+    - Optuna's ExperimentalWarning is ignored: the RDB heartbeat (`heartbeat_interval`, `grace_period`) is
+      marked experimental, and the warning would repeat on every trial of every worker.
 
     Matplotlib needs nothing here: the report draws on `Figure` objects with the Agg canvas and its own
     `rc_context` (ablation.report.plots), so no backend is selected and no global rcParams change.
