@@ -176,6 +176,9 @@ def best(
     top: int | None = typer.Option(None, min=1, help="only the N best cells"),
     json_out: bool = typer.Option(False, "--json", help="print JSON for scripts"),
     demo: bool = typer.Option(False, help="the --demo variant of the study"),
+    register: str | None = typer.Option(None, help="register the best trial's model under this name (alias "
+                                        "champion)"),
+    reports: Path = typer.Option(Path("reports"), help="reports folder (its path is tagged on a registration)"),
     tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
 ) -> None:
     """Rank the finished trials: cells by their mean over seeds (95% interval), with run ids and weights."""
@@ -189,7 +192,14 @@ def best(
     if study.endswith((".yaml", ".yml")):
         resolved = resolve_study(Path(study), RunOptions(demo=demo))
         spec, name = resolved.spec, resolved.spec.name
-    chosen, direction, cells = rank(Tracker(tracking_uri), name, spec, metric, top)
+    tracker = Tracker(tracking_uri)
+    chosen, direction, cells = rank(tracker, name, spec, metric, top)
+    if register is not None:
+        from ablation.report.best import register_best
+
+        cell, version, model_uri = register_best(tracker, name, spec, register, reports, metric)
+        typer.echo(f"registered {register} version {version} (alias champion): {cell.label} seed "
+                   f"{cell.trials[0].seed}, {model_uri}", err=json_out)
     if json_out:
         typer.echo(json.dumps(as_json(chosen, direction, cells), indent=2))
     else:

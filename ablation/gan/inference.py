@@ -50,3 +50,18 @@ def stylize(generator: nn.Module, photos_u8: torch.Tensor, device: torch.device,
         fake_anime = generator(real_photo)
     return to_uint8(fake_anime[..., :height, :width].float()).cpu()
 
+
+
+class ImageStylizer(nn.Module):
+    """What the MLflow model holds: float32 [N, H, W, 3] RGB in [0, 1] -> the same, any H and W (the generator's
+    padding rule inside), plus the trial's config so that `ablate stylize` can rebuild the generator alone."""
+
+    def __init__(self, generator: nn.Module, config_yaml: str) -> None:
+        super().__init__()
+        self.generator = generator
+        self.config_yaml = config_yaml
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        real_photo, height, width = padded(image.permute(0, 3, 1, 2) * 2.0 - 1.0)  # [N, H, W, 3] -> [N, 3, H', W']
+        fake_anime = self.generator(real_photo)[..., :height, :width]
+        return ((fake_anime.clamp(-1.0, 1.0) + 1.0) / 2.0).permute(0, 2, 3, 1)  # back to [N, H, W, 3]

@@ -126,3 +126,33 @@ def _seed(value: Any) -> int | None:
 
 def _logged(trials: Any) -> list[str]:
     return sorted(c[len(M):] for c in trials if c.startswith(M) and trials[c].notna().any())[:12]
+
+
+def register_best(tracker: Tracker, name: str, spec: StudySpec | None, register_as: str, reports_dir: Path,
+                  metric: str | None = None) -> tuple[RankedCell, int, str]:
+    """Log the best trial's generator as an MLflow model and register it as `register_as`, alias `champion`,
+    tagged with the study, cell, seed, the trial's objective values and the report's path."""
+    import numpy as np
+    import torch
+
+    from ablation.gan.inference import ImageStylizer, load_generator
+    from ablation.report.build import report_path
+    from ablation.study.models import trial_files
+
+    metric, _, cells = rank(tracker, name, spec, metric, top=1)
+    best, trial = cells[0], cells[0].trials[0]
+    with tempfile.TemporaryDirectory(prefix="ablate-register-") as tmp:
+        weights, config, config_file = trial_files(tracker, trial.run_id, Path(tmp))
+        model = ImageStylizer(load_generator(weights, config, torch.device("cpu")), config_file.read_text())
+        example = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)  # [N, H, W, 3] in [0, 1]
+        model_uri = tracker.log_image_model(trial.run_id, model, example)
+    run = tracker.client.get_run(trial.run_id)
+    objectives = [o.metric for o in spec.objectives] if spec is not None else [metric]
+    tags = {"ablate.study": name, "ablate.cell": best.cell, "ablate.cell_label": best.label,
+            "ablate.seed": str(trial.seed), "ablate.run_id": trial.run_id, "ablate.ranked_by": metric,
+            **{f"objective/{m}": f"{run.data.metrics[m]:.6g}" for m in objectives if m in run.data.metrics}}
+    report = report_path(reports_dir, name)
+    if report.exists():
+        tags["ablate.report"] = str(report.resolve())
+    version = tracker.register_model(model_uri, register_as, tags, "champion")
+    return best, version, model_uri

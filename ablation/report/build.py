@@ -66,7 +66,7 @@ def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_di
         page["glossary"] = glossary([*(m for m, _ in page["setup"]["objectives"]), *table["metrics"],
                                      *(r["metric"] for r in effects), *(g["metric"] for g in gaps),
                                      *shown_eval_keys(data.trials)])
-    out = reports_dir / _folder_name(study_name) / "index.html"
+    out = report_path(reports_dir, study_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(render(page), encoding="utf-8")
     return out
@@ -77,6 +77,10 @@ def render(page: dict[str, Any]) -> str:
                              undefined=jinja2.StrictUndefined)  # a typo in the template fails the test, not the page
     env.globals["tip"] = registry.tooltip  # every metric name on the page explains itself from the registry
     return env.get_template("report.html.j2").render(**page)
+
+
+def report_path(reports_dir: Path, study_name: str) -> Path:
+    return reports_dir / _folder_name(study_name) / "index.html"
 
 
 def _folder_name(name: str) -> str:

@@ -157,6 +157,45 @@ class Tracker:
     def metric_logger(self, run_id: str) -> MetricLogger:
         return MetricLogger(self, run_id)
 
+    # ---- models and the registry (`ablate best --register`, `ablate stylize --model models:/...`) -----
+    def log_image_model(self, run_id: str, model: Any, example: Any) -> str:
+        """Log `model` (float [N, H, W, 3] in [0, 1] -> the same) into the run as an MLflow PyTorch model with
+        a signature and an input example; returns its model URI. The run's end time is kept: logging into a
+        finished run must not change the duration the report shows."""
+        import mlflow
+        import mlflow.pytorch
+        from mlflow.models import ModelSignature
+        from mlflow.types import Schema, TensorSpec
+
+        # any batch, height and width: inferring the signature from the example would pin its size
+        image = Schema([TensorSpec(example.dtype, (-1, -1, -1, 3))])
+        before = self.client.get_run(run_id).info
+        mlflow.set_tracking_uri(self.uri)
+        package = Path(ablation.__file__).parent  # the pickled module's classes travel with it: self-contained
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(model, name="generator", signature=ModelSignature(image, image),
+                                            input_example=example, serialization_format="pickle",
+                                            code_paths=[str(package)],
+                                            pip_requirements=["torch", "torchvision", "numpy", "pydantic", "pyyaml"])
+        self.client.set_terminated(run_id, before.status, end_time=before.end_time)
+        return info.model_uri
+
+    def register_model(self, model_uri: str, name: str, tags: dict[str, str], alias: str) -> int:
+        """A new version of registered model `name` from `model_uri`, with `tags` and `alias`; its number."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)
+        version = mlflow.register_model(model_uri, name, tags=tags)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return int(version.version)
+
+    def load_pytorch_model(self, model_uri: str) -> Any:
+        import mlflow
+        import mlflow.pytorch
+
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
     # ---- queries (report, tests) -------------------------------------------------------------------
     def study_names(self) -> list[str]:
         """Names of the experiments that hold a study (a parent run), for "did you mean" hints."""
