@@ -192,3 +192,12 @@ def by_key(items: Iterable[Any], key: Callable[[Any], str]) -> dict[str, list[An
     for item in items:
         out.setdefault(key(item), []).append(item)
     return out
+
+
+def local_options(tmp: Path, fuse: int | None = None) -> Any:
+    """RunOptions of a quiet study on SQLite and MLflow files under `tmp`, without a report."""
+    from ablation.study.runner import RunOptions
+
+    return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
+                      trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True,
+                      fuse=fuse)

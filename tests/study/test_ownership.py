@@ -18,21 +18,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scale_helpers import Procs, optuna_trials, wait_for, worker_env, write_study
+from scale_helpers import Procs, local_options, optuna_trials, wait_for, worker_env, write_study
 
-from ablation.data.demo import build_demo_dataset
 from ablation.errors import UserError
 from ablation.study.runner import RunOptions, connect, enqueue_study, resolve_study, run_study
 from ablation.study.tracking import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
-    return root
 
 
 @pytest.fixture
@@ -49,8 +42,7 @@ def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def options(tmp: Path) -> RunOptions:
-    return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-                      trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True)
+    return local_options(tmp)
 
 
 def env_for(tmp: Path) -> dict[str, str]:

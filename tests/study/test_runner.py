@@ -11,23 +11,14 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from scale_helpers import OBJECTIVES, TINY_BASE, write_study
+from scale_helpers import OBJECTIVES, TINY_BASE, local_options, write_study
 
-from ablation.data.demo import build_demo_dataset
 from ablation.study.runner import RunOptions, run_study
 from ablation.study.tracking import Tracker
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
-    return root
-
-
 def options(tmp: Path) -> RunOptions:
-    return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-                      trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True)
+    return local_options(tmp)
 
 
 def runs_by_status(tmp: Path, name: str) -> dict[str, list]:

@@ -14,10 +14,9 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from scale_helpers import OBJECTIVES, TINY_BASE
+from scale_helpers import OBJECTIVES, TINY_BASE, local_options
 
 from ablation.config import TrainConfig, read_yaml
-from ablation.data.demo import build_demo_dataset
 from ablation.errors import UserError
 from ablation.study.runner import RunOptions, enqueue_study, run_worker
 from ablation.study.spec import load_study
@@ -25,17 +24,9 @@ from ablation.study.spec import load_study
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
-    return root
-
 
 def options(tmp: Path) -> RunOptions:
-    return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
-                      trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True,
-                      fuse=1)
+    return local_options(tmp, fuse=1)
 
 
 def write_arms(path: Path, data_root: Path, arms: dict[str, dict[str, Any]]) -> Path:
