@@ -3,6 +3,7 @@ checkpoint may be resumed by this run: same config and seed, same precision."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,17 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's dict, read with torch's restricted unpickler: tensors, RNG states and plain containers
+    load; a pickle that would run code (a `__reduce__` to any other callable) is refused in one line, since
+    anyone who can write the trials folder (a shared volume) could otherwise run code in every worker."""
     if not path.exists():
         return None
-    # our own files: they hold RNG states and plain containers, so the full unpickler is needed
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = (str(exc).strip().splitlines() or ["unpickling refused"])[0][:200]
+        raise UserError(problem(path, "checkpoint", "a checkpoint of tensors and plain containers (loaded with "
+                                "torch.load(weights_only=True))", f"<refused: {detail}>")) from None
 
 
 def checkpoint_precision(state: dict[str, Any]) -> str:

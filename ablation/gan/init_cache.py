@@ -114,8 +114,8 @@ def load_entry(root: Path, config: TrainConfig) -> InitEntry | None:
         data = state_path.read_bytes()
         if meta["identity"] != init_identity(config) or hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise ValueError("identity or checksum mismatch")
-        # our own file (checksummed): optimiser and stream states hold plain containers and RNG states
-        return InitEntry(**torch.load(io.BytesIO(data), map_location="cpu", weights_only=False))
+        # restricted unpickler: an entry that would run code is refused like a corrupt one (and recomputed)
+        return InitEntry(**torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, whatever broke it
         print(f"ablate: init cache entry {meta_path.name} unusable ({type(exc).__name__}: {exc}); recomputing it",
               file=sys.stderr)
