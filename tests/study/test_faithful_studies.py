@@ -60,6 +60,13 @@ def test_writeup_arms_are_the_writeups_experiments() -> None:
 def test_writeup_demo_dry_run_prints_each_arms_resolved_weights(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ABLATE_DEMO_DIR", str(tmp_path / "demo"))
+    # torchvision's MobileNetV2 file on disk: the demo uses it (without it, tests/study/test_offline_demo.py)
+    from torchvision.models import MobileNet_V2_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "torch" / "hub" / "checkpoints" / MobileNet_V2_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+     ).write_bytes(b"weights")
     lines = dry_run_lines(resolve_study(STUDIES / "writeup.yaml", RunOptions(demo=True)))
     assert lines[0] == "study writeup-demo: 9 cells x 3 seeds = 27 trials"
     cells = [line for line in lines[1:] if " cell=" in line]
