@@ -221,9 +221,9 @@ def stylize_command(
     from ablation.config import RuntimeConfig
     from ablation.gan.device import resolve_device
     from ablation.gan.inference import load_generator
+    from ablation.gan.stylize import stylize_sources
     from ablation.study.models import resolve_model
     from ablation.study.tracking import Tracker
-    from ablation.stylize import stylize_sources
 
     target = resolve_device(RuntimeConfig(device=device))
     with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
