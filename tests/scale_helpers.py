@@ -201,3 +201,18 @@ def local_options(tmp: Path, fuse: int | None = None) -> Any:
     return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                       trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True,
                       fuse=fuse)
+
+
+def race_processes(ctx: Any, target: Callable[..., None], args: list[tuple]) -> list[Any]:
+    """Start one `ctx.Process(target, args + (barrier, results))` per args tuple, released together by a
+    barrier; their answers (each `("ok", value)` or `("error", traceback)`), after asserting none failed."""
+    barrier, results = ctx.Barrier(len(args)), ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*a, barrier, results)) for a in args]
+    for proc in procs:
+        proc.start()
+    answers = [results.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+    errors = [text for kind, text in answers if kind == "error"]
+    assert not errors, "\n".join(errors)
+    return answers

@@ -14,6 +14,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from scale_helpers import race_processes
 
 from ablation.study import queue
 
@@ -44,15 +45,7 @@ def test_racing_processes_claim_each_trial_once_on_sqlite(tmp_path: Path) -> Non
     # fork: the racers start with optuna and ablation already imported (spawn re-imports torch in each, ~10 s);
     # they open their own connections after the fork
     ctx = multiprocessing.get_context("fork")
-    barrier, results = ctx.Barrier(RACERS), ctx.Queue()
-    procs = [ctx.Process(target=_racer, args=(url, barrier, results)) for _ in range(RACERS)]
-    for proc in procs:
-        proc.start()
-    answers = [results.get(timeout=300) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-    errors = [text for kind, text in answers if kind == "error"]
-    assert not errors, "\n".join(errors)
+    answers = race_processes(ctx, _racer, [(url,)] * RACERS)
 
     counts = Counter(number for _, claimed in answers for number in claimed)
     assert sorted(counts) == list(range(TRIALS)), "every trial claimed"

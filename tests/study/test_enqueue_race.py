@@ -17,7 +17,7 @@ from typing import Any
 import optuna
 import pytest
 from optuna.trial import TrialState
-from scale_helpers import write_study
+from scale_helpers import race_processes, write_study
 
 from ablation.outcomes import Outcome
 from ablation.study import queue, storage
@@ -54,15 +54,7 @@ def _launcher(study_path: str, url: str, role: str, barrier: Any, results: Any) 
 def _race(study_path: Path, url: str, roles: list[str]) -> int:
     """Run one process per role at once; the number of trials the launchers say they queued, all together."""
     ctx = multiprocessing.get_context("spawn")
-    barrier, results = ctx.Barrier(len(roles)), ctx.Queue()
-    procs = [ctx.Process(target=_launcher, args=(str(study_path), url, role, barrier, results)) for role in roles]
-    for proc in procs:
-        proc.start()
-    answers = [results.get(timeout=300) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-    errors = [text for kind, text in answers if kind == "error"]
-    assert not errors, "\n".join(errors)
+    answers = race_processes(ctx, _launcher, [(str(study_path), url, role) for role in roles])
     return sum(count for _, count in answers)
 
 
