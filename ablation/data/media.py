@@ -104,7 +104,9 @@ def frame_writer(path: Path, info: VideoInfo, source: Path, width: int) -> Gener
     codec = {".webm": "libvpx-vp9", ".gif": "gif"}.get(suffix)
     audio = {"audio_path": str(source), "audio_codec": "libopus" if suffix == ".webm" else "aac"} \
         if info.has_audio and suffix != ".gif" else {}
-    pix_fmt = "rgb8" if suffix == ".gif" else "yuv444p" if codec is None else "yuv420p"
+    # yuv420p plays everywhere but needs even sides; an odd-sized H.264 output keeps full chroma instead
+    even = width % 2 == 0 and info.size[1] % 2 == 0
+    pix_fmt = "rgb8" if suffix == ".gif" else "yuv420p" if even or codec is not None else "yuv444p"
     writer = imageio_ffmpeg.write_frames(str(path), (width, info.size[1]), fps=info.fps, macro_block_size=1,
                                          codec=codec, pix_fmt_out=pix_fmt, quality=8 if codec is None else None,
                                          **audio)
