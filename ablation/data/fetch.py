@@ -1,16 +1,15 @@
 """`ablate data fetch`: download a public dataset release into a folder the user chose.
 
-Resumable (HTTP Range on a `.part` file), verified (SHA-256 when known, zip CRCs always), extracted
-atomically, and marked `.complete` so a second fetch does nothing. Standard library networking only.
+Resumable (HTTP Range on a `.part` file), verified (SHA-256 when known, zip CRCs always), extracted within
+caps against zip bombs and atomically (ablation/data/unzip.py), and marked `.complete` so a second fetch
+does nothing. Standard library networking only.
 The AnimeGAN data is research-only (animegan.md §10): this project never re-hosts or ships it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from ablation.data.unzip import DEFAULT_LIMITS, BadArchive, ZipLimits, extract_zip
 from ablation.errors import UserError, problem
 
 CHUNK = 1 << 20
@@ -112,27 +112,6 @@ def _download(url: str, part: Path, dest: Path, progress: bool) -> None:
         raise _offline(url, dest, f"interrupted at {part.stat().st_size} of {total} bytes; run again to resume")
 
 
-def _extract(archive: Path, dest: Path) -> None:
-    """Extract into a temporary sibling, then rename each top-level entry into place."""
-    staging = dest / f".extract-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    root = staging.resolve()
-    with zipfile.ZipFile(archive) as zf:
-        for member in zf.namelist():  # refuse `../` paths (zip slip)
-            if not (root / member).resolve().is_relative_to(root):
-                raise UserError(problem(archive, member, "a path inside the archive", "<escapes the folder>"))
-        zf.extractall(staging)
-    for entry in staging.iterdir():
-        target = dest / entry.name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-        os.replace(entry, target)
-    staging.rmdir()
-
-
 def _dataset_root(dest: Path) -> Path:
     """The folder holding train_photo/: dest itself or a single top-level folder of the archive."""
     if (dest / "train_photo").is_dir():
@@ -142,8 +121,9 @@ def _dataset_root(dest: Path) -> Path:
 
 
 def fetch_dataset(name: str, dest: Path, url: str | None = None, sha256: str | None = None,
-                  progress: bool = True) -> Path:
-    """Download, verify and extract dataset `name` into `dest`; returns the dataset root (holds train_photo/)."""
+                  progress: bool = True, limits: ZipLimits = DEFAULT_LIMITS) -> Path:
+    """Download, verify and extract dataset `name` into `dest`; returns the dataset root (holds train_photo/).
+    `limits` caps what the archive may expand to (tests pass small ones)."""
     if name not in DATASETS:
         raise UserError(problem("ablate data fetch", "name", f"one of {', '.join(sorted(DATASETS))}", name))
     source = DATASETS[name]
@@ -166,15 +146,13 @@ def fetch_dataset(name: str, dest: Path, url: str | None = None, sha256: str | N
         part.unlink()  # a corrupt or different file: resuming it would never succeed
         raise UserError(problem(url, "sha256", expected, got))
     try:
-        with zipfile.ZipFile(part) as zf:
-            bad = zf.testzip()
+        extract_zip(part, dest, url, limits)  # CRCs are checked while extracting
     except zipfile.BadZipFile as exc:
         part.unlink()
         raise UserError(problem(url, "archive", "a valid zip file", f"<{exc}>")) from None
-    if bad is not None:
-        part.unlink()
-        raise UserError(problem(url, f"archive member {bad}", "a matching CRC", "<corrupt>"))
-    _extract(part, dest)
+    except BadArchive:
+        part.unlink()  # corrupt, hostile or over a cap: resuming or retrying it would never succeed
+        raise
     part.unlink()  # the extracted tree is what is used; the marker keeps the archive's hash
     marker.write_text(got + "\n")
     root = _dataset_root(dest)
