@@ -11,7 +11,7 @@ import torch
 
 from ablation.config import TrainConfig, cell_hash
 from ablation.errors import UserError, problem
-from ablation.files import atomic_write
+from ablation.files import atomic_write, remove_stale_temps
 
 CHECKPOINT_NAME = "checkpoint.pt"
 # Checkpoints written before the trainer recorded its precision: taken as fp32. That is what every CPU run and
@@ -28,7 +28,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint's dict, read with torch's restricted unpickler: tensors, RNG states and plain containers
     load; a pickle that would run code (a `__reduce__` to any other callable) is refused in one line, since
-    anyone who can write the trials folder (a shared volume) could otherwise run code in every worker."""
+    anyone who can write the trials folder (a shared volume) could otherwise run code in every worker.
+
+    Loading is where a trial resumes: the temp file of a save killed mid-write (as large as a checkpoint) is
+    removed here, once it is old enough that no live save can still be writing it."""
+    remove_stale_temps(path)
     if not path.exists():
         return None
     try:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ablation.config import TrainConfig, get_path
-from ablation.files import atomic_write, atomic_write_text
+from ablation.files import atomic_write, atomic_write_text, remove_stale_temps
 
 if TYPE_CHECKING:
     from ablation.gan.member import Member
@@ -107,6 +107,9 @@ def save_entry(root: Path, config: TrainConfig, entry: InitEntry) -> None:
 def load_entry(root: Path, config: TrainConfig) -> InitEntry | None:
     """The entry for this config's init phase, or None when there is none or it cannot be trusted."""
     state_path, meta_path = _paths(root, init_key(config))
+    # a leader killed while storing this entry left its temp files; old enough, no live leader is writing them
+    for path in (state_path, meta_path):
+        remove_stale_temps(path)
     if not meta_path.exists():
         return None
     try:

@@ -1,4 +1,5 @@
-"""The report in a real headless Chromium, opened from disk: no network request, every image decodes."""
+"""The report in a real headless Chromium, opened from disk: no network request, every image decodes, and its
+Content-Security-Policy (script hashes, no 'unsafe-inline') lets its own script run: no violation logged."""
 
 from __future__ import annotations
 
@@ -29,12 +30,15 @@ def test_report_renders_offline(report_path: Path, tmp_path: Path) -> None:
         pytest.skip(f"headless Chromium not found at {CHROMIUM} (apt-get install -y chromium); CI installs it")
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
     requests: list[str] = []
+    console: list[str] = []  # errors and warnings: Chromium logs each CSP violation ("Refused to execute ...") here
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
                                      args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("request", lambda request: requests.append(request.url))
+            page.on("console", lambda msg: console.append(msg.text) if msg.type in ("error", "warning") else None)
+            page.on("pageerror", lambda error: console.append(str(error)))
             page.goto(report_path.as_uri(), wait_until="load")
             page.wait_for_function("Array.from(document.images).every(img => img.complete)")
             widths = page.eval_on_selector_all("img", "imgs => imgs.map(img => [img.alt, img.naturalWidth])")
@@ -49,5 +53,6 @@ def test_report_renders_offline(report_path: Path, tmp_path: Path) -> None:
     assert not [url for url in requests if url.startswith(("http://", "https://"))], requests
     assert widths and all(width > 0 for _, width in widths), [alt for alt, width in widths if width == 0]
     assert seeds == sorted(seeds, reverse=True)  # second click: descending
+    assert not [m for m in console if "Content Security Policy" in m or "Refused to" in m], console
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 50_000
