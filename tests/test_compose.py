@@ -1,8 +1,9 @@
 """Static checks of the scale-out stack (docker-compose.yml, Dockerfiles, .env.example, helper scripts).
 
 Docker is not available in CI, so compose is validated as data: interpolated the way compose does
-it (${VAR:-default}, $$ escapes) with an empty environment, i.e. exactly what `docker compose up`
-runs with no .env. tests/test_services.py runs the same PostgreSQL/MLflow pieces natively.
+it (${VAR:-default}, ${VAR:?error}, $$ escapes) with only the passwords set, i.e. what `docker compose
+up` runs with a .env that sets just the required ones. tests/study/test_services.py and
+tests/study/test_db_roles.py run the same PostgreSQL/MLflow pieces natively.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ ENV_EXAMPLE = REPO / ".env.example"
 
 REQUIRED_SERVICES = {"postgres", "objectstore", "bucket-init", "mlflow", "dashboard", "worker"}
 ONE_SHOT = {"bucket-init"}
+# No password has a default: compose refuses to start until .env sets these (${VAR:?message}).
+# Distinct made-up values, so a test can look for each one wherever it must not be.
+SECRETS = {"POSTGRES_PASSWORD": "pg-superuser-secret", "ABLATE_DB_PASSWORD": "app-role-secret",
+           "S3_SECRET_KEY": "s3-secret-key"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET")
+APP_ROLE = "ablate_app"  # the login role every service connects as (not the superuser POSTGRES_USER)
+APP_PASSWORD = SECRETS["ABLATE_DB_PASSWORD"]
+PG_URL = re.compile(r"postgres(?:ql)?(?:\+\w+)?://([^:/@\s]+):([^@\s]*)@")
+USERINFO_URL = re.compile(r"://[^/\s:@]+:[^/\s@]+@")  # scheme://user:pass@ with a literal password
 
 
 def compose_variables(text: str) -> dict[str, set[tuple[str | None, str]]]:
@@ -52,7 +62,7 @@ def raw() -> str:
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return load_compose()
+    return load_compose(SECRETS)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +87,14 @@ def volume_source(entry: str | dict[str, Any]) -> str:
 
 def command_text(cmd: str | list[str]) -> str:
     return cmd if isinstance(cmd, str) else " ".join(cmd)
+
+
+def argv_fields(svc: dict[str, Any]) -> dict[str, str]:
+    """What becomes a process's argv (shown by `ps` on the host and by `docker inspect`): field -> text."""
+    fields = {field: command_text(svc[field]) for field in ("entrypoint", "command") if field in svc}
+    if "healthcheck" in svc:
+        fields["healthcheck"] = command_text(svc["healthcheck"]["test"])
+    return fields
 
 
 # --- structure -------------------------------------------------------------------------------
@@ -162,7 +180,10 @@ def test_depends_on_references_existing_services_with_valid_conditions(services:
 def test_postgres_creates_optuna_and_mlflow_databases(services: dict[str, dict[str, Any]]) -> None:
     pg = services["postgres"]
     assert pg["environment"]["ABLATE_DATABASES"].split(",") == ["optuna", "mlflow"]
-    assert pg["environment"]["POSTGRES_USER"] == "ablate" and pg["environment"]["POSTGRES_PASSWORD"] == "ablate"
+    env = pg["environment"]
+    assert env["POSTGRES_USER"] == "ablate" and env["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    # read by the init script: the application's own login role (see tests/study/test_db_roles.py)
+    assert env["ABLATE_DB_USER"] == APP_ROLE and env["ABLATE_DB_PASSWORD"] == APP_PASSWORD
     assert "pgdata:/var/lib/postgresql/data" in pg["volumes"]
     init = [v for v in pg["volumes"] if "/docker-entrypoint-initdb.d/" in v]
     assert len(init) == 1
@@ -189,18 +210,20 @@ def test_objectstore_and_bucket_init(services: dict[str, dict[str, Any]]) -> Non
 def test_mlflow_upgrades_schema_then_serves_with_allowed_hosts(services: dict[str, dict[str, Any]]) -> None:
     ml = services["mlflow"]
     env = ml["environment"]
-    assert env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg2://ablate:ablate@postgres:5432/mlflow"
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"postgresql+psycopg2://{APP_ROLE}:{APP_PASSWORD}@postgres:5432/mlflow"
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://mlflow"
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://objectstore:9000"
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(env)
     assert ml["command"][:2] == ["/bin/sh", "-c"]
     script = ml["command"][2]
-    upgrade = script.index('mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"')
+    # `mlflow db upgrade URL` only takes the URL as an argument: the same click command runs in-process
+    # with the URL from the environment; the server reads MLFLOW_BACKEND_STORE_URI itself (click envvar)
+    upgrade = script.index('upgrade.main([os.environ["MLFLOW_BACKEND_STORE_URI"]]')
     serve = script.index("exec mlflow server")
     assert upgrade < serve
     server = script[serve:]
-    for flag in ('--backend-store-uri "$MLFLOW_BACKEND_STORE_URI"',
-                 '--artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"', "--serve-artifacts",
+    assert "--backend-store-uri" not in server
+    for flag in ('--artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION"', "--serve-artifacts",
                  '--host "${MLFLOW_HOST:-0.0.0.0}"', '--port "${MLFLOW_PORT:-5000}"'):
         assert flag in server
     allowed = re.search(r'--allowed-hosts "([^"]*)"', server)
@@ -240,7 +263,14 @@ def test_every_postgres_url_names_the_psycopg2_driver(compose: dict[str, Any]) -
 def test_dashboard_reads_the_optuna_database(services: dict[str, dict[str, Any]]) -> None:
     dash = services["dashboard"]
     assert dash["image"] == "ghcr.io/optuna/optuna-dashboard:v0.21.0"
-    assert dash["command"] == ["postgresql+psycopg2://ablate:ablate@postgres:5432/optuna"]
+    assert dash["environment"] == {"ABLATE_STORAGE": f"postgresql+psycopg2://{APP_ROLE}:{APP_PASSWORD}@postgres:5432/optuna"}
+    # optuna-dashboard takes the storage URL only as an argument: its console script runs in-process
+    # with the URL from the environment, and the image's own server options (gunicorn on 0.0.0.0:8080)
+    assert "command" not in dash and dash["entrypoint"][:2] == ["python", "-c"] and len(dash["entrypoint"]) == 3
+    script = dash["entrypoint"][2]
+    compile(script, "dashboard-entrypoint", "exec")
+    assert 'os.environ["ABLATE_STORAGE"]' in script and 'name="optuna-dashboard"' in script
+    assert '"--host", "0.0.0.0", "--port", "8080", "--server", "gunicorn"' in script
     assert dash["ports"] == ["127.0.0.1:8080:8080"]
 
 
@@ -248,10 +278,11 @@ def test_worker_is_scalable_gpu_service(services: dict[str, dict[str, Any]]) -> 
     worker = services["worker"]
     for name, svc in services.items():
         assert "container_name" not in svc, f"{name}: container_name breaks --scale and parallel stacks"
-    assert worker["command"] == ["worker", "studies/style_weight.yaml", "--storage",
-                                 "postgresql+psycopg2://ablate:ablate@postgres:5432/optuna"]
+    assert worker["command"] == ["worker", "studies/style_weight.yaml"]  # the storage URL is ABLATE_STORAGE
     # no S3 creds on workers; checkpoints go to the shared volume so a retried trial resumes anywhere
-    assert worker["environment"] == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "ABLATE_TRIALS_DIR": "/app/runs"}
+    assert worker["environment"] == {
+        "ABLATE_STORAGE": f"postgresql+psycopg2://{APP_ROLE}:{APP_PASSWORD}@postgres:5432/optuna",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000", "ABLATE_TRIALS_DIR": "/app/runs"}
     assert "checkpoints:/app/runs" in worker["volumes"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
@@ -271,13 +302,19 @@ def test_checkpoint_volume_is_shared_by_every_worker_replica(compose: dict[str, 
 # --- variables -------------------------------------------------------------------------------
 
 
-def test_every_compose_variable_has_a_default_documented_in_env_example(raw: str) -> None:
+def test_every_compose_variable_is_documented_in_env_example(raw: str) -> None:
     used = compose_variables(raw)
     documented = env_example()
     assert set(used) == set(documented), (
         f"undocumented: {sorted(set(used) - set(documented))}, stale: {sorted(set(documented) - set(used))}"
     )
     for name, forms in used.items():
+        if SECRET_NAME.search(name):
+            # required, and .env.example ships no usable value: `cp .env.example .env` alone must not start
+            # a stack with a password everyone knows
+            assert {op for op, _ in forms} == {":?"}, f"{name}: use ${{{name}:?set {name} in .env}}"
+            assert documented[name] == "", f"{name}: .env.example must leave it empty, not {documented[name]!r}"
+            continue
         defaults = {arg for op, arg in forms if op == ":-"}
         assert {op for op, _ in forms} == {":-"}, f"{name}: use ${{{name}:-default}} so compose runs without .env"
         assert len(defaults) == 1, f"{name}: different defaults in different places: {defaults}"
@@ -285,15 +322,57 @@ def test_every_compose_variable_has_a_default_documented_in_env_example(raw: str
 
 
 def test_env_example_overrides_flow_into_services() -> None:
-    env = {**env_example(), "POSTGRES_PASSWORD": "s3cret", "ABLATE_STUDY": "studies/x.yaml",
+    env = {**env_example(), **SECRETS, "ABLATE_DB_PASSWORD": "s3cret", "ABLATE_STUDY": "studies/x.yaml",
            "MLFLOW_EXTRA_ALLOWED_HOSTS": "gpu-head:5000", "POSTGRES_PUBLISH": "0.0.0.0:5432"}
     svc = load_compose(env)["services"]
     assert svc["worker"]["command"][1] == "studies/x.yaml"
-    assert svc["worker"]["command"][3] == "postgresql+psycopg2://ablate:s3cret@postgres:5432/optuna"
+    assert svc["worker"]["environment"]["ABLATE_STORAGE"] == "postgresql+psycopg2://ablate_app:s3cret@postgres:5432/optuna"
     assert svc["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith(":s3cret@postgres:5432/mlflow")
-    assert svc["dashboard"]["command"] == ["postgresql+psycopg2://ablate:s3cret@postgres:5432/optuna"]
+    assert svc["dashboard"]["environment"]["ABLATE_STORAGE"] == svc["worker"]["environment"]["ABLATE_STORAGE"]
     assert svc["postgres"]["ports"] == ["0.0.0.0:5432:5432"]
     assert svc["mlflow"]["environment"]["MLFLOW_EXTRA_ALLOWED_HOSTS"] == "gpu-head:5000"
+
+
+# --- passwords and roles ---------------------------------------------------------------------------
+
+
+def test_no_password_has_a_default_and_compose_refuses_to_start_without_one(raw: str) -> None:
+    used = compose_variables(raw)
+    assert {name for name in used if SECRET_NAME.search(name)} == set(SECRETS)
+    assert not re.search(r"\$\{\w*(PASSWORD|SECRET)\w*:?-", raw), "a password with a default"
+    for name in SECRETS:
+        assert used[name] == {(":?", f"set {name} in .env")}, used[name]
+        with pytest.raises(KeyError, match=name):  # what `docker compose up` does: stop with the message
+            load_compose({k: v for k, v in SECRETS.items() if k != name})
+
+
+def test_no_service_puts_a_password_in_argv(services: dict[str, dict[str, Any]]) -> None:
+    """argv is public (`ps` on the host, `docker inspect` Cmd/Args): passwords travel by environment.
+
+    Also catches "$VAR" in a shell command, which the container's shell expands into a child's argv.
+    """
+    for name, svc in services.items():
+        env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
+        secret_env = {k for k, v in env.items() if SECRET_NAME.search(k) or USERINFO_URL.search(v)
+                      or any(s in v for s in SECRETS.values())}
+        for field, text in argv_fields(svc).items():
+            where = f"{name}.{field}"
+            assert not [s for s in SECRETS.values() if s in text], f"{where}: a password in argv"
+            assert not USERINFO_URL.search(text), f"{where}: a user:password@ URL in argv"
+            for var in secret_env:
+                assert not re.search(rf"\$\{{?{var}\b", text), f"{where}: ${var} expands into some argv"
+    assert "MLFLOW_BACKEND_STORE_URI" in services["mlflow"]["environment"]  # i.e. the check above had work
+
+
+def test_every_app_connection_string_uses_the_app_role(compose: dict[str, Any]) -> None:
+    found = [m for value in compose_strings(compose) for m in PG_URL.findall(value)]
+    assert found == [(APP_ROLE, APP_PASSWORD)] * 3, found  # mlflow, dashboard, worker
+    # renaming the superuser does not move the services onto it; renaming the app role does
+    renamed = load_compose({**SECRETS, "POSTGRES_USER": "root", "ABLATE_DB_USER": "app2"})
+    found = [m for value in compose_strings(renamed) for m in PG_URL.findall(value)]
+    assert found == [("app2", APP_PASSWORD)] * 3, found
+    pg = renamed["services"]["postgres"]["environment"]
+    assert pg["POSTGRES_USER"] == "root" and pg["ABLATE_DB_USER"] == "app2"  # the init script makes that role
 
 
 def test_interpolate_follows_compose_rules() -> None:
@@ -301,6 +380,9 @@ def test_interpolate_follows_compose_rules() -> None:
     assert interpolate("${X:-d} ${X:+alt}", {"X": "v"}) == "v alt"
     with pytest.raises(ValueError, match="bare"):
         interpolate("$HOME", {})
+    assert interpolate("${X:?set X}", {"X": "v"}) == "v"
+    with pytest.raises(KeyError, match="X: set X"):
+        interpolate("${X:?set X}", {"X": ""})  # compose treats empty like unset for :?
 
 
 # --- Dockerfiles and helper scripts ---------------------------------------------------------------

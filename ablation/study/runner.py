@@ -231,12 +231,15 @@ def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking
             [(None, k) for k in range(options.workers)]
     procs = []
     for device, _ in slots:
-        env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, **{LAUNCHER_ENV: str(os.getpid())})
+        # the storage URL may carry a database password: it goes by environment (the child's CLI reads
+        # ABLATE_STORAGE when --storage is absent), since argv is public to anyone running `ps`
+        env = dict(os.environ, ABLATE_STORAGE=storage, MLFLOW_TRACKING_URI=tracking_uri,
+                   **{LAUNCHER_ENV: str(os.getpid())})
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device  # each trial sees only its device
             if options.trials_per_device > 1:
                 env["ABLATE_MEMORY_FRACTION"] = f"{0.95 / options.trials_per_device:.3f}"
-        cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path), "--storage", storage,
+        cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path),
                "--trials-dir", str(options.trials_dir), "--quiet"]
         cmd += ["--demo"] if options.demo else []
         cmd += ["--fuse", str(options.fuse) if options.fuse is not None else "auto"]
