@@ -61,7 +61,7 @@ def rank(tracker: Tracker, name: str, spec: StudySpec | None = None, metric: str
     """(metric, direction, cells best first) over the study's finished trials (newest attempt per trial)."""
     runs = tracker.trial_runs(name)
     if not runs:
-        raise UserError(problem(tracker.uri, "study", f"an MLflow experiment named {name} with finished trials "
+        raise UserError(problem(tracker.shown_uri, "study", f"an MLflow experiment named {name} with finished trials "
                                 "(run it with `ablate run`, or pass --tracking-uri / --demo)", "<no trial runs>"))
     if spec is None:  # the study file the parent run kept
         with tempfile.TemporaryDirectory(prefix="ablate-best-") as tmp:

@@ -82,7 +82,7 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
     parent = tracker.parent_run_of(name)
     runs = tracker.trial_runs(name)
     if parent is None and not runs:
-        raise UserError(problem(tracker.uri, "study", f"an MLflow experiment named {name} with runs "
+        raise UserError(problem(tracker.shown_uri, "study", f"an MLflow experiment named {name} with runs "
                                 "(run it with `ablate run`, or pass --tracking-uri)", _not_found(name, tracker)))
     study_yaml = study_yaml_text(tracker, parent, study, workdir)
     spec = study.spec if study is not None else parse_spec(study_yaml)

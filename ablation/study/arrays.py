@@ -22,7 +22,7 @@ from ablation.gan.device import resolve_device
 from ablation.outcomes import Outcome
 from ablation.study import ownership, queue
 from ablation.study.ownership import FolderLock
-from ablation.study.recovery import reap_dead
+from ablation.study.recovery import give_back, reap_dead
 from ablation.study.spec import Study, TrialSpec
 from ablation.study.storage import Beat, give_up_line, heartbeat_of
 from ablation.study.stored import trial_spec
@@ -143,6 +143,12 @@ def run_grid(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_t
                 held.pop(trial._trial_id, None)
                 return
             beat.stop()
+            if outcome.infra is not None:  # the machine failed, not the trial: back to the queue at once
+                give_back(opt, opt._storage.get_trial(trial._trial_id), ctx.tracker,
+                          f"infrastructure error: {outcome.infra}", outcome.tracking_down)
+                lock.release()
+                held.pop(trial._trial_id, None)
+                return
             if outcome.array_failed:
                 # one exception fails the whole fused model: re-run each member alone, retries untouched, so a
                 # member is never charged for a neighbour's fault
@@ -198,9 +204,11 @@ def _spec(study: Study, trial: Trial) -> TrialSpec:
 
 
 def failed_line(ctx: TrialContext, spec: TrialSpec, outcome: TrialOutcome) -> str:
-    last_line = (outcome.error or "").strip().splitlines()[-1:] or ["?"]
+    error = (outcome.error or "").strip()
+    last_line = error.splitlines()[-1:] or ["?"]
+    where = "traceback" if error.startswith("Traceback") else "log"  # an unmeasured objective raised nothing
     return (f"ablate: trial {spec.run_name} [{spec.key}] failed: {last_line[0][:300]} "
-            f"(traceback in {ctx.trials_dir / ctx.study_name / spec.key / 'train.log'})")
+            f"({where} in {ctx.trials_dir / ctx.study_name / spec.key / 'train.log'})")
 
 
 def tell(opt: optuna.Study, trial: Trial, spec: TrialSpec, outcome: TrialOutcome, ctx: TrialContext,

@@ -61,5 +61,5 @@ def trial_files(tracker: Tracker, run_id: str, workdir: Path) -> tuple[Path, Tra
     config_file = tracker.download(run_id, CONFIG, workdir / run_id)
     if weights is None or config_file is None:
         raise UserError(problem(None, "--model", f"a finished trial run with {WEIGHTS} and {CONFIG}",
-                                f"<run {run_id} at {tracker.uri}: not there>"))
+                                f"<run {run_id} at {tracker.shown_uri}: not there>"))
     return weights, build_config(read_yaml(config_file), config_file), config_file

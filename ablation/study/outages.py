@@ -13,6 +13,7 @@ Only ablation.study.tracking imports mlflow; it passes the MLflow-specific test 
 
 from __future__ import annotations
 
+import errno
 import re
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -100,3 +101,41 @@ def tracking_outage(exc: BaseException, unavailable: Callable[[BaseException], b
                 or (unavailable is not None and unavailable(error))):
             return error
     return None
+
+
+# OS errors that say the machine or a mount cannot go on, whatever trial runs there: a full disk or quota, a
+# failing or read-only disk, an NFS mount gone stale or away. Not a trial's fault: retrying it elsewhere helps.
+INFRASTRUCTURE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ESTALE,
+                                   errno.ENOTCONN, errno.EHOSTDOWN, errno.ENODEV, errno.ENOMEM})
+
+
+def _out_of_memory_types() -> tuple[type[BaseException], ...]:
+    import torch  # only asked once a trial failed: torch is loaded by then
+
+    accelerator = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError  # torch < 2.5: cuda's
+    return (accelerator, MemoryError)
+
+
+def infrastructure_error(exc: BaseException, unavailable: Callable[[BaseException], bool] | None = None
+                         ) -> BaseException | None:
+    """The error behind a trial's failure when the machine or a service failed, not the trial: a disk full or
+    failing, an unreachable mount, out of GPU (or host) memory, the tracking server or a database away for
+    longer than anything waits. None for anything else, which is the trial's own failure (a bug, a config).
+
+    Decided on types and errnos, like the outages above; `unavailable` as in `tracking_outage`."""
+    memory = _out_of_memory_types()
+    for error in chain(exc):
+        if isinstance(error, OSError) and error.errno in INFRASTRUCTURE_ERRNOS:
+            return error
+        if isinstance(error, memory):
+            return error
+    return database_outage(exc) or tracking_outage(exc, unavailable)
+
+
+def one_line(error: BaseException) -> str:
+    """`ENOSPC: No space left on device: '/data/x'`-style text of an error, on one line."""
+    if isinstance(error, OSError) and error.errno and error.strerror:
+        where = f": {error.filename}" if error.filename is not None else ""
+        return f"{errno.errorcode.get(error.errno, 'OSError')}: {error.strerror}{where}"
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__

@@ -97,6 +97,26 @@ def _silent_trial_ids(opt: optuna.Study) -> list[int]:
     return silent + [row[0] for row in rows]
 
 
+def give_back(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tracker, reason: str,
+              tracking_down: bool) -> None:
+    """A RUNNING trial this process claimed but cannot finish for a reason not its own (the machine or a
+    service failed): ended FAIL and re-queued with its retries untouched, its run marked failed with the
+    reason, exactly as a reaper would once this process stopped (`reap_dead`), only at once. With MLflow away
+    (`tracking_down`) the run is left for a later launcher to mark (UNSYNCED) instead of waiting again."""
+    opt._storage.set_trial_user_attr(trial._trial_id, "outcome", "interrupted")
+    opt._storage.set_trial_user_attr(trial._trial_id, "error", reason[-2000:])
+    if not _fail_running(opt, trial._trial_id):  # a reaper took it first (its heartbeat went silent)
+        return
+    if not tracking_down:
+        requeue_dead(opt, trial, tracker, reason, reason)
+        return
+    if trial.user_attrs.get("trial_key") is not None:
+        queue.requeue(opt, trial, reason, consume_retry=False)
+    if run_id := trial.user_attrs.get("mlflow_run_id"):
+        record_unsynced(opt, trial, tracker, {"run_id": run_id, "reason": reason},
+                        "for longer than the tracker waits")
+
+
 UNSYNCED = "mlflow_unsynced"  # user attr of a re-queued trial: the dead attempt's run MLflow could not mark
 
 
@@ -112,7 +132,7 @@ def requeue_dead(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tr
         queue.requeue(opt, trial, reason, consume_retry=False)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id and (cause := try_mark_abandoned(tracker, run_id, run_reason)) is not None:
-        record_unsynced(opt, trial, tracker, {"run_id": run_id, "reason": run_reason}, cause)
+        record_unsynced(opt, trial, tracker, {"run_id": run_id, "reason": run_reason}, type(cause).__name__)
 
 
 def try_mark_abandoned(tracker: Tracker, run_id: str, reason: str) -> BaseException | None:
@@ -128,7 +148,7 @@ def try_mark_abandoned(tracker: Tracker, run_id: str, reason: str) -> BaseExcept
 
 
 def record_unsynced(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tracker, note: dict[str, str],
-                    cause: BaseException) -> None:
+                    why: str) -> None:
     """Keep the unmarked run on the trial's new attempt (a finished trial takes no attrs) and say so."""
     again = queue.successor(opt, trial)
     where = "not recorded: the trial was not re-queued"
@@ -138,7 +158,7 @@ def record_unsynced(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker:
             where = f"recorded as user attr {UNSYNCED} of trial {again.number}"
         except optuna.exceptions.UpdateFinishedTrialError:
             where = f"not recorded: trial {again.number} already ended"
-    print(f"ablate: MLflow at {tracker.uri} unreachable ({type(cause).__name__}); trial {trial.number} is back in "
+    print(f"ablate: MLflow at {tracker.shown_uri} unreachable ({why}); trial {trial.number} is back in "
           f"the queue but its run {note['run_id']} is not marked failed yet ({where}, for a later "
           f"`ablate run` to mark)", file=sys.stderr, flush=True)
 
@@ -149,5 +169,5 @@ def end_unsynced_runs(opt: optuna.Study, tracker: Tracker) -> None:
     for trial in opt.get_trials(deepcopy=False):
         note = trial.user_attrs.get(UNSYNCED)
         if note and (cause := try_mark_abandoned(tracker, note["run_id"], note["reason"])) is not None:
-            print(f"ablate: MLflow at {tracker.uri} unreachable ({type(cause).__name__}); run {note['run_id']} "
+            print(f"ablate: MLflow at {tracker.shown_uri} unreachable ({type(cause).__name__}); run {note['run_id']} "
                   f"stays unmarked for now", file=sys.stderr, flush=True)

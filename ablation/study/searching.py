@@ -25,9 +25,10 @@ from ablation.gan.array import array_key
 from ablation.outcomes import Outcome
 from ablation.study import ownership, queue
 from ablation.study.arrays import ARRAY_FAILURE, SOLO, OnTrialEnd, failed_line
+from ablation.study.objectives import checked
 from ablation.study.ownership import FolderLock
 from ablation.study.queue import CONFIG_ATTR
-from ablation.study.recovery import reap_dead
+from ablation.study.recovery import give_back, reap_dead
 from ablation.study.spec import Cell, Study, TrialSpec, search_cell
 from ablation.study.storage import Beat, give_up_line, heartbeat_of
 from ablation.study.stored import with_local_runtime
@@ -88,7 +89,7 @@ def run_search(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on
                 for members in _arrays(points, fuse):
                     outcomes = run_trials(ctx, [_request(study, point, spec) for point, spec in members])
                     for (point, _), outcome in zip(members, outcomes, strict=True):
-                        point.outcomes.append(outcome)
+                        point.outcomes.append(checked(study, ctx, outcome))
             finally:
                 lost = {beat.trial_id: beat.silent_s for beat in beats if beat.lost}
                 for beat in beats:
@@ -99,7 +100,11 @@ def run_search(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on
                     print(give_up_line(opt, point.trial.number, point.trial.user_attrs.get("trial_key", "?"),
                                        lost[point.trial._trial_id]), file=sys.stderr, flush=True)
                     continue
-                _tell(study, opt, ctx, point, values_of)
+                if (infra := next((o for o in point.outcomes if o.infra is not None), None)) is not None:
+                    give_back(opt, opt._storage.get_trial(point.trial._trial_id), ctx.tracker,
+                              f"infrastructure error: {infra.infra}", infra.tracking_down)
+                else:
+                    _tell(study, opt, ctx, point, values_of)
                 for lock in locks.pop(point.trial._trial_id, []):
                     lock.release()  # after the tell: a free lock naming a RUNNING trial means its owner died
                 frozen = opt._storage.get_trial(point.trial._trial_id)

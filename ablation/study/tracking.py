@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 import ablation
 from ablation.outcomes import Outcome
 from ablation.study.outages import TRANSIENT_HTTP_STATUS, tracking_outage
+from ablation.study.storage import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TAG_ROLE, TAG_STUDY, TAG_CELL, TAG_SEED = "ablate.role", "ablate.study", "ablate.cell", "ablate.seed"
@@ -33,14 +34,19 @@ TAG_ARRAY = "ablate.array"  # the trial keys of the members that trained togethe
 TAG_DEMO = "ablate.demo"  # parent run of a --demo run: JSON list of its deviations from the faithful config
 TAG_INIT_REUSED = "ablate.init_reused_s"  # continued a stored init phase: that phase's compute time (s)
 RETRY_SECONDS = 5.0
+GIVE_UP_S = 900.0  # how long any MLflow call waits out an outage (README: Reliability)
 
 
 def tracking_uri(explicit: str | None = None) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def retry(action: Callable[[], Any], what: str, uri: str, give_up_after: float = 900.0) -> Any:
-    """Run `action`, retrying connection problems with a clear message; give up after a bound."""
+def retry(action: Callable[[], Any], what: str, uri: str, give_up_after: float | None = None) -> Any:
+    """Run `action`, retrying connection problems with a clear message; give up after a bound (GIVE_UP_S).
+
+    A trial whose metrics cannot go out for that long stops with a checkpoint and goes back to the queue
+    (study.trial): its metrics.jsonl holds every step and is replayed into the next attempt's run."""
+    give_up_after = GIVE_UP_S if give_up_after is None else give_up_after
     started, warned = time.monotonic(), False
     while True:
         try:
@@ -73,11 +79,12 @@ def mlflow_unavailable(exc: BaseException) -> bool:
 class Tracker:
     def __init__(self, uri: str | None = None, artifact_root: Path | None = None) -> None:
         self.uri = tracking_uri(uri)
+        self.shown_uri = redact(self.uri)  # for messages: a server URL may carry basic-auth credentials
         self.client = MlflowClient(tracking_uri=self.uri)
         self.artifact_root = artifact_root
 
     def _retry(self, action: Callable[[], Any], what: str) -> Any:
-        return retry(action, what, self.uri)
+        return retry(action, what, self.shown_uri)
 
     # ---- study level -------------------------------------------------------------------------------
     def experiment_id(self, name: str, tags: dict[str, str] | None = None) -> str:
@@ -245,6 +252,10 @@ class MetricLogger:
         self.thread.start()
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.error is not None:
+            # MLflow stayed away past `retry`'s bound: hold nothing more in memory. The trial folder's
+            # metrics.jsonl has every step, and the trial stops and is replayed from it (study.trial)
+            return
         stamp = int(time.time() * 1000)
         self.queue.put([Metric(k, float(v), stamp, step) for k, v in metrics.items()])
 

@@ -26,8 +26,9 @@ from ablation.gan.device import effective_precision, resolve_device
 from ablation.gan.init_cache import INIT_DIR
 from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator
 from ablation.outcomes import Outcome
+from ablation.study.outages import infrastructure_error, one_line, tracking_outage
 from ablation.study.spec import TrialSpec
-from ablation.study.tracking import TAG_ARRAY, TAG_INIT_REUSED, Tracker
+from ablation.study.tracking import TAG_ARRAY, TAG_INIT_REUSED, Tracker, mlflow_unavailable
 
 TRAIN_LOG = "train.log"
 
@@ -36,18 +37,24 @@ class WorkerStop(StopFlag):
     """A worker's stop flag, read after every training step: set by SIGINT/SIGTERM, and also up while a trial
     of this worker has gone without a recorded heartbeat for longer than the grace period (`watch`): another
     worker may re-queue it by now, so the trainer stops it with a checkpoint. The worker leaves such a trial
-    unrecorded (`given_up`; study.arrays, study.searching) and goes on once the database answers again."""
+    unrecorded (`given_up`; study.arrays, study.searching) and goes on once the database answers again.
+    `halt` stops the worker for good: the machine or a service failed (study.outages.infrastructure_error)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.claims: Any = None  # the Storage that tracks this worker's claims (`Storage.lost_trials`)
         self.given_up: list[int] = []  # Optuna numbers of the trials this worker gave up
+        self.halted: str | None = None  # why this worker stops: the first infrastructure error
+
+    def halt(self, why: str) -> None:
+        self.halted = self.halted or why
 
     def watch(self, storage: Any) -> None:
         self.claims = storage if hasattr(storage, "lost_trials") else None
 
     def __bool__(self) -> bool:
-        return super().__bool__() or (self.claims is not None and bool(self.claims.lost_trials()))
+        lost = self.claims is not None and bool(self.claims.lost_trials())
+        return super().__bool__() or self.halted is not None or lost
 
 
 @dataclass
@@ -88,6 +95,8 @@ class TrialOutcome:
     result: TrainResult | None = None
     error: str | None = None
     array_failed: bool = False  # failed with its whole array (one exception fails the fused model)
+    infra: str | None = None  # stopped by the machine or a service, not by itself: re-queued, retries untouched
+    tracking_down: bool = False  # ... and that was MLflow: its run cannot be marked now
 
 
 def trial_dir(ctx: TrialContext, spec: TrialSpec) -> Path:
@@ -122,10 +131,15 @@ class _Open:
     resumed: bool
     metrics_file: MetricsFile
     logger: Any
+    stop: WorkerStop
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.metrics_file.write(metrics, step)
+        self.metrics_file.write(metrics, step)  # first: the local file is what a resume replays into MLflow
         self.logger.log(metrics, step)
+        if self.logger.error is not None and not self.stop.halted:
+            # MLflow has been away longer than anything waits: stop at this step with a checkpoint; the next
+            # attempt replays metrics.jsonl, so no metric is lost however long the outage lasts
+            self.stop.halt(f"MLflow unreachable for longer than the tracker waits ({one_line(self.logger.error)})")
 
 
 def run_trial(ctx: TrialContext, spec: TrialSpec, *, optuna_number: int | None, params: dict[str, Any],
@@ -185,13 +199,13 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
                     init_cache=ctx.trials_dir / INIT_DIR)
     except Exception as exc:
         error = "".join(traceback.format_exception(exc))
+        cause = infrastructure_error(exc, mlflow_unavailable)
+        if cause is not None:  # not the trials' fault: each goes back to the queue, and this worker stops
+            ctx.stop.halt(one_line(cause))
         for index, request in enumerate(handed):
             if index in outcomes:
                 continue
-            if index in opened:
-                outcomes[index] = _fail(ctx, opened[index], exc, error, array_failed=len(requests) > 1)
-            else:  # its run could not be opened (tracking down): nothing to close
-                outcomes[index] = TrialOutcome(Outcome.FAILED, {}, "", None, error, array_failed=len(requests) > 1)
+            outcomes[index] = _ended_by(ctx, opened.get(index), exc, error, cause, array_failed=len(requests) > 1)
             if request.on_end is not None:
                 request.on_end(outcomes[index])
     return [outcomes[i] for i in range(len(handed))]
@@ -224,7 +238,31 @@ def _open(ctx: TrialContext, request: TrialRequest, array_id: str) -> _Open:
     else:
         _note(log_path, f"start (optuna trial {request.optuna_number}, run {run_id}{with_whom})")
     return _Open(spec, folder, run_id, resume_step is not None,
-                 MetricsFile(folder / METRICS_FILE, resume=resume_step is not None), ctx.tracker.metric_logger(run_id))
+                 MetricsFile(folder / METRICS_FILE, resume=resume_step is not None), ctx.tracker.metric_logger(run_id),
+                 ctx.stop)
+
+
+def _ended_by(ctx: TrialContext, member: _Open | None, exc: Exception, error: str, cause: BaseException | None,
+              array_failed: bool) -> TrialOutcome:
+    """A member's outcome when its array raised. Recording it must not raise in turn (the disk that is full,
+    MLflow away): the outcome has to reach the queue, so such a second error is kept in the text instead."""
+    run_id = member.run_id if member is not None else ""
+    if cause is not None:  # its run is marked when the trial is given back (study.recovery.give_back)
+        tracking_down = tracking_outage(exc, mlflow_unavailable) is not None
+        if member is not None:
+            with contextlib.suppress(Exception):
+                _note(member.folder / TRAIN_LOG, f"stopped by an infrastructure error: {one_line(cause)}")
+            if not tracking_down:  # else closing waits for MLflow again; metrics.jsonl is replayed on resume
+                _close_quietly(member.logger)
+        return TrialOutcome(Outcome.INTERRUPTED, {}, run_id, None, error, infra=one_line(cause),
+                            tracking_down=tracking_down)
+    if member is None:  # its run could not be opened: nothing to close
+        return TrialOutcome(Outcome.FAILED, {}, "", None, error, array_failed=array_failed)
+    try:
+        return _fail(ctx, member, exc, error, array_failed)
+    except Exception as second:
+        return TrialOutcome(Outcome.FAILED, {}, run_id, None,
+                            f"{error}\nwhile recording that failure: {one_line(second)}", array_failed=array_failed)
 
 
 def _fail(ctx: TrialContext, member: _Open, exc: Exception, error: str, array_failed: bool) -> TrialOutcome:

@@ -7,29 +7,19 @@ interrupted (SIGINT/SIGTERM) is FAIL, re-queued, and the worker stops.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ablation.errors import UserError
 from ablation.outcomes import Outcome
 from ablation.study import arrays, queue, storage
+from ablation.study.objectives import checked, objective_values
 from ablation.study.outages import database_outage
 from ablation.study.searching import run_search
 from ablation.study.spec import Study, TrialSpec
 from ablation.study.trial import TrialContext, TrialOutcome
-
-
-def objective_values(study: Study, outcome: TrialOutcome) -> list[float]:
-    values = []
-    for objective in study.spec.objectives:
-        worst = math.inf if objective.direction == "minimize" else -math.inf
-        value = outcome.metrics.get(objective.metric)
-        if outcome.outcome is Outcome.DIVERGED or value is None or not math.isfinite(value):
-            value = worst  # an infinite value is COMPLETE for Optuna; NaN would turn it into FAIL
-        values.append(float(value))
-    return values
 
 
 def after_trial(study: Study, stop_requested: Callable[[], bool]) -> Callable[[optuna.Study, FrozenTrial], None]:
@@ -64,7 +54,7 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext,
     one line."""
     ctx.stop.watch(storage.backend_of(opt))
     try:
-        return _work(study, opt, ctx, on_trial_end, max_trials, fuse)
+        ran = _work(study, opt, ctx, on_trial_end, max_trials, fuse)
     except Exception as exc:
         # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
         if (cause := database_outage(exc)) is None:
@@ -72,6 +62,11 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext,
         if ctx.stop.given_up:
             raise storage.claims_lost(opt, ctx.stop.given_up) from None
         raise storage.storage_down(opt, cause) from None
+    if ctx.stop.halted is not None:
+        # every worker on a full disk or a dead GPU would otherwise fail the whole queue in minutes
+        raise UserError(f"worker stopped by an infrastructure error: {ctx.stop.halted}; its trial went "
+                        "back to the queue with its retries untouched (fix the machine, then run the worker again)")
+    return ran
 
 
 def _work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Callable[[FrozenTrial | None], None]
@@ -80,6 +75,7 @@ def _work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Call
         retry = after_trial(study, lambda: bool(ctx.stop))
 
         def record(trial: optuna.Trial, spec: TrialSpec, outcome: TrialOutcome) -> None:
+            outcome = checked(study, ctx, outcome)
             arrays.tell(opt, trial, spec, outcome, ctx, objective_values(study, outcome))
             retry(opt, opt._storage.get_trial(trial._trial_id))
 
