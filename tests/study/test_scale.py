@@ -88,9 +88,16 @@ def _complete_by_key(trials: list) -> dict[str, list]:
     return by_key([t for t in trials if t.state.name == "COMPLETE"], lambda t: t.user_attrs["trial_key"])
 
 
-def _assert_each_key_complete_once(trials: list, expected_keys: int) -> dict[str, list]:
+def _states(trials: list) -> list[tuple]:
+    """What a failure message needs: each trial's number, state, key and the attrs that say why."""
+    why = ("attempt", "retry_of", "requeue_reason", "outcome", "error", "retries_left", "owner")
+    return [(t.number, t.state.name, t.user_attrs.get("trial_key"),
+             {k: str(t.user_attrs[k])[-300:] for k in why if k in t.user_attrs}) for t in trials]
+
+
+def _assert_each_key_complete_once(trials: list, expected_keys: int, procs: Procs | None = None) -> dict[str, list]:
     complete = _complete_by_key(trials)
-    assert len(complete) == expected_keys, sorted(complete)
+    assert len(complete) == expected_keys, (sorted(complete), _states(trials), procs.tails() if procs else "")
     assert all(len(ts) == 1 for ts in complete.values()), {k: [t.number for t in ts] for k, ts in complete.items()}
     # anything else is a superseded attempt of a key, or a trial Optuna created when the queue ran dry
     for trial in trials:
@@ -133,7 +140,7 @@ def test_three_workers_share_a_grid_without_duplicates(tmp_path: Path, data_root
         assert worker.wait(300) == 0, worker.tails()
 
     trials = optuna_trials(postgres_url, name)
-    complete = _assert_each_key_complete_once(trials, 12)
+    complete = _assert_each_key_complete_once(trials, 12, procs)
     assert sum(t.state.name == "COMPLETE" for t in trials) == 12
     assert not [t for t in trials if t.user_attrs.get("trial_key") and t.state.name != "COMPLETE"], \
         "no trial needed a retry"
@@ -182,7 +189,7 @@ def test_worker_killed_mid_trial_is_retried_and_resumes(tmp_path: Path, data_roo
     assert survivor.wait(300) == 0, survivor.tails()
 
     trials = optuna_trials(postgres_url, name)
-    complete = _assert_each_key_complete_once(trials, 3)
+    complete = _assert_each_key_complete_once(trials, 3, procs)
     attempts = sorted((t for t in trials if t.user_attrs.get("trial_key") == killed_key), key=lambda t: t.number)
     assert [t.state.name for t in attempts] == ["FAIL", "COMPLETE"], [(t.number, t.state) for t in attempts]
     first, retry = attempts
@@ -245,7 +252,7 @@ def test_mlflow_outage_is_retried_and_loses_no_metric(tmp_path: Path, data_root:
     assert "is back" in err and "Traceback" not in err, err
 
     trials = optuna_trials(postgres_url, name)
-    complete = _assert_each_key_complete_once(trials, 2)
+    complete = _assert_each_key_complete_once(trials, 2, procs)
     _, children = mlflow_children(client, name)
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     for run in children:
@@ -296,7 +303,7 @@ def test_optuna_database_outage_stops_the_worker_cleanly(tmp_path: Path, data_ro
     rescuer = procs.start("rescuer", _worker_args(study, postgres_url), env)
     assert rescuer.wait(300) == 0, rescuer.tails()
     trials = optuna_trials(postgres_url, name)
-    complete = _assert_each_key_complete_once(trials, 2)
+    complete = _assert_each_key_complete_once(trials, 2, procs)
     attempts = sorted((t for t in trials if t.user_attrs.get("trial_key") == folder.name), key=lambda t: t.number)
     assert [t.state.name for t in attempts] == ["FAIL", "COMPLETE"]
     assert attempts[1].user_attrs["retry_of"] == attempts[0].number
@@ -320,7 +327,7 @@ def test_local_run_with_two_worker_processes_on_sqlite(tmp_path: Path, data_root
                       "--trials-dir", str(tmp_path / "trials"), "--no-report"], env, timeout=300)
 
     trials = optuna_trials(storage, name)
-    complete = _assert_each_key_complete_once(trials, 4)
+    complete = _assert_each_key_complete_once(trials, 4, procs)
     assert not [t for t in trials if t.user_attrs.get("trial_key") and t.state.name != "COMPLETE"]
     client = MlflowClient(tracking)
     _, children = mlflow_children(client, name)
