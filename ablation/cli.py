@@ -235,6 +235,33 @@ def stylize_command(
     raise typer.Exit(1 if failed else 0)
 
 
+@app.command("export")
+def export_command(
+    model: str = typer.Argument(..., help="a generator .pt, an MLflow run id, runs:/<run id>/..., models:/..., "
+                                          "or STUDY:best"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (opset 18) or pt2 (torch.export)"),
+    out: Path = typer.Option(..., help="the file to write"),
+    tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+) -> None:
+    """Export a trained generator for other runtimes: any batch size, height and width; RGB in [0, 1]."""
+    import tempfile
+
+    import torch
+
+    from ablation.config import to_yaml
+    from ablation.gan.export import export_generator
+    from ablation.gan.inference import load_generator
+    from ablation.study.models import resolve_model
+    from ablation.study.tracking import Tracker
+
+    with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
+        weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp))
+        generator = load_generator(weights, config, torch.device("cpu"))
+    export_generator(generator, fmt, out, to_yaml(config))
+    typer.echo(f"{out}: {fmt} of {where} (generator {config.model.generator}); input 'image' float32 "
+               "[N, 3, H, W] RGB in [0, 1], H and W >= 16, output 'anime' the same shape")
+
+
 @app.command()
 def ui(tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP), port: int = typer.Option(5000)) -> None:
     """Open the MLflow UI on the study runs (mlflow ui)."""

@@ -101,12 +101,27 @@ def _tf1_axis(in_size: int, out_size: int, device: torch.device) -> tuple[torch.
     return lower.long(), upper.long(), src - lower
 
 
+def _tf1_axis_symbolic(in_size: torch.SymInt, out_size: torch.SymInt, device: torch.device
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`_tf1_axis` for sizes known only when the exported model runs (`ablate export`): the same float64 ratio
+    rounded to float32 and the same float32 products, in tensor ops instead of Python arithmetic, which
+    would fix the sizes seen while exporting. Equal to `_tf1_axis` element for element (tests/gan/test_export.py)."""
+    scale = (torch.full((), in_size, dtype=torch.float64, device=device) / out_size).to(torch.float32)
+    src = torch.arange(out_size, dtype=torch.float32, device=device) * scale
+    lower = src.floor()
+    upper = torch.minimum(lower + 1, torch.full_like(lower, in_size - 1))
+    return lower.long(), upper.long(), src - lower
+
+
 def _lerp_axis(x: torch.Tensor, dim: int, out_size: int) -> torch.Tensor:
-    in_size = int(x.shape[dim])
-    lower, upper, frac = _tf1_axis(in_size, out_size, x.device)
+    in_size = x.shape[dim]  # an int, or a symbolic size while exporting (no branch on its value then)
+    if not (isinstance(in_size, int) and isinstance(out_size, int)):
+        lower, upper, frac = _tf1_axis_symbolic(in_size, out_size, x.device)
+    else:
+        lower, upper, frac = _tf1_axis(in_size, out_size, x.device)
+        if in_size % out_size == 0:
+            return x.index_select(dim, lower)  # integer scale (halving): every weight is 0, a pure subsample
     x_lower = x.index_select(dim, lower)
-    if in_size % out_size == 0:
-        return x_lower  # integer scale (halving): every weight is 0, a pure subsample
     shape = [1] * x.dim()
     shape[dim] = out_size
     # weights in the input's dtype: a bf16 activation stays bf16 (0 and 0.5 are exact there)
@@ -171,7 +186,7 @@ def tf_variance_scaling_(weight: torch.Tensor, fan_in: int, factor: float = 2.0)
 
 
 def _hw(x: torch.Tensor) -> tuple[int, int]:
-    return int(x.shape[-2]), int(x.shape[-1])
+    return x.shape[-2], x.shape[-1]  # no int(): an exported model keeps its sizes symbolic
 
 
 class GeneratorV1(nn.Module):
