@@ -171,6 +171,7 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
     handed = list(requests)  # every request given to this array, in join order
     opened: dict[int, _Open] = {}  # index in `handed` -> its folder and run, once open
     outcomes: dict[int, TrialOutcome] = {}  # index in `handed` -> outcome, as members leave
+    unrecorded: list[Exception] = []  # what a request's `on_end` raised
 
     def joiner(index: int) -> Joiner:
         request = handed[index]
@@ -179,7 +180,11 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
         def on_end(result: TrainResult) -> None:
             outcomes[index] = _close(ctx, member, result)
             if request.on_end is not None:
-                request.on_end(outcomes[index])
+                try:
+                    request.on_end(outcomes[index])
+                except Exception as exc:
+                    unrecorded.append(exc)
+                    raise
 
         progress = partial(ctx.on_progress, request.spec.key) if ctx.on_progress is not None and index == 0 else None
         return Joiner(request.spec.config, member.folder, member.log, request.on_eval, progress, on_end)
@@ -198,6 +203,10 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
                     on_end=[j.on_end for j in first], refill=more if refill is not None else None,
                     init_cache=ctx.trials_dir / INIT_DIR)
     except Exception as exc:
+        if unrecorded:
+            # recording an ended trial failed (the database away, a bug): not a training failure to pin on the
+            # other members, and never swallowed: the worker's own handling (study.worker.work) decides
+            raise unrecorded[0]  # noqa: B904 (its own traceback and chain are the ones that explain it)
         error = "".join(traceback.format_exception(exc))
         cause = infrastructure_error(exc, mlflow_unavailable)
         if cause is not None:  # not the trials' fault: each goes back to the queue, and this worker stops

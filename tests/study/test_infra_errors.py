@@ -141,3 +141,19 @@ def test_mlflow_away_longer_than_the_tracker_waits_requeues_and_loses_no_metric(
         assert local[-1] == 30  # 15 epochs x 2 steps
     finally:
         server.stop()
+
+
+def test_an_error_while_recording_an_ended_trial_is_not_swallowed(tmp_path: Path, data_root: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the trainer's error handler took it for a training failure of a member that had already ended,
+    skipped it, and the worker went on with the trial RUNNING in Optuna and its folder locked until exit."""
+    monkeypatch.chdir(tmp_path)
+
+    def tell_with_a_bug(*args: object) -> None:
+        raise RuntimeError("a bug while recording")
+
+    monkeypatch.setattr("ablation.study.arrays.tell", tell_with_a_bug)
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [6.0]}, [0], "record")
+    with pytest.raises(RuntimeError, match="^a bug while recording$"):
+        run_study(study, local_options(tmp_path, fuse=1))
+    assert [t.state.name for t in _trials(tmp_path, "record")] == ["RUNNING"]  # for a reaper, as after a crash
