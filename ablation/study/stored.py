@@ -76,7 +76,8 @@ def check_agrees(study: Study, opt: optuna.Study) -> None:
     """Refuse, in one line, a study file that resolves a queued (pending) grid trial differently from the
     launcher: the trial key, the first differing field and both values. Ended trials are history: a grid
     that was edited since they ran has other keys, and that is fine."""
-    if study.spec.method != "grid":
+    if study.spec.method == "search":
+        _check_search_agrees(study, opt)
         return
     index = cell_index(study)
     for trial in opt.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
@@ -95,3 +96,26 @@ def check_agrees(study: Study, opt: optuna.Study) -> None:
             field, queued, mine = found
             raise UserError(f"{where}: {field}: expected {queued!r} (as the launcher queued it), got {mine!r} in this "
                             "study file; start workers with the launcher's study file")
+
+
+def _check_search_agrees(study: Study, opt: optuna.Study) -> None:
+    """A search worker samples its new points from its own file: refuse, in one line, a file whose search space
+    or base would resolve a point already asked differently from the config stored with it (any state: the
+    next point continues the same search)."""
+    assert study.spec.search is not None
+    space = sorted(study.spec.search.space)
+    for trial in sorted(opt.get_trials(deepcopy=False), key=lambda t: t.number):
+        stored = trial.user_attrs.get(CONFIG_ATTR)
+        if stored is None:
+            continue
+        where = f"{study.path}: trial {trial.number} [{trial.user_attrs.get('trial_key', '?')}]"
+        if sorted(trial.params) != space:
+            raise UserError(f"{where}: search.space: expected {sorted(trial.params)} (as the launcher asked it), "
+                            f"got {space} in this study file; start workers with the launcher's study file")
+        local = search_cell(study, dict(trial.params)).config.model_dump(mode="json")
+        found = first_difference(stored, local)
+        if found is not None:
+            field, queued, mine = found
+            raise UserError(f"{where}: {field}: expected {queued!r} (as the launcher asked it), got {mine!r} in "
+                            "this study file; start workers with the launcher's study file")
+        return  # one asked point settles it: every point is the same base with the space's values

@@ -84,3 +84,29 @@ def test_a_worker_whose_study_file_lacks_a_queued_cell_refuses(tmp_path: Path, d
                                   "launcher queued it, got <no such cell>; start workers with the launcher's "
                                   "study file"]
     assert [t.state.name for t in trials(tmp_path)] == ["WAITING", "WAITING"]
+
+
+def write_search(path: Path, data_root: Path, content_weight: float) -> Path:
+    base = json.loads(json.dumps(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    base["loss"] = {"content_weight": content_weight}
+    path.write_text(yaml.safe_dump({
+        "name": "search", "base": base, "method": "search", "seeds": [0], "objectives": OBJECTIVES,
+        "search": {"sampler": "random", "n_trials": 1, "pruner": "none",
+                   "space": {"loss.style_weight": {"low": 1.0, "high": 10.0}}}}))
+    return path
+
+
+def test_a_search_worker_whose_study_file_has_another_base_refuses(tmp_path: Path, data_root: Path) -> None:
+    from ablation.study.runner import run_study
+
+    launcher = write_search(tmp_path / "launcher.yaml", data_root, 1.5)
+    assert run_study(launcher, options(tmp_path)) == 0
+    first = optuna.load_study(study_name="search", storage=f"sqlite:///{tmp_path}/optuna.db").trials[0]
+    mine = write_search(tmp_path / "worker.yaml", data_root, 2.5)
+    with pytest.raises(UserError) as raised:
+        run_worker(mine, options(tmp_path))
+    assert raised.value.lines == [f"{mine}: trial 0 [{first.user_attrs['trial_key']}]: loss.content_weight: expected "
+                                  "1.5 (as the launcher asked it), got 2.5 in this study file; start workers with "
+                                  "the launcher's study file"]
+    assert run_worker(launcher, options(tmp_path)) == 0  # the launcher's own file is accepted (budget spent)
