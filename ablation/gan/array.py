@@ -46,7 +46,7 @@ from ablation.gan.device import (
     to_device_layout,
 )
 from ablation.gan.fused import FusedNet, FuseMode, default_mode
-from ablation.gan.init_cache import InitSharing
+from ablation.gan.init_cache import REMOTE_POLL_S, InitSharing
 from ablation.gan.member import Member, build_evaluator, generate_u8, open_member
 from ablation.gan.run import EvalHook, LogFn, ProgressFn, StopFlag, TrainResult, stop_on_signals
 from ablation.gan.steps import learning_rates
@@ -194,19 +194,22 @@ def train_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: 
     with stop_on_signals(stop):
         if refill is not None and free() > 0:
             active += admit(refill(free()))
-        while active:
-            took = time.perf_counter()
-            step_array(array, active)
-            share = (time.perf_counter() - took) / len(active)
+        while active or (sharing is not None and sharing.remote_waiting()):
             still = []
-            for member in active:
-                member.compute_s += share
-                if _after_step(member, domains):
-                    leave(member)
-                else:
-                    still.append(member)
-                    still += sharing.init_done(member) if sharing is not None else []
-            active, woken[:] = still + woken, []
+            if active:
+                took = time.perf_counter()
+                step_array(array, active)
+                share = (time.perf_counter() - took) / len(active)
+                for member in active:
+                    member.compute_s += share
+                    if _after_step(member, domains):
+                        leave(member)
+                    else:
+                        still.append(member)
+                        still += sharing.init_done(member) if sharing is not None else []
+            else:  # every member waits for an init phase another process computes
+                time.sleep(REMOTE_POLL_S)
+            active, woken[:] = still + woken + (sharing.poll() if sharing is not None else []), []
             if stop:
                 for member in active:
                     member.checkpoint()

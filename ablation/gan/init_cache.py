@@ -20,10 +20,13 @@ missing, partial or corrupt entry, or one of another identity, is recomputed, ne
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
+import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,16 +128,37 @@ def load_entry(root: Path, config: TrainConfig) -> InitEntry | None:
         return None
 
 
+REMOTE_POLL_S = 1.0  # how often members waiting for another process's init phase look for its entry
+
+
+def _take_lead(root: Path, key: str) -> int | None:
+    """An exclusive flock on `<key>.lead` beside the entries: who computes this init phase now, across the
+    processes (and, on a file system with working flock, the hosts) that share the folder. None while another
+    process holds it; the kernel drops it when its holder dies, so a dead leader never blocks anyone."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / f"{key}.lead", os.O_RDWR | os.O_CREAT, 0o666)  # never deleted: see study.ownership
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 class InitSharing:
-    """Within one array (and across arrays, workers and hosts through the entries): the first member of an
-    init identity computes the init phase (the leader); later ones with the same identity wait, not stepped,
-    until the leader stores its entry, then continue from it. A leader that leaves during its init phase
-    (diverged, pruned, stopped) hands the lead to the next waiting member."""
+    """Within one array, and across arrays, workers and hosts: the first member of an init identity computes
+    the init phase (the leader, holding `<key>.lead`); later ones with the same identity wait, not stepped,
+    until the leader stores its entry, then continue from it. A leader in another process is waited for the
+    same way (`poll`), so two workers that start the same init phase at once compute it once. A leader that
+    leaves during its init phase (diverged, pruned, stopped, dead) hands the lead to the next waiting member."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.leaders: dict[str, Member] = {}
         self.waiting: dict[str, list[Member]] = {}
+        self.remote: dict[str, list[Member]] = {}  # waiting for a leader in another process
+        self.lead_fds: dict[str, int] = {}
+        self.next_poll = 0.0
         self.rng_at_start: dict[int, list[torch.Tensor]] = {}
 
     def admit(self, member: Member) -> bool:
@@ -142,14 +166,57 @@ class InitSharing:
         if member.step != 0 or not shareable(member.config):
             return True
         key = init_key(member.config)
-        if key in self.leaders:
-            self.waiting.setdefault(key, []).append(member)
+        if key in self.leaders or key in self.remote:
+            (self.waiting if key in self.leaders else self.remote).setdefault(key, []).append(member)
             return False
         if (entry := load_entry(self.root, member.config)) is not None:
             member.continue_init(entry)
             return True
+        fd = _take_lead(self.root, key)
+        if fd is None:  # another process computes it right now: wait for its entry rather than compute it twice
+            self.remote[key] = [member]
+            return False
+        if (entry := load_entry(self.root, member.config)) is not None:  # stored between our look and our lock
+            os.close(fd)
+            member.continue_init(entry)
+            return True
+        self.lead_fds[key] = fd
         self._lead(key, member)
         return True
+
+    def poll(self) -> list[Member]:
+        """Members that waited for another process's init phase and step now (at most every REMOTE_POLL_S): its
+        entry is stored, and they continue from it; or its lead is free (that process left or died first), and
+        the first of them leads while the others wait for it here."""
+        if not self.remote or time.monotonic() < self.next_poll:
+            return []
+        self.next_poll = time.monotonic() + REMOTE_POLL_S
+        woken: list[Member] = []
+        for key, members in list(self.remote.items()):
+            entry = load_entry(self.root, members[0].config)
+            fd = _take_lead(self.root, key) if entry is None else None
+            if entry is None and fd is None:
+                continue  # still being computed
+            del self.remote[key]
+            if entry is None and (entry := load_entry(self.root, members[0].config)) is None:
+                self.lead_fds[key] = fd  # type: ignore[assignment]  # taken just above
+                self._lead(key, members[0])
+                self.waiting[key] = members[1:]
+                woken.append(members[0])
+                continue
+            if fd is not None:
+                os.close(fd)
+            for member in members:
+                member.continue_init(entry)
+            woken.extend(members)
+        return woken
+
+    def remote_waiting(self) -> bool:
+        return bool(self.remote)
+
+    def _release(self, key: str) -> None:
+        if (fd := self.lead_fds.pop(key, None)) is not None:
+            os.close(fd)  # closing the only descriptor drops the flock
 
     def _lead(self, key: str, member: Member) -> None:
         self.leaders[key] = member
@@ -170,8 +237,10 @@ class InitSharing:
                                                      strict=True)]
         if any(drew):  # its init phase drew from the trial RNG: an entry would not be exact; each computes its own
             print(f"ablate: init phase of {member.out_dir} drew random numbers; not shared", file=sys.stderr)
+            self._release(key)
             return waiting
         save_entry(self.root, member.config, member.init_entry())
+        self._release(key)  # after the entry is stored: a process that then takes the lead finds it
         entry = load_entry(self.root, member.config)  # what every other trial will read: the same path here
         for follower in waiting:
             if entry is not None:
@@ -181,6 +250,12 @@ class InitSharing:
     def left(self, member: Member) -> list[Member]:
         """A member left the array: if it led an unfinished init phase, the next waiting member leads now
         (returned, to step from its first step); members still waiting when the array stops are returned too."""
+        for group in (self.waiting, self.remote):  # a waiting member that leaves (stopped) waits no more
+            for key, members in list(group.items()):
+                if any(m is member for m in members):
+                    group[key] = [m for m in members if m is not member]
+                    if not group[key]:
+                        del group[key]
         if not any(leader is member for leader in self.leaders.values()):
             return []
         key = init_key(member.config)
@@ -188,10 +263,11 @@ class InitSharing:
         self.rng_at_start.pop(id(member), None)
         waiting = self.waiting.pop(key, [])
         if not waiting:
+            self._release(key)  # another process's waiting members may lead now
             return []
-        self._lead(key, waiting[0])
+        self._lead(key, waiting[0])  # this process keeps the lock
         self.waiting[key] = waiting[1:]
         return [waiting[0]]
 
     def all_waiting(self) -> list[Member]:
-        return [m for members in self.waiting.values() for m in members]
+        return [m for group in (self.waiting, self.remote) for members in group.values() for m in members]
