@@ -490,8 +490,10 @@ def test_ci_run_propagates_pytest_exit_code(tmp_path: Path, pytest_rc: int) -> N
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == pytest_rc, proc.stdout + proc.stderr
+    slow = ["python3 -m pytest -x -q -m slow"] if pytest_rc == 0 else []  # only after the default run passed
     assert log.read_text().splitlines() == [
         "python3 -m pip install -e .[test]",
         "python3 -m ruff check",
         "python3 -m pytest -x -q",
+        *slow,
     ]

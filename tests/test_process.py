@@ -13,6 +13,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from ablation.process import MLFLOW_DEFAULTS
 
 # Reads every piece of process state the package used to change at import or call time.
@@ -64,6 +66,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+@pytest.mark.slow
 def test_importing_every_module_changes_no_process_state() -> None:
     # torch, mlflow and the rest set variables and warning filters of their own when first imported: load
     # exactly the third-party modules the package pulls in first, so that what is left is ablation's doing

@@ -76,6 +76,7 @@ def run64() -> dict[str, object]:
     return {"evaluator": evaluator, "results": results, "rng_untouched": rng_untouched}
 
 
+@pytest.mark.slow
 def test_self_test_orderings_at_64px(run64: dict[str, object]) -> None:
     r = run64["results"]
     # The pretrained evaluator (reference §4.4): the same style is closer than anything else; among the others
@@ -94,6 +95,7 @@ def test_self_test_orderings_at_64px(run64: dict[str, object]) -> None:
     assert abs(r["same"]["eval/style/kid_rand"]) < 0.05  # same style: KID sits at ≈ 0
 
 
+@pytest.mark.slow
 def test_gap_closure_of_the_anchors(run64: dict[str, object]) -> None:
     r = run64["results"]
     gaps = [k for k in r["photos"] if k.endswith("_gap")]
@@ -106,6 +108,7 @@ def test_gap_closure_of_the_anchors(run64: dict[str, object]) -> None:
     assert r["same"]["eval/style/kid_eff_gap"] > 0.9
 
 
+@pytest.mark.slow
 def test_identity_outputs_keep_all_content(run64: dict[str, object]) -> None:
     identity = run64["results"]["photos"]
     assert identity["eval/content/ssim_luma_blur"] == pytest.approx(1.0)
@@ -114,6 +117,7 @@ def test_identity_outputs_keep_all_content(run64: dict[str, object]) -> None:
     assert run64["results"]["same"]["eval/content/kid_photo"] > 0.5
 
 
+@pytest.mark.slow
 def test_pseudo_ground_truth_and_raw_statistics(run64: dict[str, object]) -> None:
     r = run64["results"]
     assert r["same"]["eval/content/pgt_psnr"] == 100.0 and r["same"]["eval/content/pgt_ssim"] == pytest.approx(1.0)
@@ -124,10 +128,12 @@ def test_pseudo_ground_truth_and_raw_statistics(run64: dict[str, object]) -> Non
     assert all(isinstance(v, float) and np.isfinite(v) for v in r["noise"].values())
 
 
+@pytest.mark.slow
 def test_evaluator_leaves_global_rng_alone(run64: dict[str, object]) -> None:
     assert run64["rng_untouched"]
 
 
+@pytest.mark.slow
 def test_hashes_are_stable_and_logged(run64: dict[str, object]) -> None:
     evaluator: Evaluator = run64["evaluator"]
     info = evaluator.info()
@@ -142,6 +148,7 @@ def test_hashes_are_stable_and_logged(run64: dict[str, object]) -> None:
                                         "eval/anchor/noop/stats/flat"}
 
 
+@pytest.mark.slow
 def test_every_emitted_key_is_registered(run64: dict[str, object]) -> None:
     """What evaluate() and anchors() return is what the registry (objectives, report) knows, name for name."""
     evaluator: Evaluator = run64["evaluator"]

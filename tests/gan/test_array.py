@@ -120,12 +120,14 @@ def alone(tmp_path_factory: pytest.TempPathFactory, domains: Domains) -> list[Lo
     return [run_alone(tiny(**overrides), root / str(i), domains) for i, overrides in enumerate(GRID)]
 
 
+@pytest.mark.slow
 def test_a_trial_alone_logs_what_the_one_trial_steps_compute(alone: list[Losses], domains: Domains) -> None:
     # one G forward per step and the per-trial generator change nothing: the original loop, to fp rounding
     for i in (0, 2):  # lsgan; wgan-gp (its penalty draws) with a D step every 2nd G step
         assert_same_losses(alone[i], original_loop(tiny(**GRID[i]), domains, STEPS))
 
 
+@pytest.mark.slow
 def test_an_array_logs_each_trials_own_losses(tmp_path: Path, alone: list[Losses], domains: Domains) -> None:
     logs = [Recorder() for _ in GRID]
     results = train_array([tiny(**o) for o in GRID], [tmp_path / str(i) for i in range(len(GRID))], logs,
@@ -136,6 +138,7 @@ def test_an_array_logs_each_trials_own_losses(tmp_path: Path, alone: list[Losses
         assert (tmp_path / str(i) / "generator.pt").exists() and (tmp_path / str(i) / "samples" / "final.png").exists()
 
 
+@pytest.mark.slow
 def test_dropout_and_penalty_draws_stay_per_member(tmp_path: Path, domains: Domains) -> None:
     configs = [tiny(**{"model.d_dropout": 0.2, "loss.gan_type": "wgan-gp", "schedule.epochs": 3}),
                tiny(**{"model.d_dropout": 0.2, "loss.gan_type": "dragan", "schedule.epochs": 3, "seed": 1})]
@@ -145,6 +148,7 @@ def test_dropout_and_penalty_draws_stay_per_member(tmp_path: Path, domains: Doma
         assert_same_losses(log.losses, original_loop(config, domains, 12))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_in_the_middle_resumes_alone_and_in_another_array(tmp_path: Path, alone: list[Losses],
                                                                        domains: Domains) -> None:
     configs = [tiny(**o) for o in GRID[:3]]

@@ -221,6 +221,7 @@ def session_cmdlines(sid: int) -> dict[int, str]:
     return found
 
 
+@pytest.mark.slow
 def test_compose_mlflow_command_as_app_role_creates_the_schema_and_hides_the_password(
         postgres_server: PostgresServer, app_databases: Path, tmp_path: Path) -> None:
     """The mlflow service's command from docker-compose.yml, as the app role: schema, server, clean argv."""

@@ -23,6 +23,8 @@ from ablation.outcomes import Outcome
 from ablation.study import queue, storage
 from ablation.study.spec import Study, load_study
 
+pytestmark = pytest.mark.slow
+
 LAUNCHERS = 3
 AXES = {"loss.style_weight": [float(w) for w in range(1, 11)], "loss.style_target": ["gray", "color"]}
 SEEDS = [0, 1]  # 10 x 2 cells x 2 seeds = 40 keys: each launcher writes for a while, so the reads overlap

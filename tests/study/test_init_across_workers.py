@@ -15,7 +15,7 @@ from scale_helpers import Procs, optuna_trials, worker_env, write_study
 
 from ablation.study.tracking import Tracker
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 LONG_INIT = {"epochs": 32, "init_epochs": 30}  # 60 init steps: long enough that both workers start inside it
 

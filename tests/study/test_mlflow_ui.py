@@ -17,7 +17,7 @@ from ablation.study.tracking import Tracker
 CHROMIUM = "/usr/bin/chromium"
 STUDY = Path(__file__).resolve().parents[2] / "studies" / "style_weight.yaml"
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 
 def study_experiment(tracker: Tracker) -> tuple[str, str]:

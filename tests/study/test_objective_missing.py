@@ -16,6 +16,8 @@ from scale_helpers import TINY_BASE, local_options
 from ablation.study.runner import run_study
 from ablation.study.tracking import Tracker
 
+pytestmark = pytest.mark.slow
+
 EVAL = {"enabled": True, "image_size": 32, "max_images": 8, "evaluator_seeds": [1001], "kid_subsets": 2,
         "kid_subset_size": 4, "efficientnet": False}
 

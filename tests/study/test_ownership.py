@@ -110,6 +110,7 @@ def test_a_grace_period_shorter_than_two_heartbeats_is_refused(tmp_path: Path, d
 
 
 # item 2: a worker whose heartbeats fail gives its trial up ------------------------------------------------------
+@pytest.mark.slow
 def test_a_worker_without_heartbeats_stops_its_trial_and_leaves_it_unrecorded(
         tmp_path: Path, data_root: Path, procs: Procs, fast_heartbeat: None) -> None:
     name = "lost"
@@ -190,6 +191,7 @@ def test_a_trial_folder_another_process_holds_is_not_written(tmp_path: Path, dat
 
 
 # item 3: a launcher never takes a live worker's trial ------------------------------------------------------------
+@pytest.mark.slow
 def test_a_launcher_leaves_a_live_workers_trial_alone(tmp_path: Path, data_root: Path, procs: Procs,
                                                       fast_heartbeat: None, monkeypatch: pytest.MonkeyPatch) -> None:
     name = "alive"

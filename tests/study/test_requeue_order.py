@@ -77,6 +77,7 @@ def _check_requeued(opt: optuna.Study, run_ids: list[str], reason: str) -> dict[
     return waiting
 
 
+@pytest.mark.slow
 def test_reaping_with_mlflow_down_requeues_and_a_later_run_ends_the_runs(
         server: MlflowServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tracker = ImpatientTracker(server.url)

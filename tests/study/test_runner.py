@@ -106,6 +106,7 @@ def test_diverged_trial_is_a_result_and_the_study_continues(tmp_path: Path, data
     assert len(optuna.load_study(study_name="nan", storage=f"sqlite:///{tmp_path}/optuna.db").trials) == 3
 
 
+@pytest.mark.slow
 def test_killed_process_resumes_without_duplicates(tmp_path: Path, data_root: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)

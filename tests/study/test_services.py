@@ -19,6 +19,7 @@ import requests
 from services import REPO, MlflowServer, PostgresServer, free_port, load_compose
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.services,
     pytest.mark.timeout(600),  # two mlflow starts on a loaded 2-core box can take minutes
     # RDBStorage(heartbeat_interval=...) is "experimental" in Optuna 5; the warning is expected here
