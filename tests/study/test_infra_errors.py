@@ -157,3 +157,29 @@ def test_an_error_while_recording_an_ended_trial_is_not_swallowed(tmp_path: Path
     with pytest.raises(RuntimeError, match="^a bug while recording$"):
         run_study(study, local_options(tmp_path, fuse=1))
     assert [t.state.name for t in _trials(tmp_path, "record")] == ["RUNNING"]  # for a reaper, as after a crash
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (OSError(errno.ENOSPC, "No space left on device", "/data/c.pt"), "ENOSPC: No space left on device: /data/c.pt"),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), "EDQUOT: Disk quota exceeded"),
+    (OSError(errno.ESTALE, "Stale file handle", "/nfs/trials"), "ESTALE: Stale file handle: /nfs/trials"),
+    (OSError(errno.EIO, "Input/output error"), "EIO: Input/output error"),
+    (MemoryError(), "MemoryError"),
+])
+def test_infrastructure_errors_are_told_by_type_and_errno(error: BaseException, expected: str) -> None:
+    import torch
+
+    from ablation.study.outages import infrastructure_error, one_line
+
+    try:
+        try:
+            raise error
+        except BaseException as inner:
+            raise RuntimeError("while saving a checkpoint") from inner  # the chain is searched, not just the top
+    except RuntimeError as outer:
+        assert one_line(infrastructure_error(outer)) == expected
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    assert infrastructure_error(oom("CUDA out of memory. Tried to allocate 2.00 GiB")) is not None
+    for own_fault in (RuntimeError("CUDA out of memory"), ValueError("bad shape"),  # text never decides
+                      OSError(errno.ENOENT, "No such file or directory"), PermissionError(errno.EACCES, "denied")):
+        assert infrastructure_error(own_fault) is None
