@@ -136,9 +136,11 @@ class _Open:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.metrics_file.write(metrics, step)  # first: the local file is what a resume replays into MLflow
         self.logger.log(metrics, step)
-        if self.logger.error is not None and not self.stop.halted:
+        error = self.logger.error
+        if error is not None and not self.stop.halted and tracking_outage(error, mlflow_unavailable) is not None:
             # MLflow has been away longer than anything waits: stop at this step with a checkpoint; the next
-            # attempt replays metrics.jsonl, so no metric is lost however long the outage lasts
+            # attempt replays metrics.jsonl, so no metric is lost however long the outage lasts (any other
+            # error is a failed request: the trial fails when its logger is closed, and is retried)
             self.stop.halt(f"MLflow unreachable for longer than the tracker waits ({one_line(self.logger.error)})")
 
 
