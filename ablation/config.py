@@ -58,8 +58,18 @@ class DataConfig(Frozen):
     val_count: int = Field(8, ge=1)  # fixed validation photos stylised after every epoch
 
 
+Objective = Literal["animegan", "animegan+cycle", "cyclegan"]
+
+
 class ModelConfig(Frozen):
-    generator: Literal["v1", "v2"] = "v1"
+    # what the networks are trained for (gan/cycle_steps.py): "animegan" the original's losses; "animegan+cycle"
+    # those plus an anime->photo generator, a photo discriminator and the cycle loss in both directions;
+    # "cyclegan" Zhu et al. 2017's own objective (LSGAN-style adversarial terms of weight 1, cycle and identity
+    # L1, image pools), on the same networks unless `generator`/`discriminator` select CycleGAN's
+    objective: Objective = "animegan"
+    generator: Literal["v1", "v2", "resnet9"] = "v1"  # resnet9: CycleGAN's ResNet-9-block generator
+    # patchgan: CycleGAN's 70x70 PatchGAN (d_ch, d_layers; spectral norm only with d_sn, which CycleGAN's lacks)
+    discriminator: Literal["animegan", "patchgan"] = "animegan"
     # Spectral norm on G: in no reference (the official code and the write-up's code put it on D only); an
     # extra arm for studies, off by default.
     generator_sn: bool = False
@@ -109,6 +119,10 @@ class LossConfig(Frozen):
     # 0 = the original's content-only init phase. A random backbone's features carry little colour, so the demo
     # adds the (unit-scale) colour loss to its init phase: the reconstruction keeps the photo's colours.
     init_color_weight: float = Field(0.0, ge=0.0)
+    # the cycle objectives (model.objective): L1 of photo->anime->photo plus anime->photo->anime, and L1 of each
+    # generator on its own target domain (CycleGAN: lambda 10, identity 0.5 lambda = 5)
+    cycle_weight: float = Field(10.0, ge=0.0)
+    identity_weight: float = Field(0.0, ge=0.0)
 
 
 class OptimConfig(Frozen):
@@ -118,6 +132,11 @@ class OptimConfig(Frozen):
     beta1: float = Field(0.5, ge=0.0, lt=1.0)
     beta2: float = Field(0.999, ge=0.0, lt=1.0)
     g_steps_per_d: int = Field(1, ge=1)  # training_rate: one D update every N G updates
+    # "linear": G's and D's rates fall linearly to zero over the second half of the GAN phase (CycleGAN)
+    lr_decay: Literal["none", "linear"] = "none"
+    # each discriminator sees a fake drawn from the last `pool_size` generated images half the time (CycleGAN: 50;
+    # the cycle objectives only)
+    pool_size: int = Field(0, ge=0)
 
 
 class ScheduleConfig(Frozen):
@@ -176,16 +195,32 @@ class TrainConfig(Frozen):
             raise ValueError(f"backbone.weights: expected random or a local weights file for mobilenet_v2 at "
                              f"width {bb.width:g} (torchvision has ImageNet weights only at width 1.0; convert "
                              "Keras' with `ablate weights convert keras-mobilenet-v2`), got 'imagenet'")
+        if self.optim.pool_size > 0 and self.model.objective == "animegan":
+            raise ValueError(f"optim.pool_size: expected 0 with model.objective animegan (the image pool belongs to "
+                             f"the cycle objectives), got {self.optim.pool_size}")
+        if self.model.discriminator == "patchgan" and self.model.d_dropout > 0:
+            raise ValueError("model.d_dropout: expected 0 with model.discriminator patchgan (CycleGAN's PatchGAN has "
+                             f"no dropout), got {self.model.d_dropout:g}")
         return self
 
 
 # Fields that change how fast a run goes, not what it computes: left out of the cell identity.
 NON_IDENTITY_SECTIONS = ("runtime",)
+# Fields added after studies were stored, with the value every earlier run had: left out of the identity while
+# they hold it, so a study (or checkpoint) from before keeps its keys and resumes.
+ADDED_FIELDS: dict[str, Any] = {
+    "model.objective": "animegan", "model.discriminator": "animegan", "loss.cycle_weight": 10.0,
+    "loss.identity_weight": 0.0, "optim.lr_decay": "none", "optim.pool_size": 0,
+}
 
 
 def cell_hash(config: TrainConfig) -> str:
     """Identity of a cell: the resolved config without the seed and the runtime section."""
     payload = config.model_dump(mode="json", exclude={"seed", *NON_IDENTITY_SECTIONS})
+    for path, value in ADDED_FIELDS.items():
+        section, _, name = path.partition(".")
+        if payload[section][name] == value:
+            del payload[section][name]
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

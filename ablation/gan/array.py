@@ -34,6 +34,7 @@ import torch
 from ablation.config import RuntimeConfig, TrainConfig, get_path
 from ablation.data.streams import Batch, Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
+from ablation.gan import cycle_steps
 from ablation.gan.array_steps import FusedModels, gan_step, init_step, targets_for
 from ablation.gan.backbone import build_backbone
 from ablation.gan.device import (
@@ -49,7 +50,7 @@ from ablation.gan.fused import FusedNet, FuseMode, default_mode
 from ablation.gan.init_cache import REMOTE_POLL_S, InitSharing
 from ablation.gan.member import Member, build_evaluator, generate_u8, open_member
 from ablation.gan.run import EvalHook, LogFn, ProgressFn, StopFlag, TrainResult, stop_on_signals
-from ablation.gan.steps import learning_rates
+from ablation.gan.steps import Targets, learning_rates, set_gan_lr
 from ablation.outcomes import Outcome
 
 # What members of one array must share (dotted config paths); every other field may differ per member.
@@ -90,6 +91,12 @@ def backbone_key(config: TrainConfig) -> str:
     bb = config.backbone
     seed = (bb.seed if bb.seed is not None else config.seed) if bb.weights == "random" else None
     return json.dumps({**bb.model_dump(mode="json"), "seed": seed}, sort_keys=True)
+
+
+# one GAN step of an array, by model.objective (members of an array share it)
+GAN_STEPS: dict[str, Callable[..., list[dict[str, torch.Tensor]]]] = {
+    "animegan": gan_step, "animegan+cycle": cycle_steps.gan_step, "cyclegan": cycle_steps.gan_step,
+}
 
 
 EndHook = Callable[[TrainResult], None]  # a member left the array: its result, as soon as it is known
@@ -294,12 +301,18 @@ def step_array(array: Array, active: Sequence[Member]) -> None:
             if not rows:
                 continue
             group, group_batches = [active[i] for i in rows], [batches[i] for i in rows]
-            # the init phase's content-only loss needs no style features: one backbone pass fewer
-            targets = targets_for(fused, group, group_batches, need_style=not in_init)
+            objective = group[0].config.model.objective  # shared by an array (model.*)
+            # the init phase's content-only loss needs no style features: one backbone pass fewer; CycleGAN's
+            # GAN phase reads no backbone at all
+            targets: list[Targets | None] = (
+                [None] * len(group) if objective == "cyclegan" and not in_init
+                else list(targets_for(fused, group, group_batches, need_style=not in_init)))
             if in_init:
-                out = init_step(fused, group, group_batches, targets)
+                out = init_step(fused, group, group_batches, targets)  # type: ignore[arg-type]  # all set
             else:
-                out = gan_step(fused, group, group_batches, targets, [m.d_due for m in group])
+                for m in group:
+                    set_gan_lr(m.models, m.config, m.step - m.init_steps, m.total_steps - m.init_steps)
+                out = GAN_STEPS[objective](fused, group, group_batches, targets, [m.d_due for m in group])
             for i, member_values in zip(rows, out, strict=True):
                 values[i] = member_values
     for member, member_values, batch in zip(active, values, batches, strict=True):

@@ -84,7 +84,7 @@ def generate(models: FusedModels, members: Sequence[StepMember], batches: Sequen
     return models.generator([m.models.generator for m in members], [b.real_photo for b in batches])
 
 
-def _fake_features(models: FusedModels, members: Sequence[StepMember], fakes: Sequence[Tensor]) -> list[Tensor]:
+def fake_features(models: FusedModels, members: Sequence[StepMember], fakes: Sequence[Tensor]) -> list[Tensor]:
     """Backbone features of each member's G(p) (with graph), one pass per backbone."""
     out: list[Tensor | None] = [None] * len(members)
     for backbone_key, backbone in models.backbones.items():
@@ -96,7 +96,7 @@ def _fake_features(models: FusedModels, members: Sequence[StepMember], fakes: Se
     return out  # type: ignore[return-value]  # every member has a backbone in `models.backbones`
 
 
-def _update(members: Sequence[StepMember], optimizer: str, values: Sequence[Values]) -> None:
+def update(members: Sequence[StepMember], optimizer: str, values: Sequence[Values]) -> None:
     """One backward of the summed totals, then each member's own optimiser steps."""
     optimizers = [getattr(m.models, optimizer) for m in members]
     for opt in optimizers:
@@ -110,10 +110,10 @@ def init_step(models: FusedModels, members: Sequence[StepMember], batches: Seque
               targets: Sequence[Targets]) -> list[Values]:
     """Content pre-training of every member's G (the original's init phase)."""
     fakes = generate(models, members, batches)
-    feat_fake = _fake_features(models, members, fakes)
+    feat_fake = fake_features(models, members, fakes)
     values = [steps.init_losses(m.config, b.real_photo, fake, t.feat_photo, f)
               for m, b, fake, t, f in zip(members, batches, fakes, targets, feat_fake, strict=True)]
-    _update(members, "opt_init", values)
+    update(members, "opt_init", values)
     return [steps.logged("init", v) for v in values]
 
 
@@ -133,37 +133,49 @@ def gan_step(models: FusedModels, members: Sequence[StepMember], batches: Sequen
     return out
 
 
-def _discriminate(models: FusedModels, members: Sequence[StepMember], images: Sequence[Tensor]) -> list[Tensor]:
-    """K inputs [N, 3, H, W] -> K logit maps [N, 1, h, w], each member's own D (its dropout from its generator)."""
-    return models.discriminator([m.models.discriminator for m in members], images, [m.rng for m in members])
+def discriminate(models: FusedModels, members: Sequence[StepMember], images: Sequence[Tensor],
+                 nets: Sequence[nn.Module] | None = None) -> list[Tensor]:
+    """K inputs [N, 3, H, W] -> K logit maps [N, 1, h, w], each member's own D (its dropout from its generator);
+    `nets`: other discriminators of D's architecture, one per member (the cycle objectives' photo D)."""
+    nets = nets if nets is not None else [m.models.discriminator for m in members]
+    return models.discriminator(nets, images, [m.rng for m in members])
+
+
+def d_values(models: FusedModels, members: Sequence[StepMember], batches: Sequence[Batch],
+             fakes: Sequence[Tensor]) -> list[dict[str, Tensor]]:
+    """Each member's D terms, penalty and "total" on its detached G(p) and its real images."""
+    n = fakes[0].shape[0]
+    # one D pass over the four inputs, as the one-trial step: each [4B, 3, H, W]
+    d_in = [torch.cat([b.anime, f, b.anime_gray, b.anime_smooth]) for b, f in zip(batches, fakes, strict=True)]
+    d_outs = discriminate(models, members, d_in)  # K x [4B, 1, h, w]
+    terms = [steps.d_terms(m.config, d_out, n) for m, d_out in zip(members, d_outs, strict=True)]
+    # after the terms, as in the one-trial step
+    penalties = penalties_of(models, members, [b.anime for b in batches], fakes)
+    return [steps.d_losses(m.config, t, gp) for m, t, gp in zip(members, terms, penalties, strict=True)]
 
 
 def _d_step(models: FusedModels, members: Sequence[StepMember], batches: Sequence[Batch],
             fakes: Sequence[Tensor]) -> list[Values]:
     """One D update of each member on its detached G(p) and its real images."""
-    n = fakes[0].shape[0]
-    # one D pass over the four inputs, as the one-trial step: each [4B, 3, H, W]
-    d_in = [torch.cat([b.anime, f, b.anime_gray, b.anime_smooth]) for b, f in zip(batches, fakes, strict=True)]
-    d_outs = _discriminate(models, members, d_in)  # K x [4B, 1, h, w]
-    terms = [steps.d_terms(m.config, d_out, n) for m, d_out in zip(members, d_outs, strict=True)]
-    penalties = _penalties(models, members, batches, fakes)  # after the terms, as in the one-trial step
-    values = [steps.d_losses(m.config, t, gp) for m, t, gp in zip(members, terms, penalties, strict=True)]
-    _update(members, "opt_d", values)
+    values = d_values(models, members, batches, fakes)
+    update(members, "opt_d", values)
     return [steps.logged("d", v) for v in values]
 
 
-def _penalties(models: FusedModels, members: Sequence[StepMember], batches: Sequence[Batch],
-               fakes: Sequence[Tensor]) -> list[Tensor]:
-    """Each member's gradient penalty (zero for gan types without one), one D pass over those that have one.
-    Each member draws its interpolation from its own generator, as `losses.gradient_penalty` would."""
-    points = [losses.penalty_points(b.anime, f, m.config.loss.gan_type, m.rng)
-              for m, b, f in zip(members, batches, fakes, strict=True)]
+def penalties_of(models: FusedModels, members: Sequence[StepMember], reals: Sequence[Tensor],
+                 fakes: Sequence[Tensor], nets: Sequence[nn.Module] | None = None) -> list[Tensor]:
+    """Each member's gradient penalty (zero for gan types without one), one D pass over those that have one
+    (`nets`: as in `discriminate`). Each member draws its interpolation from its own generator, as
+    `losses.gradient_penalty` would."""
+    points = [losses.penalty_points(real, f, m.config.loss.gan_type, m.rng)
+              for m, real, f in zip(members, reals, fakes, strict=True)]
     out = [torch.zeros((), device=fakes[0].device, dtype=torch.float32) for _ in members]
     rows = [i for i, p in enumerate(points) if p is not None]
     if not rows:
         return out
     x_hat = [points[i] for i in rows]  # each [B, 3, H, W], requiring grad
-    logits = _discriminate(models, [members[i] for i in rows], x_hat)
+    logits = discriminate(models, [members[i] for i in rows], x_hat,
+                          [nets[i] for i in rows] if nets is not None else None)
     # members are independent: the gradient of the summed logits w.r.t. member k's x̂ is that of its own D
     grads = torch.autograd.grad(torch.stack([lg.float().sum() for lg in logits]).sum(), x_hat, create_graph=True)
     for i, grad in zip(rows, grads, strict=True):
@@ -175,14 +187,14 @@ def _penalties(models: FusedModels, members: Sequence[StepMember], batches: Sequ
 def _g_step(models: FusedModels, members: Sequence[StepMember], batches: Sequence[Batch],
             targets: Sequence[Targets], fakes: Sequence[Tensor]) -> list[Values]:
     """One G update of each member; D's weights get no gradients (they would be discarded)."""
-    feat_fake = _fake_features(models, members, fakes)
+    feat_fake = fake_features(models, members, fakes)
     # D(G(p)) after the backbone terms, as in the one-trial step
     terms = [steps.g_terms(m.config, b.real_photo, fake, t, feat)
              for m, b, fake, t, feat in zip(members, batches, fakes, targets, feat_fake, strict=True)]
     with contextlib.ExitStack() as stack:
         for m in members:
             stack.enter_context(frozen(m.models.discriminator))
-        d_fakes = _discriminate(models, members, fakes)
+        d_fakes = discriminate(models, members, fakes)
     values = [steps.g_losses(m.config, t, d_fake) for m, t, d_fake in zip(members, terms, d_fakes, strict=True)]
-    _update(members, "opt_g", values)
+    update(members, "opt_g", values)
     return [steps.logged("g", v) for v in values]

@@ -3,16 +3,19 @@
 Layout for n_layers = n_dis: conv(ch/2) -> LReLU, then n_layers-1 times [stride-2 conv(2c) -> LReLU ->
 conv(4c) -> IN -> LReLU] doubling c, then last conv(2c) -> IN -> LReLU and a 1-channel logit conv.
 At ch=64, n_layers=3 that is the reference table: 32, 64, 128, 128, 256, 256, 1 channels, 1,128,800
-parameters, logits at H/4 (H / 2**(n_layers-1) in general).
+parameters, logits at H/4 (H / 2**(n_layers-1) in general). arch "patchgan" builds CycleGAN's instead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-from ablation.gan.generator import LRELU_SLOPE
+from ablation.gan.cyclegan_nets import PatchDiscriminator
+from ablation.gan.generator import LRELU_SLOPE, add_spectral_norm
 
 
 class Discriminator(nn.Module):
@@ -57,7 +60,25 @@ class Discriminator(nn.Module):
         return self.net(image)  # [B, 3, H, W] -> [B, 1, H/4, W/4] logits (n_layers=3)
 
 
+def _patchgan(ch: int, n_layers: int, spectral_norm: bool, dropout: float) -> nn.Module:
+    if dropout:
+        raise ValueError(f"the patchgan discriminator (CycleGAN's) has no dropout: got dropout={dropout}; set it to 0")
+    # CycleGAN's has no spectral norm (model.d_sn: false); with it, an SN-PatchGAN for studies
+    net = PatchDiscriminator(ch, n_layers)
+    return add_spectral_norm(net) if spectral_norm else net
+
+
+DISCRIMINATORS: dict[str, Callable[[int, int, bool, float], nn.Module]] = {
+    "animegan": Discriminator, "patchgan": _patchgan,
+}
+
+
 def build_discriminator(ch: int = 64, n_layers: int = 3, spectral_norm: bool = True,
-                        dropout: float = 0.0) -> nn.Module:
-    """Build D, initialised from the global RNG (the caller seeds it)."""
-    return Discriminator(ch, n_layers, spectral_norm, dropout)
+                        dropout: float = 0.0, arch: str = "animegan") -> nn.Module:
+    """Build D `arch` ("animegan", or "patchgan": CycleGAN's 70×70 PatchGAN), initialised from the global RNG
+    (the caller seeds it)."""
+    try:
+        builder = DISCRIMINATORS[arch]
+    except KeyError:
+        raise ValueError(f"unknown discriminator {arch!r}; valid: {', '.join(sorted(DISCRIMINATORS))}") from None
+    return builder(ch, n_layers, spectral_norm, dropout)

@@ -3,6 +3,7 @@
 "grouped": member k owns channels [k·C, (k+1)·C) of every activation [B, K·C, H, W]; each conv becomes one
 grouped conv (groups × K) whose weight is the members' own weights concatenated at call time, so gradients flow
 back into each member's own parameter tensors (each member keeps its own optimiser, checkpoint, state dict).
+A transposed conv's weight, [Cin, Cout/groups, kh, kw], concatenates the same way along dim 0 (the input side).
 Instance norm and group norm are per sample and per channel group; pads, activations and resizes are per
 channel: the fused forward is each member's own forward, up to the fp32 rounding of the grouped kernels.
 "looped": the same fused layers with K = 1 per member, i.e. each member's own kernels, bit for bit its own
@@ -77,6 +78,23 @@ class _FusedConv(nn.Module):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups * len(convs))
 
 
+class _FusedConvTranspose(nn.Module):
+    def __init__(self, conv: nn.ConvTranspose2d, index: int, call: _Call) -> None:
+        super().__init__()
+        if conv.padding_mode != "zeros":
+            raise TypeError(f"fused transposed conv: padding mode {conv.padding_mode!r} is not supported")
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
+        self.output_padding, self.index, self.call = conv.output_padding, index, call
+
+    def forward(self, x: Tensor) -> Tensor:
+        convs = self.call.leaves(self.index)
+        # a transposed conv's weight is [Cin, Cout/groups, kh, kw]: members stack along the input channels
+        weight = _cat([c.weight for c in convs])  # [K·Cin, Cout/groups, kh, kw]
+        bias = _cat([c.bias for c in convs]) if convs[0].bias is not None else None
+        return F.conv_transpose2d(x, weight, bias, self.stride, self.padding, self.output_padding,
+                                  self.groups * len(convs), self.dilation)
+
+
 class _FusedInstanceNorm(nn.Module):
     def __init__(self, norm: nn.InstanceNorm2d, index: int, call: _Call) -> None:
         super().__init__()
@@ -124,8 +142,9 @@ class _FusedDropout2d(nn.Module):
 
 
 _FUSED_LEAVES: tuple[tuple[type[nn.Module], type[nn.Module]], ...] = (
-    (nn.Conv2d, _FusedConv), (nn.InstanceNorm2d, _FusedInstanceNorm), (nn.GroupNorm, _FusedGroupNorm),
-    (nn.Dropout2d, _FusedDropout2d),
+    # ConvTranspose2d is no Conv2d subclass (both derive from _ConvNd), so isinstance keeps the two apart
+    (nn.Conv2d, _FusedConv), (nn.ConvTranspose2d, _FusedConvTranspose), (nn.InstanceNorm2d, _FusedInstanceNorm),
+    (nn.GroupNorm, _FusedGroupNorm), (nn.Dropout2d, _FusedDropout2d),
 )
 
 

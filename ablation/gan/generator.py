@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
+from ablation.gan.cyclegan_nets import ResnetGenerator
+
 NormFactory = Callable[[int], nn.Module]
 
 LRELU_SLOPE = 0.2  # both official nets use leaky_relu(alpha=0.2); the discriminator imports it from here
@@ -282,7 +284,7 @@ class GeneratorV2(nn.Module):
         return torch.tanh(self.out(up_full))  # [B, 3, H, W]
 
 
-GENERATORS: dict[str, type[nn.Module]] = {"v1": GeneratorV1, "v2": GeneratorV2}
+GENERATORS: dict[str, type[nn.Module]] = {"v1": GeneratorV1, "v2": GeneratorV2, "resnet9": ResnetGenerator}
 
 
 def add_spectral_norm(model: nn.Module) -> nn.Module:
@@ -294,8 +296,8 @@ def add_spectral_norm(model: nn.Module) -> nn.Module:
 
 
 def build_generator(version: str, spectral_norm: bool = False, resize: ResizeMode = "tf1") -> nn.Module:
-    """Build generator `version` ("v1" or "v2") with `resize` ("tf1", the originals', or "half_pixel"),
-    initialised from the global RNG (the caller seeds it)."""
+    """Build generator `version` ("v1", "v2" or "resnet9", CycleGAN's) with `resize` ("tf1", the originals', or
+    "half_pixel"; resnet9 ignores it), initialised from the global RNG (the caller seeds it)."""
     try:
         generator_cls = GENERATORS[version]
     except KeyError:

@@ -235,3 +235,21 @@ def penalty_from_gradient(grad: Tensor, gan_type: str, weight: float) -> Tensor:
     if _lookup(gan_type).penalty == "one-sided":
         excess = F.relu(excess)
     return weight * excess.pow(2).mean()
+
+
+def discriminator_pair_losses(gan_type: str, d_real: Tensor, d_fake: Tensor) -> dict[str, Tensor]:
+    """A discriminator's two unweighted terms {"real", "fake"} (the cycle objectives' photo discriminator, and
+    CycleGAN's both): the same formulas as `discriminator_adv_losses`' real and fake terms."""
+    spec = _lookup(gan_type)
+    return {"real": spec.real(_f32(d_real)), "fake": spec.other(_f32(d_fake))}
+
+
+def cycle_loss(real_photo: Tensor, rec_photo: Tensor, real_anime: Tensor, rec_anime: Tensor) -> Tensor:
+    """CycleGAN's cycle-consistency term, both directions: mean|F(G(p)) − p| + mean|G(F(a)) − a|."""
+    return (_f32(rec_photo) - _f32(real_photo)).abs().mean() + (_f32(rec_anime) - _f32(real_anime)).abs().mean()
+
+
+def identity_loss(real_anime: Tensor, same_anime: Tensor, real_photo: Tensor, same_photo: Tensor) -> Tensor:
+    """CycleGAN's identity term: each generator fed its own target domain changes nothing,
+    mean|G(a) − a| + mean|F(p) − p|."""
+    return (_f32(same_anime) - _f32(real_anime)).abs().mean() + (_f32(same_photo) - _f32(real_photo)).abs().mean()

@@ -20,6 +20,7 @@ from ablation.evaluation.protocol import TrialEvaluator
 from ablation.files import atomic_write_bytes, atomic_write_text
 from ablation.gan import samples
 from ablation.gan.checkpoint import CHECKPOINT_NAME, check_resumable, load_checkpoint, save_checkpoint
+from ablation.gan.cycle_steps import ImagePool
 from ablation.gan.device import Precision, autocast, maybe_compile, prepare_module, to_device_layout
 from ablation.gan.discriminator import build_discriminator
 from ablation.gan.generator import build_generator
@@ -31,13 +32,25 @@ from ablation.outcomes import Outcome
 
 def build_models(config: TrainConfig, device: torch.device) -> TrialModels:
     torch.manual_seed(config.seed)  # G and D init are drawn from the trial seed
-    generator = prepare_module(build_generator(config.model.generator, config.model.generator_sn,
-                                               config.model.resize), device, config.runtime)
-    discriminator = prepare_module(build_discriminator(config.model.d_ch, config.model.d_layers,
-                                                       config.model.d_sn, config.model.d_dropout),
-                                   device, config.runtime)
-    opt_init, opt_g, opt_d = build_optimizers(generator, discriminator, config)
-    return TrialModels(generator, discriminator, opt_init, opt_g, opt_d)
+    mc = config.model
+
+    def generator() -> nn.Module:
+        return prepare_module(build_generator(mc.generator, mc.generator_sn, mc.resize), device, config.runtime)
+
+    def discriminator() -> nn.Module:
+        return prepare_module(build_discriminator(mc.d_ch, mc.d_layers, mc.d_sn, mc.d_dropout, arch=mc.discriminator),
+                              device, config.runtime)
+
+    photo_to_anime, anime_d = generator(), discriminator()
+    # the cycle objectives' second pair is drawn after G and D: those (and so a stored init phase) are the
+    # "animegan" objective's, seed by seed
+    back, photo_d = (generator(), discriminator()) if mc.objective != "animegan" else (None, None)
+    opt_init, opt_g, opt_d = build_optimizers(photo_to_anime, anime_d, config, back, photo_d)
+    return TrialModels(photo_to_anime, anime_d, opt_init, opt_g, opt_d, back, photo_d)
+
+
+# the cycle objectives' networks beside G and D, by checkpoint key
+EXTRA_NETS = ("generator_back", "discriminator_photo")
 
 
 def build_evaluator(config: TrainConfig, domains: Domains, device: torch.device) -> TrialEvaluator | None:
@@ -83,6 +96,7 @@ class Member:
     init_rows: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # logged in the init phase
     compute_s: float = 0.0  # its share of the array's step time (the steps it took, split among the members)
     init_reused_s: float | None = None  # set when it continued a stored init phase: that phase's compute time
+    pools: dict[str, ImagePool] = field(default_factory=dict)  # the cycle objectives' fakes per domain, if pooled
 
     @property
     def ckpt_path(self) -> Path:
@@ -106,6 +120,8 @@ class Member:
             "streams": self.streams.state_dict(), "window": self.window.state_dict(),
             "rng": self.cpu_rng.get_state(),
             "cuda_rng": self.rng.get_state() if self.device.type == "cuda" else None,
+            **{name: net.state_dict() for name in EXTRA_NETS if (net := getattr(m, name)) is not None},
+            "pools": {name: pool.state_dict() for name, pool in self.pools.items()},
         })
 
     def restore(self, state: dict) -> None:
@@ -115,6 +131,11 @@ class Member:
         self.models.discriminator.load_state_dict(state["discriminator"])
         for name in ("opt_init", "opt_g", "opt_d"):
             getattr(self.models, name).load_state_dict(state[name])
+        for name in EXTRA_NETS:
+            if (net := getattr(self.models, name)) is not None:
+                net.load_state_dict(state[name])
+        for name, pool in self.pools.items():
+            pool.load_state_dict(state["pools"][name], self.device)
         self.streams.load_state_dict(state["streams"])
         self.window.load_state_dict(state["window"], self.device)
         self.cpu_rng.set_state(state["rng"])
@@ -190,6 +211,11 @@ class Member:
         gif = samples.write_gif(sample_dir, val_real_hwc)
         if gif is not None:
             result.artifacts["gif"] = gif
+        if self.models.generator_back is not None and domains.style_ref is not None:  # the other direction
+            anime_in = domains.style_ref[:self.config.data.val_count]  # held-out anime, uint8 [V, 3, S, S]
+            photo_out = generate_u8(self.models.generator_back, anime_in, self).permute(0, 2, 3, 1).numpy()
+            result.artifacts["anime_to_photo"] = samples.write_side_by_side(
+                sample_dir, anime_in.permute(0, 2, 3, 1).numpy(), photo_out, name="anime_to_photo.png")
         if self.status is Outcome.FINISHED:
             weights = self.out_dir / "generator.pt"
             torch.save(self.models.generator.state_dict(), weights)
@@ -232,7 +258,9 @@ def open_member(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Doma
                     evaluator=evaluator, device=device, precision=precision, steps_per_epoch=steps_per_epoch,
                     total_steps=config.schedule.epochs * steps_per_epoch,
                     init_steps=config.schedule.init_epochs * steps_per_epoch,
-                    first_bad=torch.full((), -1, device=device))
+                    first_bad=torch.full((), -1, device=device),
+                    pools={name: ImagePool(config.optim.pool_size) for name in ("anime", "photo")}
+                    if config.optim.pool_size > 0 else {})
     if evaluator is not None:  # what produced the eval numbers, and the anchors that give the gaps meaning
         (out_dir / EVAL_INFO).write_text(json.dumps({"info": evaluator.info(), "anchors": evaluator.anchors()}))
     if resume and (state := load_checkpoint(member.ckpt_path)) is not None:

@@ -46,9 +46,10 @@ def write_gif(sample_dir: Path, real_photo: np.ndarray, duration_ms: int = 400) 
     return path
 
 
-def write_side_by_side(sample_dir: Path, real_photo: np.ndarray, fake_anime: np.ndarray) -> Path:
-    """Final PNG: one row per validation photo, input | output."""
+def write_side_by_side(sample_dir: Path, real_photo: np.ndarray, fake_anime: np.ndarray,
+                       name: str = "final.png") -> Path:
+    """Final PNG: one row per validation image, input | output."""
     rows = [np.concatenate([photo, fake], axis=1) for photo, fake in zip(real_photo, fake_anime, strict=True)]
-    path = sample_dir / "final.png"
+    path = sample_dir / name
     _write_png(path, np.concatenate(rows, axis=0))
     return path

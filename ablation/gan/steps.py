@@ -30,22 +30,48 @@ class Targets:
 
 @dataclass
 class TrialModels:
-    generator: nn.Module
-    discriminator: nn.Module
+    generator: nn.Module  # photo -> anime
+    discriminator: nn.Module  # anime domain
     opt_init: torch.optim.Optimizer
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
+    opt_g: torch.optim.Optimizer  # G's parameters (and generator_back's)
+    opt_d: torch.optim.Optimizer  # D's parameters (and discriminator_photo's)
+    # the cycle objectives' anime -> photo generator and photo-domain discriminator; None for "animegan"
+    generator_back: nn.Module | None = None
+    discriminator_photo: nn.Module | None = None
 
 
-def build_optimizers(generator: nn.Module, discriminator: nn.Module, config: TrainConfig) -> tuple[
-    torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer
-]:
-    """Three Adams as the original: init (content only) and G share G's params but not moments."""
+def build_optimizers(generator: nn.Module, discriminator: nn.Module, config: TrainConfig,
+                     generator_back: nn.Module | None = None, discriminator_photo: nn.Module | None = None
+                     ) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Three Adams as the original: init (content only) and G share G's params but not moments. The cycle
+    objectives' second generator and discriminator join G's and D's Adam, as CycleGAN's one Adam over both
+    generators (Adam is per parameter: the same as one Adam each)."""
     betas = (config.optim.beta1, config.optim.beta2)
+    g_params = [*generator.parameters(), *(generator_back.parameters() if generator_back is not None else [])]
+    d_params = [*discriminator.parameters(),
+                *(discriminator_photo.parameters() if discriminator_photo is not None else [])]
     opt_init = torch.optim.Adam(generator.parameters(), lr=config.optim.init_lr, betas=betas)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=config.optim.g_lr, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=config.optim.d_lr, betas=betas)
+    opt_g = torch.optim.Adam(g_params, lr=config.optim.g_lr, betas=betas)
+    opt_d = torch.optim.Adam(d_params, lr=config.optim.d_lr, betas=betas)
     return opt_init, opt_g, opt_d
+
+
+def decay_factor(config: TrainConfig, gan_step: int, gan_steps: int) -> float:
+    """G's and D's learning-rate factor at 0-based GAN step `gan_step` of `gan_steps`: 1, or with
+    `optim.lr_decay: linear` CycleGAN's schedule per step: constant over the first half, then falling linearly
+    to 1/(n+1) of the rate at the last of the n decaying steps."""
+    if config.optim.lr_decay == "none":
+        return 1.0
+    constant = gan_steps // 2
+    return 1.0 - max(0, gan_step - constant + 1) / (gan_steps - constant + 1)
+
+
+def set_gan_lr(models: TrialModels, config: TrainConfig, gan_step: int, gan_steps: int) -> None:
+    """Set G's and D's rates for this step from the step alone, so a resumed run sets what it would have."""
+    factor = decay_factor(config, gan_step, gan_steps)
+    for opt, base in ((models.opt_g, config.optim.g_lr), (models.opt_d, config.optim.d_lr)):
+        for group in opt.param_groups:
+            group["lr"] = base * factor
 
 
 @torch.no_grad()

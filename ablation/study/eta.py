@@ -25,6 +25,10 @@ from ablation.study.spec import Study
 # Until a GAN step has been timed, its cost is guessed from the init step: D + G over G alone, measured at 64 px
 # on a 2-core CPU (MobileNetV2 0.64 / 0.50 s, VGG19 1.0 / 0.8 s; README "Demo").
 GAN_OVER_INIT = 1.3
+# A GAN step's cost by model.objective, in AnimeGAN steps: G and D of both directions, and CycleGAN's identity
+# passes (benchmarks/objectives.py at the demo's 64 px on a CPU: 3.2x and 4.6x). GAN step times are kept in
+# these units, so a study mixing objectives gets each trial's steps at its own cost.
+GAN_STEP_COST: dict[str, float] = {"animegan": 1.0, "animegan+cycle": 3.2, "cyclegan": 4.6}
 
 
 @dataclass(frozen=True)
@@ -35,13 +39,15 @@ class TrialWork:
     init_key: str | None
     init_steps: int
     gan_steps: int
+    gan_cost: float = 1.0  # one of its GAN steps in AnimeGAN steps (GAN_STEP_COST)
 
 
 def trial_work(key: str, config: TrainConfig) -> TrialWork:
     schedule = config.schedule
     init_steps = min(schedule.init_epochs, schedule.epochs) * schedule.steps_per_epoch
     total = schedule.epochs * schedule.steps_per_epoch
-    return TrialWork(key, init_key(config) if shareable(config) else None, init_steps, total - init_steps)
+    return TrialWork(key, init_key(config) if shareable(config) else None, init_steps, total - init_steps,
+                     GAN_STEP_COST[config.model.objective])
 
 
 def stored_init_keys(trials_dir: Path) -> set[str]:
@@ -82,7 +88,8 @@ class StudyEta:
         now = self.clock()
         if self.last is not None and step == self.last[0] + 1 and self.followed is not None:
             phase = "init" if step <= self.followed.init_steps else "gan"
-            self.seconds[phase] += now - self.last[1]
+            cost = 1.0 if phase == "init" else self.followed.gan_cost
+            self.seconds[phase] += (now - self.last[1]) / cost  # in AnimeGAN steps
             self.count[phase] += 1
             self.in_steps += now - self.last[1]
         self.last = (step, now)
@@ -101,13 +108,14 @@ class StudyEta:
             return GAN_OVER_INIT * self.seconds["init"] / self.count["init"]
         return None
 
-    def steps_left(self) -> tuple[int, int]:
-        """(init steps, GAN steps) still to train over the study: each init identity once, unless stored."""
-        init_left = gan_left = 0
+    def steps_left(self) -> tuple[int, float]:
+        """(init steps, GAN steps in AnimeGAN steps) still to train over the study: each init identity once,
+        unless stored."""
+        init_left, gan_left = 0, 0.0
         counted = set(self.stored)
         followed, at = self.followed, self.last[0] if self.last is not None else 0
         if followed is not None and followed.key not in self.done:
-            gan_left += followed.gan_steps - max(at - followed.init_steps, 0)
+            gan_left += (followed.gan_steps - max(at - followed.init_steps, 0)) * followed.gan_cost
             if at < followed.init_steps:  # it computes its init phase now (a continued one jumps past it)
                 init_left += followed.init_steps - at
             if followed.init_key is not None:
@@ -115,7 +123,7 @@ class StudyEta:
         for trial in self.work.values():
             if trial.key in self.done or trial is followed:
                 continue
-            gan_left += trial.gan_steps
+            gan_left += trial.gan_steps * trial.gan_cost
             if trial.init_key is None or trial.init_key not in counted:
                 init_left += trial.init_steps
                 if trial.init_key is not None:

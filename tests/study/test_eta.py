@@ -8,7 +8,15 @@ import pytest
 
 from ablation.config import TrainConfig, with_overrides
 from ablation.gan.init_cache import INIT_DIR, init_key
-from ablation.study.eta import GAN_OVER_INIT, StudyEta, TrialWork, format_eta, stored_init_keys, trial_work
+from ablation.study.eta import (
+    GAN_OVER_INIT,
+    GAN_STEP_COST,
+    StudyEta,
+    TrialWork,
+    format_eta,
+    stored_init_keys,
+    trial_work,
+)
 
 
 class Clock:
@@ -126,3 +134,25 @@ def test_a_search_point_stands_in_for_the_next_planned_trial() -> None:
     assert eta.steps_left() == (15, 30)  # its own init phase, shared by the other points
     eta.ended("c0ffee-s0")
     assert eta.overhead["trials"] == 1
+
+
+def test_gan_steps_of_the_cycle_objectives_count_at_their_cost() -> None:
+    cyclegan = trial_work("cg-s0", config(**{"model.objective": "cyclegan", "schedule.init_epochs": 0}))
+    assert cyclegan.gan_cost == GAN_STEP_COST["cyclegan"] > GAN_STEP_COST["animegan+cycle"] > 1.0
+    assert trial_work("a-s0", config()).gan_cost == 1.0
+    clock = Clock()
+    # an AnimeGAN trial timed at 1 s per GAN step; a CycleGAN trial of 10 GAN steps is left
+    eta = StudyEta([TrialWork("a", None, 0, 10), TrialWork("cg", None, 0, 10, gan_cost=4.0)], clock=clock)
+    eta.follow("a")
+    for step in range(1, 11):
+        clock.now += 1.0
+        eta.step(step, 10)
+    eta.update({"a"}, set())
+    assert eta.remaining_s() == pytest.approx(10 * 4.0)
+    # timed on the CycleGAN trial instead: its 4 s steps are 1 s in AnimeGAN steps
+    eta = StudyEta([TrialWork("cg", None, 0, 10, gan_cost=4.0), TrialWork("a", None, 0, 10)], clock=clock)
+    eta.follow("cg")
+    for step in (1, 2):
+        clock.now += 4.0
+        eta.step(step, 10)
+    assert eta.remaining_s() == pytest.approx(8 * 4.0 + 10 * 1.0)  # at step 2 of 10
