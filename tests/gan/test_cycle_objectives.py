@@ -154,3 +154,21 @@ def test_cycle_members_fuse_and_each_logs_what_it_logs_alone(tmp_path: Path, dom
     train_array(configs, [tmp_path / "a0", tmp_path / "a1"], logs, domains=domains, fuse="looped")
     assert [log.losses() for log in logs] == alone
     assert alone[1][9]["loss/g/identity"] == 0.0  # not weighed: not computed
+
+
+@pytest.mark.slow
+def test_grouped_cycle_members_take_the_looped_gan_step(tmp_path: Path, domains: Domains) -> None:
+    """CycleGAN's own networks (transposed convs, PatchGAN) in a grouped array: the first GAN step's losses equal
+    the looped array's (each member's own kernels) to fp32 rounding."""
+    nets = {**CYCLEGAN, "model.generator": "resnet9", "model.discriminator": "patchgan", "model.d_sn": False}
+    configs = [tiny(**nets, seed=0), tiny(**{**nets, "loss.cycle_weight": 3.0}, seed=1)]
+    losses_by_mode = {}
+    for fuse in ("looped", "grouped"):
+        flag = StopFlag()
+        logs = [Recorder(stop_at=1, flag=flag), Recorder()]
+        train_array(configs, [tmp_path / fuse / "0", tmp_path / fuse / "1"], logs, domains=domains, stop=flag,
+                    fuse=fuse)  # type: ignore[arg-type]
+        losses_by_mode[fuse] = [log.losses()[1] for log in logs]
+    for grouped, looped in zip(losses_by_mode["grouped"], losses_by_mode["looped"], strict=True):
+        assert grouped.keys() == looped.keys() and "loss/g/cycle" in looped
+        assert grouped == pytest.approx(looped, rel=1e-4)
