@@ -26,9 +26,9 @@ from ablation.study.spec import Study
 # on a 2-core CPU (MobileNetV2 0.64 / 0.50 s, VGG19 1.0 / 0.8 s; README "Demo").
 GAN_OVER_INIT = 1.3
 # A GAN step's cost by model.objective, in AnimeGAN steps: G and D of both directions, and CycleGAN's identity
-# passes (benchmarks/objectives.py at the demo's 64 px on a CPU: 3.2x and 4.6x). GAN step times are kept in
+# passes (benchmarks/objectives.py at the demo's 64 px on a CPU: 3.4x and 4.9x). GAN step times are kept in
 # these units, so a study mixing objectives gets each trial's steps at its own cost.
-GAN_STEP_COST: dict[str, float] = {"animegan": 1.0, "animegan+cycle": 3.2, "cyclegan": 4.6}
+GAN_STEP_COST: dict[str, float] = {"animegan": 1.0, "animegan+cycle": 3.4, "cyclegan": 4.9}
 
 
 @dataclass(frozen=True)
