@@ -16,7 +16,7 @@ from ablation.evaluation import registry
 from ablation.report.data import M, newest_per_key, parse_spec, run_row, study_yaml_text
 from ablation.report.stats import mean_ci
 from ablation.study.spec import StudySpec
-from ablation.study.tracking import Tracker
+from ablation.study.tracking import TAG_MODEL_URI, Tracker
 
 WEIGHTS = "model/generator.pt"  # the artifact every finished trial logs (study/trial.py)
 
@@ -130,23 +130,20 @@ def _logged(trials: Any) -> list[str]:
 
 def register_best(tracker: Tracker, name: str, spec: StudySpec | None, register_as: str, reports_dir: Path,
                   metric: str | None = None) -> tuple[RankedCell, int, str]:
-    """Log the best trial's generator as an MLflow model and register it as `register_as`, alias `champion`,
-    tagged with the study, cell, seed, the trial's objective values and the report's path."""
-    import numpy as np
-    import torch
-
-    from ablation.gan.inference import ImageStylizer, load_generator
+    """Register the best trial's generator as `register_as`, alias `champion`, tagged with the study, cell, seed,
+    the trial's objective values and the report's path. The trial logged its MLflow model when it finished
+    (tag ablate.model_uri); a run from before that, or whose model failed to log, gets one logged now."""
     from ablation.report.build import report_path
-    from ablation.study.models import trial_files
+    from ablation.study.models import log_generator, trial_files
 
     metric, _, cells = rank(tracker, name, spec, metric, top=1)
     best, trial = cells[0], cells[0].trials[0]
-    with tempfile.TemporaryDirectory(prefix="ablate-register-") as tmp:
-        weights, config, config_file = trial_files(tracker, trial.run_id, Path(tmp))
-        model = ImageStylizer(load_generator(weights, config, torch.device("cpu")), config_file.read_text())
-        example = np.random.default_rng(0).random((1, 64, 64, 3), dtype=np.float32)  # [N, H, W, 3] in [0, 1]
-        model_uri = tracker.log_image_model(trial.run_id, model, example)
     run = tracker.client.get_run(trial.run_id)
+    model_uri = run.data.tags.get(TAG_MODEL_URI)
+    if not model_uri:
+        with tempfile.TemporaryDirectory(prefix="ablate-register-") as tmp:
+            weights, _, config_file = trial_files(tracker, trial.run_id, Path(tmp))
+            model_uri = log_generator(tracker, trial.run_id, weights, config_file)
     objectives = [o.metric for o in spec.objectives] if spec is not None else [metric]
     tags = {"ablate.study": name, "ablate.cell": best.cell, "ablate.cell_label": best.label,
             "ablate.seed": str(trial.seed), "ablate.run_id": trial.run_id, "ablate.ranked_by": metric,

@@ -159,8 +159,16 @@ def cell_rows(data: ReportData) -> list[dict[str, Any]]:
         steps = sorted(int(s) for s in group["diverged_step"].dropna())
         rows.append({"label": data.label(cell), "trials": len(group), "finished": finished, "diverged": diverged,
                      "other": len(group) - finished - diverged, "rate": f"{diverged / ran:.0%}" if ran else "–",
-                     "steps": ", ".join(map(str, steps)), "time": duration(float(group["duration_s"].mean()))})
+                     "steps": ", ".join(map(str, steps)), "time": duration(float(group["duration_s"].mean())),
+                     "models": _models(group)})
     return rows
+
+
+def _models(group: pd.DataFrame) -> list[tuple[str, str]]:
+    """(seed, model URI) of a cell's finished trials that logged their generator, by seed: what
+    `mlflow.pyfunc.load_model` or `ablate stylize --model` takes."""
+    done = group[group["outcome"].eq(Outcome.FINISHED) & group["model_uri"].fillna("").ne("")]
+    return [(fmt(row.seed), str(row.model_uri)) for row in done.sort_values("seed").itertuples()]
 
 
 # ---- (4) curves -----------------------------------------------------------------------------------------

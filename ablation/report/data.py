@@ -30,6 +30,7 @@ from ablation.study.tracking import (
     TAG_INIT_REUSED,
     TAG_KEY,
     TAG_LABEL,
+    TAG_MODEL_URI,
     TAG_OPTUNA,
     TAG_OUTCOME,
     TAG_SEED,
@@ -120,6 +121,7 @@ def run_row(run: Any) -> dict[str, Any]:
         "end_ms": end, "duration_s": (end - info.start_time) / 1000 if end and info.start_time else math.nan,
         "metric_keys": sorted(run.data.metrics), "array": tags.get(TAG_ARRAY, ""),
         "init_reused_s": float(tags[TAG_INIT_REUSED]) if TAG_INIT_REUSED in tags else math.nan,
+        "model_uri": tags.get(TAG_MODEL_URI, ""),  # its generator as an MLflow model (finished trials)
         # why a gap closure is undefined, as the evaluator decided it (tag eval/gap/style/kid_rand -> style/kid_rand)
         "gap_tags": {k[len(GAP_TAG):]: v for k, v in tags.items() if k.startswith(GAP_TAG)},
     }
@@ -131,7 +133,7 @@ def run_row(run: Any) -> dict[str, Any]:
 def _row_columns() -> tuple[str, ...]:
     """The columns of a trials frame with no runs yet, so every section can still filter it."""
     return ("run_id", "key", "cell", "label", "seed", "outcome", "status", "diverged_step", "optuna", "steps",
-            "start_ms", "end_ms", "duration_s", "metric_keys", "gap_tags", "array", "init_reused_s")
+            "start_ms", "end_ms", "duration_s", "metric_keys", "gap_tags", "array", "init_reused_s", "model_uri")
 
 
 def _int(text: str | None) -> int | None:

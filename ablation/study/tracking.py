@@ -8,6 +8,7 @@ training never waits on the tracking server, and nothing is dropped while the se
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -33,6 +34,10 @@ TAG_LABEL, TAG_STEP = "ablate.cell_label", "ablate.diverged_step"
 TAG_ARRAY = "ablate.array"  # the trial keys of the members that trained together, "+"-joined (absent: alone)
 TAG_DEMO = "ablate.demo"  # parent run of a --demo run: JSON list of its deviations from the faithful config
 TAG_INIT_REUSED = "ablate.init_reused_s"  # continued a stored init phase: that phase's compute time (s)
+TAG_MODEL_URI = "ablate.model_uri"  # the trial's generator as an MLflow model: models:/m-<id>
+TAG_MODEL_ERROR = "ablate.model_error"  # why it could not be logged (the trained trial still counts)
+MODEL_NAME = "generator"  # the logged model's name in every trial run
+MODEL_REQUIREMENTS = ["torch", "torchvision", "numpy", "pydantic", "pyyaml"]  # beside its code (mlflow adds itself)
 RETRY_SECONDS = 5.0
 GIVE_UP_S = 900.0  # how long any MLflow call waits out an outage (README: Reliability)
 
@@ -164,27 +169,42 @@ class Tracker:
     def metric_logger(self, run_id: str) -> MetricLogger:
         return MetricLogger(self, run_id)
 
-    # ---- models and the registry (`ablate best --register`, `ablate stylize --model models:/...`) -----
-    def log_image_model(self, run_id: str, model: Any, example: Any) -> str:
-        """Log `model` (float [N, H, W, 3] in [0, 1] -> the same) into the run as an MLflow PyTorch model with
-        a signature and an input example; returns its model URI. The run's end time is kept: logging into a
-        finished run must not change the duration the report shows."""
+    # ---- models and the registry (every finished trial; `ablate best --register`; `ablate stylize`) -------
+    def log_image_model(self, run_id: str, model: Any, example: Any, code: Path) -> str:
+        """Log `model` (float [N, H, W, 3] in [0, 1] -> the same) as the run's MLflow PyTorch model "generator"
+        with a signature, an input example and the package folder `code` its pickle needs (pyfunc and `mlflow
+        models predict` load it where ablation is not installed); tag the run with its URI and return that.
+
+        Created here and linked to the run as an output, not log_model(run_id) in a fluent run: that re-reads
+        every metric's whole history (about a second per trial, growing with the run) and reopens a finished
+        run, whose end time the report's durations need. Each request waits out an outage (`retry`)."""
         import mlflow
         import mlflow.pytorch
+        from mlflow.entities import LoggedModelOutput
         from mlflow.models import ModelSignature
         from mlflow.types import Schema, TensorSpec
 
         # any batch, height and width: inferring the signature from the example would pin its size
         image = Schema([TensorSpec(example.dtype, (-1, -1, -1, 3))])
-        before = self.client.get_run(run_id).info
-        mlflow.set_tracking_uri(self.uri)
-        package = Path(ablation.__file__).parent  # the pickled module's classes travel with it: self-contained
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(model, name="generator", signature=ModelSignature(image, image),
-                                            input_example=example, serialization_format="pickle",
-                                            code_paths=[str(package)],
-                                            pip_requirements=["torch", "torchvision", "numpy", "pydantic", "pyyaml"])
-        self.client.set_terminated(run_id, before.status, end_time=before.end_time)
+        run = self._retry(lambda: self.client.get_run(run_id), "get run")
+        tags = {k: v for k, v in run.data.tags.items() if k in (TAG_STUDY, TAG_CELL, TAG_SEED, TAG_KEY, TAG_LABEL)}
+        logged = self._retry(lambda: self.client.create_logged_model(
+            run.info.experiment_id, name=MODEL_NAME, source_run_id=run_id, tags=tags), "create model")
+        mlflow.set_tracking_uri(self.uri)  # log_model talks to the global tracking URI
+        # pickle keeps the nn.Module whose .generator and .config_yaml `ablate stylize` reads (a pt2 program would
+        # not); mlflow.pytorch warns about it on every call, which would be a paragraph per trial in `ablate run`
+        pytorch_log = logging.getLogger("mlflow.pytorch")
+        level = pytorch_log.level
+        pytorch_log.setLevel(logging.ERROR)
+        try:
+            info = self._retry(lambda: mlflow.pytorch.log_model(
+                model, name=MODEL_NAME, model_id=logged.model_id, signature=ModelSignature(image, image),
+                input_example=example, serialization_format="pickle", code_paths=[str(code)],
+                pip_requirements=MODEL_REQUIREMENTS), "log model")
+        finally:
+            pytorch_log.setLevel(level)
+        self._retry(lambda: self.client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, 0)]), "link model")
+        self._retry(lambda: self.client.set_tag(run_id, TAG_MODEL_URI, info.model_uri), "tag model")
         return info.model_uri
 
     def register_model(self, model_uri: str, name: str, tags: dict[str, str], alias: str) -> int:

@@ -26,6 +26,7 @@ from ablation.gan.device import effective_precision, resolve_device
 from ablation.gan.init_cache import INIT_DIR
 from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator
 from ablation.outcomes import Outcome
+from ablation.study.models import log_trial_model
 from ablation.study.outages import infrastructure_error, one_line, tracking_outage
 from ablation.study.spec import TrialSpec
 from ablation.study.tracking import TAG_ARRAY, TAG_INIT_REUSED, Tracker, mlflow_unavailable
@@ -292,9 +293,10 @@ def _close(ctx: TrialContext, member: _Open, result: TrainResult) -> TrialOutcom
     _note(log_path, f"{result.status_text} after {result.step}/{result.total_steps} steps")
     ctx.tracker.log_artifacts(run_id, [log_path, folder / METRICS_FILE], "log")
     ctx.tracker.log_artifacts(run_id, [p for k, p in result.artifacts.items() if k != "generator"], "samples")
-    if "generator" in result.artifacts:
-        ctx.tracker.log_artifacts(run_id, [result.artifacts["generator"]], "model")
     tags = {"ablate.steps": str(result.step)}
+    if "generator" in result.artifacts:  # a finished trial: its weights (`ablate stylize`, export), its MLflow model
+        ctx.tracker.log_artifacts(run_id, [result.artifacts["generator"]], "model")
+        tags.update(log_trial_model(ctx.tracker, run_id, result.artifacts["generator"], folder / "config.yaml"))
     tags.update({f"ablate.backbone.{name}": value for name, value in result.backbone_info.items()})
     if (folder / EVAL_INFO).exists():
         tags.update(json.loads((folder / EVAL_INFO).read_text())["info"])
