@@ -167,6 +167,8 @@ def cell_rows(data: ReportData) -> list[dict[str, Any]]:
 def _models(group: pd.DataFrame) -> list[tuple[str, str]]:
     """(seed, model URI) of a cell's finished trials that logged their generator, by seed: what
     `mlflow.pyfunc.load_model` or `ablate stylize --model` takes."""
+    if "model_uri" not in group:  # a frame gathered without the column (older callers, hand-built data)
+        return []
     done = group[group["outcome"].eq(Outcome.FINISHED) & group["model_uri"].fillna("").ne("")]
     return [(fmt(row.seed), str(row.model_uri)) for row in done.sort_values("seed").itertuples()]
 
