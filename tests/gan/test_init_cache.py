@@ -22,6 +22,9 @@ NOT_READ = ("model.d_ch", "model.d_layers", "model.d_sn", "model.d_dropout", "lo
             "loss.d_adv_weight", "loss.style_weight", "loss.color_weight", "loss.tv_weight", "loss.gp_weight",
             "loss.d_weights", "loss.style_target", "loss.color_scale", "loss.color_count", "optim.g_lr",
             "optim.d_lr", "optim.g_steps_per_d", "schedule.epochs",
+            # the cycle objectives' extra networks are drawn after G and D: their init phase is animegan's
+            "model.objective", "model.discriminator", "loss.cycle_weight", "loss.identity_weight", "optim.lr_decay",
+            "optim.pool_size",
             "schedule.eval_every", "eval")  # these two only when no evaluation falls in the init phase
 READ_CHANGES = {  # one change per field the init phase reads
     "model.generator": "v2", "model.generator_sn": True, "model.resize": "half_pixel", "backbone.arch":
@@ -36,7 +39,9 @@ NOT_READ_CHANGES = {
     "model.d_ch": 16, "model.d_layers": 2, "model.d_sn": False, "model.d_dropout": 0.1, "loss.gan_type": "hinge",
     "loss.style_weight": 10.0, "loss.color_weight": 3.0, "loss.style_target": "color", "loss.d_weights.fake": 2.5,
     "optim.g_lr": 2e-4, "optim.d_lr": 3e-4, "optim.g_steps_per_d": 2, "schedule.epochs": 9,
-    "schedule.eval_every": 3, "eval.max_images": 8,
+    "schedule.eval_every": 3, "eval.max_images": 8, "model.objective": "animegan+cycle",
+    "model.discriminator": "patchgan", "loss.cycle_weight": 3.0, "loss.identity_weight": 1.0,
+    "optim.lr_decay": "linear",
 }
 
 
