@@ -121,6 +121,7 @@ def test_unknown_discriminator_lists_valid_names() -> None:
 # ---------------------------------------------------------------- fusion
 
 
+@pytest.mark.slow  # two 11M-parameter generators forward and backward, three times: about 15 s
 @pytest.mark.parametrize("cls", [ResnetGenerator, PatchDiscriminator])
 def test_fused_pair_is_each_members_own(cls: type[nn.Module]) -> None:
     """Outputs and parameter gradients of each member's own module: looped bit for bit, grouped to 1e-5."""
