@@ -1,5 +1,5 @@
-"""Helpers shared by tests/study/test_scale.py and tests/study/test_runner.py: tiny studies, `ablate worker`
-subprocesses, stores."""
+"""Helpers shared by the study tests (tests/study/test_scale.py, test_runner.py, test_ownership.py, ...): tiny
+grid and search studies, `ablate worker` subprocesses, stores."""
 
 from __future__ import annotations
 
@@ -37,6 +37,18 @@ def write_study(path: Path, data_root: Path, axes: dict[str, list], seeds: list[
     base["schedule"].update(schedule or {})
     path.write_text(yaml.safe_dump({"name": name, "base": base, "axes": axes, "seeds": seeds,
                                     "objectives": OBJECTIVES}))
+    return path
+
+
+def write_search(path: Path, data_root: Path, space: dict[str, dict[str, Any]], seeds: list[int], name: str,
+                 n_trials: int, sampler: str = "random", schedule: dict[str, Any] | None = None) -> Path:
+    """A search study over the tiny base: `n_trials` points of `space`, sampled with a fixed seed."""
+    base = json.loads(json.dumps(TINY_BASE))
+    base["data"]["root"] = str(data_root)
+    base["schedule"].update(schedule or {})
+    path.write_text(yaml.safe_dump({"name": name, "base": base, "method": "search", "seeds": seeds,
+                                    "objectives": OBJECTIVES, "search": {"sampler": sampler, "sampler_seed": 0,
+                                                                         "n_trials": n_trials, "space": space}}))
     return path
 
 
@@ -170,6 +182,20 @@ def running_checkpoint(trials_dir: Path, study_name: str, storage_url: str) -> P
             continue
         if trial_state(storage_url, study_name, ckpt.parent.name) == "RUNNING":
             return ckpt.parent
+    return None
+
+
+def running_search_point(storage_url: str, trials_dir: Path, study_name: str
+                         ) -> tuple[optuna.trial.FrozenTrial, Path] | None:
+    """A RUNNING point of a one-seed search whose folder has a checkpoint already, and that folder."""
+    try:
+        trials = optuna_trials(storage_url, study_name)
+    except KeyError:  # the study is not created yet
+        return None
+    for trial in sorted(trials, key=lambda t: t.number):
+        folder = trials_dir / study_name / f"{trial.user_attrs.get('cell')}-s0"
+        if trial.state.name == "RUNNING" and "cell" in trial.user_attrs and (folder / "checkpoint.pt").exists():
+            return trial, folder
     return None
 
 

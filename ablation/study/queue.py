@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage
@@ -30,17 +31,22 @@ def directions(study: Study) -> list[str]:
     return [o.direction for o in study.spec.objectives]
 
 
-def sampler_for(study: Study) -> optuna.samplers.BaseSampler:
+def sampler_for(study: Study, number: int | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler; with `number`, the one that draws trial `number`'s point, seeded by `sampler_seed` and
+    that number: seeded alike, every process (launcher, workers) drew the same first points and trained them twice."""
     spec = study.spec.search
     if spec is None:
         return optuna.samplers.RandomSampler(seed=0)  # grids only pop enqueued trials
+    seed = spec.sampler_seed
+    if number is not None:
+        seed = int(np.random.SeedSequence([spec.sampler_seed, number]).generate_state(1)[0])
     samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         # constant liar: points asked while others run (a batch for an array, other workers) are steered
         # away from the pending ones instead of piling onto the same region
-        "tpe": lambda: optuna.samplers.TPESampler(seed=spec.sampler_seed, constant_liar=True),
-        "random": lambda: optuna.samplers.RandomSampler(seed=spec.sampler_seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=spec.sampler_seed),
-        "gp": lambda: optuna.samplers.GPSampler(seed=spec.sampler_seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
     }
     return samplers[spec.sampler]()
 
@@ -238,7 +244,6 @@ def search_budget_left(study: Study, opt: optuna.Study) -> int:
     originals = [t for t in opt.get_trials(deepcopy=False) if "retry_of" not in t.user_attrs
                  and not t.user_attrs.get("spurious")]
     return study.spec.search.n_trials - len(originals)
-
 
 
 def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial], str],

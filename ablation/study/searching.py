@@ -3,15 +3,14 @@ members of arrays, tell each point the mean over its seeds.
 
 A batch holds `fuse // len(seeds)` points (at least one). Points are asked one after another while the
 earlier ones are RUNNING, so TPE's constant liar (queue.sampler_for) steers each new point away from the
-pending ones, as it does for parallel workers; re-queued points (retries) are claimed first, with the
-conditional UPDATE of `queue.claim_waiting`. A point whose array failed is retried with each seed alone.
+pending ones, as it does for parallel workers; re-queued points (retries) are claimed first, and only, with
+the conditional UPDATE of `queue.claim_waiting`. A point whose array failed is retried with each seed alone.
 """
 
 from __future__ import annotations
 
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +75,7 @@ def run_search(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on
         wanted = per_batch if max_trials is None else min(per_batch, max_trials - ran)
         locks: dict[int, list[FolderLock]] = {}
         try:
-            points = [p for p in (_open_point(study, t) for t in _ask(study, opt, ctx, wanted))
+            points = [p for p in (_open_point(study, t) for t in ask_points(study, opt, ctx, wanted))
                       if _own(ctx, opt, p, locks)]
             if not points:
                 if not queue.has_running(opt) and not queue.has_waiting(opt):
@@ -140,7 +139,7 @@ def _own(ctx: TrialContext, opt: optuna.Study, point: Point, locks: dict[int, li
     return True
 
 
-def _ask(study: Study, opt: optuna.Study, ctx: TrialContext, wanted: int) -> list[Trial]:
+def ask_points(study: Study, opt: optuna.Study, ctx: TrialContext, wanted: int) -> list[Trial]:
     """Re-queued points first (claimed atomically, unless another process still owns their folders), then new
     ones while the budget allows."""
 
@@ -149,11 +148,26 @@ def _ask(study: Study, opt: optuna.Study, ctx: TrialContext, wanted: int) -> lis
         return cell is not None and any(ownership.folder_held(f) for f in _folders(ctx, study, cell))
 
     trials = queue.claim_waiting(opt, wanted, lambda frozen: "search", busy=busy)
-    while len(trials) < wanted and queue.search_budget_left(study, opt) > 0:
-        with warnings.catch_warnings():  # we keep each asked trial's heartbeat ourselves (run_search)
-            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
-            trials.append(opt.ask())
+    with queue.enqueue_lock(opt):  # processes asking at once take turns: the budget is read with their points
+        while len(trials) < wanted and queue.search_budget_left(study, opt) > 0:
+            trials.append(_new_point(study, opt))
     return trials
+
+
+def _new_point(study: Study, opt: optuna.Study) -> Trial:
+    """A new trial, its point drawn at once by the sampler of its number (`queue.sampler_for`).
+
+    Made as `Study.ask` makes one, except that it never pops a WAITING trial: Optuna's pop is a read-then-write
+    (two processes can both take a trial on SQLite) and knows nothing of `busy`, so a re-queued point whose
+    folder another process still held was popped instead of a new point being asked, put back by `_own`, and
+    popped again: the search stood still until that folder was released. Re-queued points are taken by
+    `queue.claim_waiting` alone."""
+    opt._thread_local.cached_all_trials = None  # as `ask` does: the sampler reads the trials as they are now
+    trial_id = opt._storage.create_new_trial(opt._study_id)
+    opt.sampler = queue.sampler_for(study, opt._storage.get_trial_number_from_id(trial_id))
+    trial = optuna.Trial(opt, trial_id)
+    search_params(study, trial)  # drawn now, by this trial's sampler (`_open_point` reads them back)
+    return trial
 
 
 def _open_point(study: Study, trial: Trial) -> Point:

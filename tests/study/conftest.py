@@ -1,10 +1,13 @@
-"""Fixtures of the study tests: one tiny demo dataset per test module."""
+"""Fixtures of the study tests: one tiny demo dataset per test module, the subprocesses a test starts, and a
+fast heartbeat for in-process launchers and workers."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from scale_helpers import GRACE_S, HEARTBEAT_S, Procs
 
 from ablation.data.demo import build_demo_dataset
 
@@ -15,3 +18,18 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
     build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
     return root
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    """`ablate` subprocesses started in tmp_path (`procs.start`); whatever is left is killed at teardown."""
+    started = Procs(tmp_path)
+    yield started
+    started.kill_all()
+
+
+@pytest.fixture
+def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's heartbeat settings: the ones `scale_helpers.worker_env` gives `ablate worker` subprocesses."""
+    monkeypatch.setenv("ABLATE_HEARTBEAT_S", str(HEARTBEAT_S))
+    monkeypatch.setenv("ABLATE_GRACE_S", str(GRACE_S))
