@@ -4,6 +4,7 @@ tests/services.py; this file only registers it)."""
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +19,15 @@ def ablate_process_settings() -> None:
     """Library code under test runs as `ablate` runs it: with the CLI's process settings (short MLflow
     retries, quiet Optuna). Importing ablation no longer applies them, so the test session does."""
     configure_process()
+
+
+@pytest.fixture(autouse=True)
+def restore_import_path() -> Iterator[None]:
+    """Tests that load a logged model with mlflow.pyfunc get its code folder (a partial copy of ablation) put
+    first on sys.path for good; a later test's spawned process would import that copy."""
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
 
 
 @pytest.fixture(scope="session")

@@ -221,7 +221,13 @@ class Tracker:
         import mlflow.pytorch
 
         mlflow.set_tracking_uri(self.uri)
-        return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        # mlflow puts the model's code folder (a partial copy of this package) first on sys.path and leaves it
+        # there: a process spawned later (a --workers child, a DataLoader worker) would import that copy
+        path = list(sys.path)
+        try:
+            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+        finally:
+            sys.path[:] = path
 
     # ---- queries (report, tests) -------------------------------------------------------------------
     def study_names(self) -> list[str]:

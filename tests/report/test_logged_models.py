@@ -24,7 +24,7 @@ from ablation.gan.generator import build_generator
 from ablation.gan.inference import ImageStylizer, load_generator
 from ablation.report.best import register_best
 from ablation.report.build import build_report
-from ablation.study.models import log_trial_model
+from ablation.study.models import log_trial_model, resolve_model
 from ablation.study.outages import infrastructure_error
 from ablation.study.runner import run_study
 from ablation.study.spec import load_study
@@ -133,6 +133,21 @@ def test_register_reuses_the_trials_model(study: tuple[Path, Tracker, list]) -> 
     mlflow.set_tracking_uri(tracker.uri)
     predicted = mlflow.pyfunc.load_model("models:/logged-g@champion").predict(np.zeros((1, 8, 8, 3), np.float32))
     assert predicted.shape == (1, 8, 8, 3)
+
+
+def test_loading_a_model_leaves_the_import_path_as_it_was(study: tuple[Path, Tracker, list], tmp_path: Path) -> None:
+    """mlflow put the model's code folder (a partial copy of ablation) first on sys.path and left it there: the
+    slow run's next spawned worker imported that copy and died (No module named 'ablation.gan.backbone')."""
+    _, tracker, runs = study
+    before = list(sys.path)
+    weights, _, where = resolve_model(runs[0].data.tags[TAG_MODEL_URI], tracker, tmp_path)
+    assert weights.is_file() and where.startswith("model models:/")
+    assert sys.path == before
+    spawned = subprocess.run([sys.executable, "-c", "import ablation.study.spec, ablation; print(ablation.__file__)"],
+                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, capture_output=True,
+                             text=True, timeout=300)  # a spawned child starts from the parent's sys.path
+    assert spawned.returncode == 0, spawned.stderr[-2000:]
+    assert "/code/ablation/" not in spawned.stdout
 
 
 def test_a_model_that_cannot_be_logged_is_a_tag(study: tuple[Path, Tracker, list], tmp_path: Path) -> None:
