@@ -27,6 +27,7 @@ class RankedTrial:
     value: float
     run_id: str
     weights: str  # runs:/<run id>/model/generator.pt
+    model: str | None  # its logged MLflow model (models:/<id>), None for a run from before trials logged one
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def rank(tracker: Tracker, name: str, spec: StudySpec | None = None, metric: str
             continue
         mean, low, high = mean_ci(values)
         members = sorted((RankedTrial(_seed(row["seed"]), float(row[column]), row["run_id"],
-                                      f"runs:/{row['run_id']}/{WEIGHTS}")
+                                      f"runs:/{row['run_id']}/{WEIGHTS}", row.get("model_uri") or None)
                           for _, row in group.iterrows() if _finite(row[column])), key=lambda t: sign * t.value)
         cells.append((sign * mean, str(cell), str(group["label"].iloc[0]), mean, low, high, members))
     cells.sort(key=lambda c: (c[0], c[2]))

@@ -65,6 +65,7 @@ def test_cli_table_and_json(store: Path) -> None:
     data = json.loads(cli(store, "--json").stdout)
     assert data["metric"] == "eval/style/kid_rand" and [c["rank"] for c in data["cells"]] == [1, 2, 3, 4]
     assert data["cells"][3]["trials"][0]["weights"].endswith("/model/generator.pt")
+    assert data["cells"][3]["trials"][0]["model"] is None  # these runs logged no MLflow model
 
 
 def test_an_unknown_metric_is_one_line(store: Path) -> None:

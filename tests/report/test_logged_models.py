@@ -22,7 +22,7 @@ from ablation.config import TrainConfig
 from ablation.data.demo import build_demo_dataset
 from ablation.gan.generator import build_generator
 from ablation.gan.inference import ImageStylizer, load_generator
-from ablation.report.best import register_best
+from ablation.report.best import as_json, rank, register_best
 from ablation.report.build import build_report
 from ablation.study.models import log_trial_model, resolve_model
 from ablation.study.outages import infrastructure_error
@@ -118,6 +118,15 @@ def test_the_report_lists_each_cells_model(study: tuple[Path, Tracker, list]) ->
     assert len(rows) == 2
     for run in runs:
         assert rows[run.data.tags["ablate.cell_label"]][-1] == f"0: {run.data.tags[TAG_MODEL_URI]}"
+
+
+def test_best_names_each_trials_model(study: tuple[Path, Tracker, list]) -> None:
+    _, tracker, runs = study
+    _, _, cells = rank(tracker, "logged")
+    uris = {run.info.run_id: run.data.tags[TAG_MODEL_URI] for run in runs}
+    assert sorted(t.run_id for c in cells for t in c.trials) == sorted(uris)
+    assert all(t.model == uris[t.run_id] and t.model.startswith("models:/") for c in cells for t in c.trials)
+    assert as_json("m", "minimize", cells)["cells"][0]["trials"][0]["model"] == cells[0].trials[0].model
 
 
 def test_register_reuses_the_trials_model(study: tuple[Path, Tracker, list]) -> None:
