@@ -7,7 +7,6 @@ Now the second waits for the first's `<key>.lead` lock and continues from its en
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,13 +17,6 @@ from ablation.study.tracking import Tracker
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 LONG_INIT = {"epochs": 32, "init_epochs": 30}  # 60 init steps: long enough that both workers start inside it
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path)
-    yield started
-    started.kill_all()
 
 
 def test_two_workers_starting_one_init_phase_compute_it_once(tmp_path: Path, data_root: Path,

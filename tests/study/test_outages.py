@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import threading
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -47,31 +45,9 @@ def closed_port() -> int:
 
 
 @pytest.fixture
-def http_status() -> Iterator[Callable[[int], str]]:
-    """`serve(status) -> url` of a local HTTP server answering every request with `status`."""
-    servers: list[HTTPServer] = []
-
-    def serve(status: int) -> str:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # the name http.server calls
-                body = b"<html>upstream is down</html>"
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = HTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield serve
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def http_status(http_answer: Callable[[int, bytes], str]) -> Callable[[int], str]:
+    """`http_status(status) -> url` of a local HTTP server answering every request with `status`."""
+    return lambda status: http_answer(status, b"<html>upstream is down</html>")
 
 
 @pytest.fixture

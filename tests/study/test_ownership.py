@@ -14,40 +14,20 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from scale_helpers import Procs, local_options, optuna_trials, wait_for, worker_env, write_study
 
 from ablation.errors import UserError
-from ablation.study.runner import RunOptions, connect, enqueue_study, resolve_study, run_study
+from ablation.study.runner import connect, enqueue_study, resolve_study, run_study
 from ablation.study.tracking import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path)
-    yield started
-    started.kill_all()
-
-
-@pytest.fixture
-def fast_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ABLATE_HEARTBEAT_S", "1")
-    monkeypatch.setenv("ABLATE_GRACE_S", "4")
-
-
-def options(tmp: Path) -> RunOptions:
-    return local_options(tmp)
-
-
 def env_for(tmp: Path) -> dict[str, str]:
-    return {**worker_env(f"sqlite:///{tmp}/mlflow.db", tmp / "trials"), "ABLATE_HEARTBEAT_S": "1",
-            "ABLATE_GRACE_S": "4"}
+    return worker_env(f"sqlite:///{tmp}/mlflow.db", tmp / "trials")
 
 
 def worker_args(study: Path, tmp: Path) -> list[str]:
@@ -80,12 +60,12 @@ def test_heartbeat_settings_are_stored_with_the_study(tmp_path: Path, data_root:
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0], "beat")
     monkeypatch.setenv("ABLATE_HEARTBEAT_S", "3")
     monkeypatch.setenv("ABLATE_GRACE_S", "9")
-    enqueue_study(study, options(tmp_path))  # the first process stores its settings with the study
+    enqueue_study(study, local_options(tmp_path))  # the first process stores its settings with the study
 
     monkeypatch.setenv("ABLATE_HEARTBEAT_S", "30")  # a worker started with other values
     monkeypatch.setenv("ABLATE_GRACE_S", "120")
     capsys.readouterr()
-    _, _, opt = connect(resolve_study(study, options(tmp_path)), study, options(tmp_path), create=False)
+    _, _, opt = connect(resolve_study(study, local_options(tmp_path)), study, local_options(tmp_path), create=False)
     backend = opt._storage._backend
     assert (backend.heartbeat_interval, backend.grace_period) == (3, 9)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "ABLATE_GRACE_S" in line]
@@ -93,7 +73,7 @@ def test_heartbeat_settings_are_stored_with_the_study(tmp_path: Path, data_root:
 
     monkeypatch.delenv("ABLATE_HEARTBEAT_S")  # no explicit wish: the stored values, without a word
     monkeypatch.delenv("ABLATE_GRACE_S")
-    _, _, opt = connect(resolve_study(study, options(tmp_path)), study, options(tmp_path), create=False)
+    _, _, opt = connect(resolve_study(study, local_options(tmp_path)), study, local_options(tmp_path), create=False)
     assert (opt._storage._backend.heartbeat_interval, opt._storage._backend.grace_period) == (3, 9)
     assert "ABLATE_GRACE_S" not in capsys.readouterr().err
 
@@ -104,7 +84,7 @@ def test_a_grace_period_shorter_than_two_heartbeats_is_refused(tmp_path: Path, d
     monkeypatch.setenv("ABLATE_HEARTBEAT_S", "10")
     monkeypatch.setenv("ABLATE_GRACE_S", "15")
     with pytest.raises(UserError) as raised:
-        enqueue_study(study, options(tmp_path))
+        enqueue_study(study, local_options(tmp_path))
     assert raised.value.lines == ["ABLATE_GRACE_S: grace period: expected at least twice ABLATE_HEARTBEAT_S (20 s), "
                                   "got 15"]
 
@@ -116,7 +96,7 @@ def test_a_worker_without_heartbeats_stops_its_trial_and_leaves_it_unrecorded(
     name = "lost"
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0], name,
                         schedule={"epochs": 40})
-    enqueue_study(study, options(tmp_path))
+    enqueue_study(study, local_options(tmp_path))
     worker = procs.start("worker", worker_args(study, tmp_path), env_for(tmp_path))
     folder = wait_for(lambda: checkpoint_of_running(tmp_path, name), 180, "a running trial with a checkpoint",
                       [worker], interval=0.05)
@@ -157,7 +137,7 @@ def test_a_trial_folder_another_process_holds_is_not_written(tmp_path: Path, dat
                                                             fast_heartbeat: None) -> None:
     name = "held"
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0, 1], name)
-    enqueue_study(study, options(tmp_path))
+    enqueue_study(study, local_options(tmp_path))
     trials = optuna_trials(f"sqlite:///{tmp_path}/optuna.db", name)
     first_key = min(trials, key=lambda t: t.number).user_attrs["trial_key"]  # the one a worker claims first
     other_key = next(k for k in by_key(tmp_path, name) if k != first_key)
@@ -180,7 +160,7 @@ def test_a_trial_folder_another_process_holds_is_not_written(tmp_path: Path, dat
     releaser = threading.Thread(target=release_when_the_other_is_done)
     releaser.start()
     try:
-        assert run_study(study, options(tmp_path)) == 0
+        assert run_study(study, local_options(tmp_path)) == 0
     finally:
         releaser.join()
     assert seen == [["owner.lock"]]
@@ -197,7 +177,7 @@ def test_a_launcher_leaves_a_live_workers_trial_alone(tmp_path: Path, data_root:
     name = "alive"
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0, 1], name,
                         schedule={"epochs": 12})
-    enqueue_study(study, options(tmp_path))
+    enqueue_study(study, local_options(tmp_path))
     worker = procs.start("worker", worker_args(study, tmp_path), env_for(tmp_path))
     wait_for(lambda: checkpoint_of_running(tmp_path, name), 180, "a running trial with a checkpoint", [worker],
              interval=0.05)
@@ -205,7 +185,7 @@ def test_a_launcher_leaves_a_live_workers_trial_alone(tmp_path: Path, data_root:
     elsewhere = tmp_path / "elsewhere"  # a launcher started from another directory, on the same database
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert run_study(study, options(tmp_path)) == 0
+    assert run_study(study, local_options(tmp_path)) == 0
     assert worker.wait(240) == 0, worker.tails()
     attempts = by_key(tmp_path, name)
     assert sorted(attempts.values()) == [[("COMPLETE", "finished")]] * 2, attempts
@@ -218,7 +198,7 @@ def test_the_launcher_lock_lives_beside_the_database(tmp_path: Path, data_root: 
     name = "twice"
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0], name,
                         schedule={"epochs": 12})
-    opts = options(tmp_path)
+    opts = local_options(tmp_path)
     launcher = procs.start("launcher", ["run", str(study), "--storage", str(opts.storage), "--tracking-uri",
                                         str(opts.tracking_uri), "--trials-dir", str(opts.trials_dir),
                                         "--no-report"], env_for(tmp_path))

@@ -71,13 +71,6 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mlflow
         pg.close()
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    started = Procs(tmp_path)
-    yield started
-    started.kill_all()
-
-
 def _worker_args(study: Path, storage: str) -> list[str]:
     # one trial per claim: these tests follow single trials through kills and outages (a killed array's
     # members resume one by one in tests/study/test_runner.py::test_killed_process_resumes_without_duplicates)
