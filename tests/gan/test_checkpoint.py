@@ -3,8 +3,6 @@ temp file; a successful one replaces the file whole and syncs both the file and 
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -56,25 +54,6 @@ def test_failed_rename_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(OSError, match="rename refused"):
         atomic_write_bytes(tmp_path / "notes.txt", b"new")
     assert list(tmp_path.iterdir()) == []
-
-
-def test_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    events: list[str] = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd: int) -> None:
-        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
-        real_fsync(fd)
-
-    def replace(src: str, dst: str) -> None:
-        events.append("rename")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(files.os, "fsync", fsync)
-    monkeypatch.setattr(files.os, "replace", replace)
-    atomic_write_bytes(tmp_path / "notes.txt", b"new")
-    assert events == ["fsync file", "rename", "fsync dir"]
 
 
 def test_checkpoint_round_trips_and_a_failed_save_keeps_the_previous_one(tmp_path: Path,
