@@ -17,7 +17,7 @@ import torch
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ablation.config import TrainConfig
-from ablation.gan.array import array_key
+from ablation.gan.array_rules import array_key
 from ablation.gan.device import resolve_device
 from ablation.outcomes import Outcome
 from ablation.study import ownership, queue
@@ -89,7 +89,7 @@ def planned_arrays(study: Study, fuse: int) -> list[list[TrialSpec]]:
 
 
 def group_of(study: Study) -> Callable[[FrozenTrial], str]:
-    """Trials that may train in one array share this key (`gan.array.array_key` of their config)."""
+    """Trials that may train in one array share this key (`gan.array_rules.array_key` of their config)."""
     memo: dict[str, str] = {}
 
     def key(trial: FrozenTrial) -> str:

@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from ablation.config import TrainConfig
-from ablation.gan.array import array_key
+from ablation.gan.array_rules import array_key
 from ablation.outcomes import Outcome
 from ablation.study import ownership, queue
 from ablation.study.arrays import ARRAY_FAILURE, SOLO, OnTrialEnd, failed_line

@@ -16,7 +16,8 @@ from ablation.data.demo import procedural_batch
 from ablation.data.streams import DataStreams, Domains, domains_from_arrays
 from ablation.gan import array as array_module
 from ablation.gan import steps as steps_module
-from ablation.gan.array import array_key, train_array
+from ablation.gan.array import train_array
+from ablation.gan.array_rules import array_key
 from ablation.gan.backbone import build_backbone
 from ablation.gan.discriminator import build_discriminator
 from ablation.gan.fused import FusedNet

@@ -11,7 +11,8 @@ from ablation.config import TrainConfig, cell_hash, with_overrides
 from ablation.data.demo import procedural_batch
 from ablation.data.streams import Domains, domains_from_arrays
 from ablation.gan import losses
-from ablation.gan.array import array_key, train_array
+from ablation.gan.array import train_array
+from ablation.gan.array_rules import array_key
 from ablation.gan.checkpoint import load_checkpoint
 from ablation.gan.cycle_steps import ImagePool
 from ablation.gan.init_cache import init_key
