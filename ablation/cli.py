@@ -239,7 +239,7 @@ def stylize_command(
 def export_command(
     model: str = typer.Argument(..., help="a generator .pt, an MLflow run id, runs:/<run id>/..., models:/..., "
                                           "or STUDY:best"),
-    fmt: str = typer.Option("onnx", "--format", help="onnx (opset 18) or pt2 (torch.export)"),
+    fmt: str = typer.Option("onnx", "--format", help="onnx (opset 18), pt2 (torch.export) or torchscript (traced)"),
     out: Path = typer.Option(..., help="the file to write"),
     tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
 ) -> None:

@@ -10,10 +10,13 @@ Formats (a registry; a miss lists the names):
   the trial's config travels in the model's metadata (`ablate.config`).
 - `pt2`: a `torch.export` ExportedProgram (`torch.export.load(path).module()`), the successor of TorchScript
   for ahead-of-time graphs, with the same dynamic sizes.
+- `torchscript`: a traced `torch.jit` module (`torch.jit.load(path)`, also from C++ libtorch), config in its
+  extra file `ablate.config.yaml`. PyTorch deprecates TorchScript; it is here for runtimes that only load it.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,7 +84,23 @@ def _to_pt2(model: ExportedStylizer, out: Path, config_yaml: str) -> None:
     torch.export.save(program, str(out), extra_files={"ablate.config.yaml": config_yaml})
 
 
-FORMATS: dict[str, Callable[[ExportedStylizer, Path, str], None]] = {"onnx": _to_onnx, "pt2": _to_pt2}
+def _to_torchscript(model: ExportedStylizer, out: Path, config_yaml: str) -> None:
+    with warnings.catch_warnings():
+        # torch's deprecation notice, and TracerWarnings from instance norm's own input checks (not our graph)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, (_example(),), check_trace=False)
+    # a trace keeps whatever a Python value fixed: prove the sizes stayed symbolic on another batch, H and W
+    other = torch.rand(1, 3, 37, 53)
+    difference = float((traced(other) - model(other)).abs().max())
+    if difference > 1e-5:
+        raise RuntimeError(f"the traced generator differs from the eager one at 37x53 (max abs {difference:.3g})")
+    torch.jit.save(traced, str(out), _extra_files={"ablate.config.yaml": config_yaml})
+
+
+FORMATS: dict[str, Callable[[ExportedStylizer, Path, str], None]] = {
+    "onnx": _to_onnx, "pt2": _to_pt2, "torchscript": _to_torchscript,
+}
 
 
 def export_generator(generator: nn.Module, fmt: str, out: Path, config_yaml: str) -> Path:

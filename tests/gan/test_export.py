@@ -1,5 +1,6 @@
-"""`ablate export`: the generator as ONNX (run in onnxruntime) and as a torch.export program, each with any
-batch size, height and width, equal to PyTorch; the export path of the TF1 resize equals the training path."""
+"""`ablate export`: the generator as ONNX (run in onnxruntime), as a torch.export program and as TorchScript,
+each with any batch size, height and width, equal to PyTorch; the export path of the TF1 resize equals the
+training path."""
 
 from __future__ import annotations
 
@@ -89,8 +90,25 @@ def test_pt2_export_runs_at_any_size(tmp_path: Path) -> None:
         assert float(np.abs(anime - _reference(generator, image)).max()) <= 1e-5
 
 
+@pytest.mark.slow  # about 15 s per generator on one core
+@pytest.mark.parametrize("arch", ["v1", "v2"])
+def test_torchscript_export_runs_at_any_size(tmp_path: Path, arch: str) -> None:
+    torch.manual_seed(2)
+    generator = build_generator(arch).eval()
+    export_generator(generator, "torchscript", tmp_path / "g.ts", f"model:\n  generator: {arch}\n")
+    extra = {"ablate.config.yaml": ""}
+    loaded = torch.jit.load(str(tmp_path / "g.ts"), _extra_files=extra)
+    assert extra["ablate.config.yaml"] == f"model:\n  generator: {arch}\n".encode()
+    for batch, height, width in [*SIZES, (1, 16, 16)]:
+        image = torch.rand(batch, 3, height, width)
+        with torch.no_grad():
+            anime = loaded(image).numpy()
+        assert anime.shape == (batch, 3, height, width)
+        assert float(np.abs(anime - _reference(generator, image)).max()) <= 1e-5
+
+
 def test_unknown_format_is_one_line(tmp_path: Path) -> None:
     from ablation.errors import UserError
 
-    with pytest.raises(UserError, match=r"--format: format: expected one of onnx, pt2, got 'torchscript'"):
-        export_generator(build_generator("v2"), "torchscript", tmp_path / "g.ts", "")
+    with pytest.raises(UserError, match=r"--format: format: expected one of onnx, pt2, torchscript, got 'tflite'"):
+        export_generator(build_generator("v2"), "tflite", tmp_path / "g.tflite", "")
