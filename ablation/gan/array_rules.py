@@ -17,7 +17,6 @@ ARRAY_FIELDS: tuple[str, ...] = (
 )
 
 
-
 def array_key(config: TrainConfig) -> str:
     """Two configs can train fused in one array iff their keys are equal: a hash of the `ARRAY_FIELDS`."""
     dump = config.model_dump(mode="json")
