@@ -160,11 +160,15 @@ def requeue(opt: optuna.Study, trial: FrozenTrial, reason: str, consume_retry: b
         attrs.pop(attempt_only, None)  # what this attempt did; identity (and a `solo` flag) carries over
     if consume_retry:
         attrs["retries_left"] = attrs.get("retries_left", 0) - 1
+    # an attempt killed between its claim and its suggest calls has only some of the enqueued params set: the
+    # rest stay fixed, or the retry would sample them (a random seed: the run tagged with another trial's key)
+    fixed = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
     with enqueue_lock(opt):
         if successor(opt, trial) is not None:
             return
         opt.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
-                                                distributions=trial.distributions, user_attrs=attrs))
+                                                distributions=trial.distributions, user_attrs=attrs,
+                                                system_attrs={"fixed_params": fixed} if fixed else None))
 
 
 def successor(opt: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
