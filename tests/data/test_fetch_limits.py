@@ -20,9 +20,11 @@ from ablation.data.fetch import fetch_dataset
 from ablation.data.unzip import ZipLimits
 from ablation.errors import UserError
 
+Serve = Callable[[bytes], str]
+
 
 @pytest.fixture
-def serve(http_answer: Callable[[int, bytes], str]) -> Callable[[bytes], str]:
+def serve(http_answer: Callable[[int, bytes], str]) -> Serve:
     """`serve(payload) -> url`: a local HTTP server answering every GET with `payload`."""
     return lambda payload: http_answer(200, payload)
 
@@ -63,7 +65,7 @@ def _refused(url: str, dest: Path, limits: ZipLimits | None = None) -> str:
     return str(err.value)
 
 
-def test_ratio_bomb_is_refused_with_the_default_caps(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_ratio_bomb_is_refused_with_the_default_caps(serve: Serve, tmp_path: Path) -> None:
     name = "dataset/train_photo/zeros.jpg"
     payload = _zip([("dataset/train_photo/0.jpg", os.urandom(4000)), (name, bytes(50 << 20))])
     info = _info(payload, name)
@@ -75,7 +77,7 @@ def test_ratio_bomb_is_refused_with_the_default_caps(serve: Callable[[bytes], st
     assert _snapshot(tmp_path) == before  # nothing extracted, older dataset and unrelated files untouched
 
 
-def test_member_count_is_capped(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_member_count_is_capped(serve: Serve, tmp_path: Path) -> None:
     url = serve(_zip([(f"dataset/train_photo/{i}.jpg", b"x") for i in range(51)]))
     before = _populated(tmp_path)
     assert _refused(url, tmp_path, ZipLimits(max_members=50)) == (
@@ -83,7 +85,7 @@ def test_member_count_is_capped(serve: Callable[[bytes], str], tmp_path: Path) -
     assert _snapshot(tmp_path) == before
 
 
-def test_member_count_is_capped_when_the_end_record_lies(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_member_count_is_capped_when_the_end_record_lies(serve: Serve, tmp_path: Path) -> None:
     payload = bytearray(_zip([(f"dataset/train_photo/{i}.jpg", b"x") for i in range(51)]))
     end = payload.rfind(b"PK\x05\x06")
     payload[end + 8:end + 12] = struct.pack("<2H", 1, 1)  # zipfile walks the central directory, not this count
@@ -94,7 +96,7 @@ def test_member_count_is_capped_when_the_end_record_lies(serve: Callable[[bytes]
     assert _snapshot(tmp_path) == before
 
 
-def test_total_uncompressed_size_is_capped(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_total_uncompressed_size_is_capped(serve: Serve, tmp_path: Path) -> None:
     payload = _zip([("dataset/train_photo/0.jpg", os.urandom(600_000)), ("dataset/train_photo/1.jpg",
                                                                           os.urandom(600_000))])
     url = serve(payload)
@@ -104,7 +106,7 @@ def test_total_uncompressed_size_is_capped(serve: Callable[[bytes], str], tmp_pa
     assert _snapshot(tmp_path) == before
 
 
-def test_overall_ratio_is_capped_when_each_member_is_small(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_overall_ratio_is_capped_when_each_member_is_small(serve: Serve, tmp_path: Path) -> None:
     members: list[tuple[str | zipfile.ZipInfo, bytes]] = [(f"dataset/val/{i}.jpg", bytes(60_000)) for i in range(20)]
     payload = _zip(members)
     with zipfile.ZipFile(io.BytesIO(payload)) as zf:
@@ -136,7 +138,7 @@ def _lie_about_size(payload: bytes, name: str, size: int, real: bytes) -> bytes:
     return bytes(out)
 
 
-def test_member_writing_more_than_its_header_declares_is_stopped(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_member_writing_more_than_its_header_declares_is_stopped(serve: Serve, tmp_path: Path) -> None:
     name, real = "dataset/train_photo/liar.jpg", bytes(1 << 20)
     honest = _zip([("dataset/train_photo/0.jpg", os.urandom(4000)), (name, real)])
     payload = _lie_about_size(honest, name, 1000, real)
@@ -148,7 +150,7 @@ def test_member_writing_more_than_its_header_declares_is_stopped(serve: Callable
     assert _snapshot(tmp_path) == before  # the member extracted before it was thrown away too
 
 
-def test_symlink_member_is_refused(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_symlink_member_is_refused(serve: Serve, tmp_path: Path) -> None:
     link = zipfile.ZipInfo("dataset/train_photo/link.jpg")
     link.create_system = 3  # unix: the high 16 bits of external_attr are st_mode
     link.external_attr = (stat.S_IFLNK | 0o777) << 16
@@ -161,7 +163,7 @@ def test_symlink_member_is_refused(serve: Callable[[bytes], str], tmp_path: Path
 
 @pytest.mark.parametrize(("member", "given"), [("dataset/../../evil.txt", "<escapes the folder>"),
                                                ("/tmp/evil.txt", "<absolute path>")])
-def test_escaping_member_is_refused_and_leaves_nothing(serve: Callable[[bytes], str], tmp_path: Path, member: str,
+def test_escaping_member_is_refused_and_leaves_nothing(serve: Serve, tmp_path: Path, member: str,
                                                        given: str) -> None:
     url = serve(_zip([("dataset/train_photo/0.jpg", b"jpeg"), (member, b"evil")]))
     dest = tmp_path / "dest"
@@ -171,7 +173,7 @@ def test_escaping_member_is_refused_and_leaves_nothing(serve: Callable[[bytes], 
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_deflated_dataset_replaces_only_its_own_folder(serve: Callable[[bytes], str], tmp_path: Path) -> None:
+def test_deflated_dataset_replaces_only_its_own_folder(serve: Serve, tmp_path: Path) -> None:
     """The happy path through the bounded extractor: deflated members and folder entries land in place,
     the older copy of `dataset/` is swapped out, and unrelated files in DEST are untouched."""
     photo, style = os.urandom(200_000), os.urandom(150_000)
