@@ -98,7 +98,7 @@ class Tracker:
         found = self._retry(lambda: self.client.get_experiment_by_name(name), "get experiment")
         if found is not None:
             if found.lifecycle_stage == "deleted":
-                self.client.restore_experiment(found.experiment_id)
+                self._retry(lambda: self.client.restore_experiment(found.experiment_id), "restore experiment")
             experiment_id = found.experiment_id
         else:
             location = None
@@ -112,15 +112,21 @@ class Tracker:
         return experiment_id
 
     def parent_run(self, experiment_id: str, study: str, study_yaml: Path, tags: dict[str, str]) -> str:
-        """Found again by tag, so re-running a study reuses its parent run."""
-        runs = self.client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'parent' and "
-                                       f"tags.`{TAG_STUDY}` = '{study}'", ViewType.ACTIVE_ONLY, max_results=1)
-        if runs:
-            return runs[0].info.run_id
-        run = self.client.create_run(experiment_id, run_name=study, tags={
-            TAG_ROLE: "parent", TAG_STUDY: study, "ablate.version": ablation.__version__, **tags})
-        self.client.log_artifact(run.info.run_id, str(study_yaml), "study")
-        return run.info.run_id
+        """Found again by tag, so re-running a study reuses its parent run. Find-or-create is retried as one
+        action: a create whose answer was lost in an outage is found by the retry, not created twice."""
+        def find_or_create() -> str:
+            runs = self.client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'parent' and "
+                                           f"tags.`{TAG_STUDY}` = '{study}'", ViewType.ACTIVE_ONLY, max_results=1)
+            if runs:
+                return runs[0].info.run_id
+            return self.client.create_run(experiment_id, run_name=study, tags={
+                TAG_ROLE: "parent", TAG_STUDY: study, "ablate.version": ablation.__version__, **tags}).info.run_id
+
+        run_id = self._retry(find_or_create, "find parent run")
+        # checked, not assumed from the create: a launcher stopped between the two calls left a parent without it
+        if not self._retry(lambda: self.client.list_artifacts(run_id, "study"), "list parent artifacts"):
+            self._retry(lambda: self.client.log_artifact(run_id, str(study_yaml), "study"), "log study file")
+        return run_id
 
     def set_parent_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self._retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]),
@@ -212,8 +218,8 @@ class Tracker:
         import mlflow
 
         mlflow.set_tracking_uri(self.uri)
-        version = mlflow.register_model(model_uri, name, tags=tags)
-        self.client.set_registered_model_alias(name, alias, version.version)
+        version = self._retry(lambda: mlflow.register_model(model_uri, name, tags=tags), "register model")
+        self._retry(lambda: self.client.set_registered_model_alias(name, alias, version.version), "set alias")
         return int(version.version)
 
     def load_pytorch_model(self, model_uri: str) -> Any:
@@ -235,28 +241,30 @@ class Tracker:
         experiments = self._retry(lambda: self.client.search_experiments(ViewType.ACTIVE_ONLY), "list experiments")
         return [e.name for e in experiments if e.name != "Default"]
 
-    def trial_runs(self, study: str) -> list[Any]:
-        exp = self.client.get_experiment_by_name(study)
+    def _runs(self, study: str, role: str, max_results: int) -> list[Any]:
+        exp = self._retry(lambda: self.client.get_experiment_by_name(study), "get experiment")
         if exp is None:
             return []
-        return self.client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'trial'", ViewType.ACTIVE_ONLY,
-                                       max_results=50000)
+        return self._retry(lambda: self.client.search_runs(
+            [exp.experiment_id], f"tags.`{TAG_ROLE}` = '{role}'", ViewType.ACTIVE_ONLY, max_results=max_results),
+            "search runs")
+
+    def trial_runs(self, study: str) -> list[Any]:
+        return self._runs(study, "trial", 50000)
 
     def parent_run_of(self, study: str) -> Any | None:
-        exp = self.client.get_experiment_by_name(study)
-        if exp is None:
-            return None
-        runs = self.client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'parent'", ViewType.ACTIVE_ONLY,
-                                       max_results=1)
+        runs = self._runs(study, "parent", 1)
         return runs[0] if runs else None
 
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in self.client.get_metric_history(run_id, key)]
+        return [(m.step, m.value) for m in self._retry(lambda: self.client.get_metric_history(run_id, key),
+                                                        "get metric history")]
 
     def download(self, run_id: str, path: str, dest: Path) -> Path | None:
         try:
-            return Path(self.client.download_artifacts(run_id, path, str(dest)))
-        except Exception:  # missing artifact (e.g. a diverged run without weights)
+            return Path(self._retry(lambda: self.client.download_artifacts(run_id, path, str(dest)),
+                                    "download artifact"))
+        except Exception:  # missing artifact (e.g. a diverged run without weights), or away past the give-up
             return None
 
 
