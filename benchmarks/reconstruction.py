@@ -23,12 +23,12 @@ import json
 import time
 from pathlib import Path
 
-import cv2
 import imageio.v3 as iio
 import numpy as np
 import torch
 
 from ablation.config import TrainConfig, with_overrides
+from ablation.data.demo import boost_colours, mean_shift
 from ablation.data.images import list_images, to_signed, to_uint8
 from ablation.data.presets import DEMO_OVERRIDES, prepare_demo
 from ablation.evaluation import metrics as M
@@ -51,16 +51,13 @@ def mean_psnr(outputs: np.ndarray, references: np.ndarray) -> float:
 
 
 def boosted(rgb: np.ndarray) -> np.ndarray:
-    """The demo stylizer's colour step alone (HSV saturation x1.35, value x1.08), data/demo.py `stylize`."""
-    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV).astype(np.float32)
-    hsv[..., 1] *= 1.35
-    hsv[..., 2] *= 1.08
-    return cv2.cvtColor(np.clip(np.rint(hsv), 0, 255).astype(np.uint8), cv2.COLOR_HSV2RGB)
+    """The demo stylizer's colour step alone, on RGB."""
+    return np.ascontiguousarray(boost_colours(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
 
 
 def mean_shifted(rgb: np.ndarray) -> np.ndarray:
-    """The demo stylizer's flattening step alone (pyrMeanShiftFiltering sp 8, sr 24)."""
-    return np.ascontiguousarray(cv2.pyrMeanShiftFiltering(np.ascontiguousarray(rgb[..., ::-1]), 8, 24)[..., ::-1])
+    """The demo stylizer's flattening step alone, on RGB."""
+    return np.ascontiguousarray(mean_shift(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
 
 
 def anchors(photos: np.ndarray, targets: np.ndarray) -> list[dict]:

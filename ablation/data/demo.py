@@ -93,6 +93,8 @@ PALETTE_K = 12
 PALETTE_SEED = 1234
 KMEANS_SAMPLE = 8_000  # pixels used to fit the palette: the fit is the slow part, assignment is cheap
 MIN_EDGE_PIXELS = 20
+MEAN_SHIFT = (8, 24)  # pyrMeanShiftFiltering's spatial and colour radii
+HSV_GAIN = (1.35, 1.08)  # saturation and value gains
 
 
 def _sq_dist(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -119,10 +121,23 @@ def _kmeans(points: np.ndarray, k: int, rng: np.random.Generator, iterations: in
     return centres
 
 
+def mean_shift(bgr: np.ndarray) -> np.ndarray:
+    """The stylizer's flattening step: flat, edge-aligned colour regions (BGR uint8 in and out)."""
+    return cv2.pyrMeanShiftFiltering(bgr, sp=MEAN_SHIFT[0], sr=MEAN_SHIFT[1])
+
+
+def boost_colours(bgr: np.ndarray) -> np.ndarray:
+    """The stylizer's colour step: HSV saturation and value times HSV_GAIN (BGR uint8 in and out)."""
+    hsv = cv2.cvtColor(bgr, cv2.COLOR_BGR2HSV).astype(np.float32)
+    hsv[..., 1] *= HSV_GAIN[0]
+    hsv[..., 2] *= HSV_GAIN[1]
+    return cv2.cvtColor(np.clip(np.rint(hsv), 0, 255).astype(np.uint8), cv2.COLOR_HSV2BGR)
+
+
 def stylize(rgb: np.ndarray) -> np.ndarray:
     """The classical "anime" filter: mean-shift flatten, 12-colour Lab palette, boosted HSV, thin outlines."""
     bgr = np.ascontiguousarray(rgb[..., ::-1])
-    flat = cv2.pyrMeanShiftFiltering(bgr, sp=8, sr=24)
+    flat = mean_shift(bgr)
     lab = cv2.cvtColor(flat, cv2.COLOR_BGR2LAB).reshape(-1, 3).astype(np.float64)
     rng = np.random.default_rng(PALETTE_SEED)
     sample = lab[rng.choice(len(lab), min(KMEANS_SAMPLE, len(lab)), replace=False)]
@@ -131,10 +146,7 @@ def stylize(rgb: np.ndarray) -> np.ndarray:
     palette_bgr = cv2.cvtColor(np.clip(np.rint(centres), 0, 255).astype(np.uint8)[None], cv2.COLOR_LAB2BGR)[0]
     quant = palette_bgr[assign].reshape(bgr.shape)
 
-    hsv = cv2.cvtColor(quant, cv2.COLOR_BGR2HSV).astype(np.float32)
-    hsv[..., 1] *= 1.35
-    hsv[..., 2] *= 1.08
-    boosted = cv2.cvtColor(np.clip(np.rint(hsv), 0, 255).astype(np.uint8), cv2.COLOR_HSV2BGR)
+    boosted = boost_colours(quant)
 
     # outlines from the flattened image (texture-free), small edge fragments dropped, drawn at 1/4 the colour
     edges = cv2.Canny(cv2.cvtColor(flat, cv2.COLOR_BGR2GRAY), 60, 160)
@@ -265,8 +277,8 @@ def build_demo_dataset(out_dir: Path, image_size: int = 128, n_photo: int = 96, 
         manifest = {"format": FORMAT_VERSION, "seed": seed, "image_size": image_size,
                     "counts": {"train_photo": n_photo, "style": n_style, "style_ref": n_ref, "val": n_val},
                     "sources": {"train": train_names, "val": list(HELD_OUT)},
-                    "stylizer": {"mean_shift": [8, 24], "palette_k": PALETTE_K, "palette_seed": PALETTE_SEED,
-                                 "hsv_gain": [1.35, 1.08], "canny": [60, 160], "min_edge_pixels": MIN_EDGE_PIXELS},
+                    "stylizer": {"mean_shift": list(MEAN_SHIFT), "palette_k": PALETTE_K, "palette_seed": PALETTE_SEED,
+                                 "hsv_gain": list(HSV_GAIN), "canny": [60, 160], "min_edge_pixels": MIN_EDGE_PIXELS},
                     "files": {folder: [{"file": f"{i:04d}.png", **crop} for i, crop in enumerate(plan)]
                               for folder, plan in plans.items()}}
         path = out_dir / MANIFEST
