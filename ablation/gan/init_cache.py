@@ -6,11 +6,12 @@ weight, the smooth target (which images the streams serve), the runtime and the 
 these (every level of a loss-weight axis, say) run identical init phases, seed by seed. One of them computes it
 and stores its end state; the others start from that state at the first GAN step.
 
-An entry holds everything the trial holds at that step that the init phase changed: G's weights, the init
-optimiser's moments, the data stream positions, the metric window, the rows it logged and the sample frames it
-wrote. D and the penalty/dropout RNG are not in it: each trial draws them from its own seed (D after G, so D's
-init does not depend on the init phase), and the init phase draws nothing from that RNG, which the leader
-checks before it stores an entry. On CPU a trial continued from an entry therefore equals the same trial run
+An entry holds everything the trial holds at that step that the init phase changed and a later step reads: G's
+weights, the data stream positions, the metric window, the rows it logged and the sample frames it wrote (not the
+init optimiser's moments: nothing steps it after the init phase, and they were two thirds of an entry). D and
+the penalty/dropout RNG are not in it: each trial draws them from its own seed (D after G, so D's init does not
+depend on the init phase), and the init phase draws nothing from that RNG, which the leader checks before it
+stores an entry. On CPU a trial continued from an entry therefore equals the same trial run
 from scratch, bit for bit (tests/gan/test_init_cache.py).
 
 Entries live under the trials directory (`<trials_dir>/_init/`), so workers on other hosts share them through
@@ -82,7 +83,6 @@ class InitEntry:
 
     step: int
     generator: dict[str, torch.Tensor]
-    opt_init: dict[str, Any]
     streams: dict[str, Any]
     window: dict[str, Any]
     rows: list[tuple[int, dict[str, float]]]  # what it logged, in order
@@ -121,7 +121,9 @@ def load_entry(root: Path, config: TrainConfig) -> InitEntry | None:
         if meta["identity"] != init_identity(config) or hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise ValueError("identity or checksum mismatch")
         # restricted unpickler: an entry that would run code is refused like a corrupt one (and recomputed)
-        return InitEntry(**torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        state.pop("opt_init", None)  # entries stored before the init optimiser was left out of them
+        return InitEntry(**state)
     except Exception as exc:  # noqa: BLE001 - any unreadable entry is recomputed, whatever broke it
         print(f"ablate: init cache entry {meta_path.name} unusable ({type(exc).__name__}: {exc}); recomputing it",
               file=sys.stderr)

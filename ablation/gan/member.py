@@ -116,7 +116,10 @@ class Member:
             "config": self.config.model_dump(mode="json"), "cell": cell_hash(self.config), "step": self.step,
             "last": self.last, "precision": self.precision,  # a resume in another precision is refused
             "generator": m.generator.state_dict(), "discriminator": m.discriminator.state_dict(),
-            "opt_init": m.opt_init.state_dict(), "opt_g": m.opt_g.state_dict(), "opt_d": m.opt_d.state_dict(),
+            "opt_g": m.opt_g.state_dict(), "opt_d": m.opt_d.state_dict(),
+            # the init optimiser never steps again once the init phase is over: its moments (twice G's size)
+            # would be 40% of every later checkpoint and change nothing a resume computes
+            **({"opt_init": m.opt_init.state_dict()} if self.in_init else {}),
             "streams": self.streams.state_dict(), "window": self.window.state_dict(),
             "rng": self.cpu_rng.get_state(),
             "cuda_rng": self.rng.get_state() if self.device.type == "cuda" else None,
@@ -130,7 +133,8 @@ class Member:
         self.models.generator.load_state_dict(state["generator"])
         self.models.discriminator.load_state_dict(state["discriminator"])
         for name in ("opt_init", "opt_g", "opt_d"):
-            getattr(self.models, name).load_state_dict(state[name])
+            if name in state:  # opt_init only before the init phase's end (see `checkpoint`)
+                getattr(self.models, name).load_state_dict(state[name])
         for name in EXTRA_NETS:
             if (net := getattr(self.models, name)) is not None:
                 net.load_state_dict(state[name])
@@ -156,15 +160,13 @@ class Member:
         """What the init phase changed, at its end (gan/init_cache.py)."""
         frames = {p.name: p.read_bytes() for p in samples.epoch_frames(self.out_dir / "samples")}
         return InitEntry(step=self.step, generator=self.models.generator.state_dict(),
-                         opt_init=self.models.opt_init.state_dict(), streams=self.streams.state_dict(),
-                         window=self.window.state_dict(), rows=list(self.init_rows), frames=frames,
-                         seconds=self.compute_s)
+                         streams=self.streams.state_dict(), window=self.window.state_dict(),
+                         rows=list(self.init_rows), frames=frames, seconds=self.compute_s)
 
     def continue_init(self, entry: InitEntry) -> None:
         """Take over a stored init phase's end state, log its rows and frames as its own, checkpoint as the
         epoch end does: from here on the trial is the one that ran the init phase itself."""
         self.models.generator.load_state_dict(entry.generator)
-        self.models.opt_init.load_state_dict(entry.opt_init)
         self.streams.load_state_dict(entry.streams)
         self.window.load_state_dict(entry.window, self.device)
         self.step = entry.step

@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -230,8 +231,11 @@ class Tracker:
         # mlflow puts the model's code folder (a partial copy of this package) first on sys.path and leaves it
         # there: a process spawned later (a --workers child, a DataLoader worker) would import that copy
         path = list(sys.path)
+        # without dst_path mlflow downloads the model (the size of G, and its code) into a mkdtemp folder that
+        # nothing removes: every `ablate stylize --model models:/...` would leave one in /tmp
         try:
-            return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+            with tempfile.TemporaryDirectory(prefix="ablate-load-") as download:
+                return mlflow.pytorch.load_model(model_uri, dst_path=download, map_location="cpu")
         finally:
             sys.path[:] = path
 

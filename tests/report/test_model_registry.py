@@ -5,6 +5,7 @@ real `mlflow server` on SQLite or PostgreSQL (the compose stack's backend)."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,7 +118,8 @@ def test_stylize_loads_a_registered_model_by_alias(store: tuple[Tracker, Path, d
 @pytest.mark.services
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_register_and_load_by_alias_through_a_server(backend: str, mlflow_server: Callable[..., MlflowServer],
-                                                     request: pytest.FixtureRequest, tmp_path: Path) -> None:
+                                                     request: pytest.FixtureRequest, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """As on the compose stack: a real `mlflow server` (PostgreSQL backend, proxied artifacts) behind the
     tracking URI. The trials log their models through it, `--register` reuses the best one's, and the alias
     loads through the server with pyfunc and with `ablate stylize`'s resolver."""
@@ -135,13 +137,19 @@ def test_register_and_load_by_alias_through_a_server(backend: str, mlflow_server
     assert len(tracker.client.search_logged_models([tracker.experiment_id("reg")])) == logged == 4  # reused
     mlflow.set_tracking_uri(server.url)
     image = np.random.default_rng(5).random((1, 30, 50, 3), dtype=np.float32)
-    predicted = mlflow.pyfunc.load_model("models:/anime-g@champion").predict(image)
+    predicted = mlflow.pyfunc.load_model("models:/anime-g@champion", dst_path=str(tmp_path)).predict(image)
     generator = load_generator(weights[f"{cell.cell}-s1"], TrainConfig(), torch.device("cpu"))
     with torch.no_grad():
         expected = ImageStylizer(generator, "").eval()(torch.from_numpy(image)).numpy()
     assert predicted.shape == image.shape and np.allclose(predicted, expected, atol=1e-6)
     (tmp_path / "resolve").mkdir()
+    # through a server mlflow downloads the model (G's size, and its code) into a mkdtemp folder nobody removed:
+    # every `ablate stylize --model models:/...` left one in /tmp
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     path, config, where = resolve_model("models:/anime-g@champion", tracker, tmp_path / "resolve")
+    assert list(scratch.iterdir()) == []
     assert where == "model models:/anime-g@champion" and config.model.generator == "v1"
     state = torch.load(path, weights_only=True)
     assert all(torch.equal(state[n], t) for n, t in torch.load(weights[f"{cell.cell}-s1"], weights_only=True).items())
