@@ -4,6 +4,7 @@ tests/services.py; this file only registers it)."""
 from __future__ import annotations
 
 import itertools
+import shutil
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -21,6 +22,33 @@ def ablate_process_settings() -> None:
     """Library code under test runs as `ablate` runs it: with the CLI's process settings (short MLflow
     retries, quiet Optuna). Importing ablation no longer applies them, so the test session does."""
     configure_process()
+
+
+_FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    report = yield
+    if report.failed:
+        item.stash[_FAILED] = True
+    return report
+
+
+@pytest.fixture(autouse=True)
+def free_disk_after_passing(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Empty a passing test's tmp_path when it ends (set up first, so torn down after every server and store
+    it used); a failing test's stays to look at. The suite writes about 12 GB of checkpoints, models and stores:
+    kept whole, it filled the disk of a CI machine that ran it twice. The folder itself stays: pytest would
+    hand its name to the next test of the same name prefix, and MLflow and Optuna cache stores by path."""
+    yield
+    path = request.node.funcargs.get("tmp_path")
+    if isinstance(path, Path) and not request.node.stash.get(_FAILED, False):
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 @pytest.fixture(autouse=True)

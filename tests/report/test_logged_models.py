@@ -37,7 +37,8 @@ FRESH = """
 import json, sys
 import mlflow, numpy as np
 uri, folder = sys.argv[1], sys.argv[2]
-out = mlflow.pyfunc.load_model(uri).predict(np.random.default_rng(1).random((1, 27, 45, 3), dtype=np.float32))
+model = mlflow.pyfunc.load_model(uri, dst_path=folder)
+out = model.predict(np.random.default_rng(1).random((1, 27, 45, 3), dtype=np.float32))
 with open(folder + "/input.json", "w") as handle:
     json.dump({"inputs": np.zeros((1, 16, 24, 3)).tolist()}, handle)
 mlflow.models.predict(model_uri=uri, input_path=folder + "/input.json", content_type="json",
@@ -83,7 +84,9 @@ def test_each_finished_trial_logged_its_generator(study: tuple[Path, Tracker, li
         # model/generator.pt stays for `ablate stylize` and `ablate export`; the model computes what it does
         weights = tracker.download(run.info.run_id, "model/generator.pt", tmp / "weights" / run.info.run_id)
         assert weights is not None
-        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/generator")
+        # dst_path: mlflow would otherwise leave its download (G's size) in a temp folder nobody removes
+        (tmp / "pyfunc").mkdir(exist_ok=True)
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/generator", dst_path=str(tmp / "pyfunc"))
         assert model.metadata.get_input_schema() is not None and model.metadata.get_output_schema() is not None
         assert model.metadata.saved_input_example_info is not None  # `mlflow models predict` has an example
         predicted = model.predict(image)
@@ -140,7 +143,9 @@ def test_register_reuses_the_trials_model(study: tuple[Path, Tracker, list]) -> 
     assert model_uri == best.data.tags[TAG_MODEL_URI] and version == 1
     assert len(tracker.client.search_logged_models([experiment])) == before  # nothing logged again
     mlflow.set_tracking_uri(tracker.uri)
-    predicted = mlflow.pyfunc.load_model("models:/logged-g@champion").predict(np.zeros((1, 8, 8, 3), np.float32))
+    (tmp / "registered").mkdir(exist_ok=True)
+    model = mlflow.pyfunc.load_model("models:/logged-g@champion", dst_path=str(tmp / "registered"))
+    predicted = model.predict(np.zeros((1, 8, 8, 3), np.float32))
     assert predicted.shape == (1, 8, 8, 3)
 
 

@@ -89,7 +89,8 @@ def test_the_best_trial_is_registered_with_tags_and_alias(store: tuple[Tracker, 
     assert run.data.tags[TAG_MODEL_URI] == model_uri  # tagged like a trial that logged its own
     # pyfunc: float HWC images in [0, 1] of any size -> the same size, equal to the generator's output
     mlflow.set_tracking_uri(tracker.uri)
-    model = mlflow.pyfunc.load_model("models:/anime-g@champion")
+    (tmp / "pyfunc").mkdir(exist_ok=True)
+    model = mlflow.pyfunc.load_model("models:/anime-g@champion", dst_path=str(tmp / "pyfunc"))
     assert model.metadata.get_input_schema() is not None and model.metadata.get_output_schema() is not None
     image = np.random.default_rng(3).random((2, 40, 24, 3), dtype=np.float32)
     predicted = model.predict(image)
