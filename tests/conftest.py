@@ -39,7 +39,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 def free_disk_after_passing(request: pytest.FixtureRequest) -> Iterator[None]:
     """Empty a passing test's tmp_path when it ends (set up first, so torn down after every server and store
     it used); a failing test's stays to look at. The suite writes about 12 GB of checkpoints, models and stores:
-    kept whole, it filled the disk of a CI machine that ran it twice. The folder itself stays: pytest would
+    kept whole, it filled a CI machine's disk. The folder itself stays: pytest would
     hand its name to the next test of the same name prefix, and MLflow and Optuna cache stores by path."""
     yield
     path = request.node.funcargs.get("tmp_path")
