@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -50,22 +51,18 @@ def mean_psnr(outputs: np.ndarray, references: np.ndarray) -> float:
     return float(np.mean([M.psnr(o, r) for o, r in zip(outputs, references, strict=True)]))
 
 
-def boosted(rgb: np.ndarray) -> np.ndarray:
-    """The demo stylizer's colour step alone, on RGB."""
-    return np.ascontiguousarray(boost_colours(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
-
-
-def mean_shifted(rgb: np.ndarray) -> np.ndarray:
-    """The demo stylizer's flattening step alone, on RGB."""
-    return np.ascontiguousarray(mean_shift(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
+def on_rgb(step: Callable[[np.ndarray], np.ndarray], rgb: np.ndarray) -> np.ndarray:
+    """One of the demo stylizer's BGR steps (data/demo.py) alone, on an RGB image."""
+    return np.ascontiguousarray(step(np.ascontiguousarray(rgb[..., ::-1]))[..., ::-1])
 
 
 def anchors(photos: np.ndarray, targets: np.ndarray) -> list[dict]:
     """pgt PSNR of fixed mappings: how near a copy must be, and what the stylizer's own steps gain."""
     rng = np.random.default_rng(0)
     mappings = {"identity (copy)": photos,
-                "stylizer's colour boost": np.stack([boosted(p) for p in photos]),
-                "stylizer's mean-shift + colour boost": np.stack([boosted(mean_shifted(p)) for p in photos])}
+                "stylizer's colour boost": np.stack([on_rgb(boost_colours, p) for p in photos]),
+                "stylizer's mean-shift + colour boost":
+                    np.stack([on_rgb(boost_colours, on_rgb(mean_shift, p)) for p in photos])}
     for sigma in (4, 8, 16, 32):
         noise = rng.normal(0.0, sigma, photos.shape)
         mappings[f"copy + noise sigma {sigma}"] = np.clip(np.rint(photos + noise), 0, 255).astype(np.uint8)
