@@ -97,6 +97,9 @@ def run(
     rerun_diverged: bool = typer.Option(False, help="run diverged trials again"),
     report: bool = typer.Option(True, help="render reports/<study>/index.html at the end"),
     fuse: str = typer.Option("auto", help=FUSE_HELP),
+    probe: bool = typer.Option(True, help="before training, measure each axis's gradient shares and warn about an "
+                               "axis whose varied terms cannot move the networks (also with --dry-run)"),
+    strict: bool = typer.Option(False, help="refuse (exit 2) a study whose probe flags a vacuous axis"),
 ) -> None:
     """Run a study: every missing trial of a grid, or an Optuna search; log to MLflow; render the report."""
     from ablation.study.runner import run_study
@@ -104,7 +107,7 @@ def run(
     options = _run_options(demo, set_, storage, tracking_uri, trials_dir, workers=workers, fuse=_fuse(fuse),
                            devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
                            trials_per_device=trials_per_device, rerun_failed=rerun_failed,
-                           rerun_diverged=rerun_diverged, report=report)
+                           rerun_diverged=rerun_diverged, report=report, probe=probe, strict=strict)
     raise typer.Exit(run_study(study, options, dry_run=dry_run))
 
 

@@ -220,13 +220,15 @@ def by_key(items: Iterable[Any], key: Callable[[Any], str]) -> dict[str, list[An
     return out
 
 
-def local_options(tmp: Path, fuse: int | None = None) -> Any:
-    """RunOptions of a quiet study on SQLite and MLflow files under `tmp`, without a report."""
+def local_options(tmp: Path, fuse: int | None = None, probe: bool = False) -> Any:
+    """RunOptions of a quiet study on SQLite and MLflow files under `tmp`, without a report. Without the
+    balance probe unless asked (tests/study/test_balance_probe.py): it would compute each first seed's init
+    phase before the trials, which these tests count."""
     from ablation.study.runner import RunOptions
 
     return RunOptions(storage=f"sqlite:///{tmp}/optuna.db", tracking_uri=f"sqlite:///{tmp}/mlflow.db",
                       trials_dir=tmp / "trials", artifact_root=tmp / "mlartifacts", report=False, quiet=True,
-                      fuse=fuse)
+                      fuse=fuse, probe=probe)
 
 
 def race_processes(ctx: Any, target: Callable[..., None], args: list[tuple]) -> list[Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Direction = Literal["minimize", "maximize"]
-Group = Literal["style", "content", "stats", "anchor", "loss", "lr", "perf"]
+Group = Literal["style", "content", "stats", "anchor", "loss", "balance", "lr", "perf"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,10 @@ METRICS: dict[str, Metric] = {
                               "loss.init_color_weight > 0, a demo deviation)"),
     "loss/init/total": Metric("minimize", "loss", "init-phase loss that is optimised: content_weight x content "
                               "(+ init_color_weight x color)"),
+    # --- loss balance (gan/balance.py): what each weighted term weighs in its network's loss and gradient ---
+    "balance/{phase}/{kind}/{term}": _diagnostic(None, "balance", "share of one weighted term in its network's "
+                                                 "loss (value: |w·L| over the sum) or gradient norm (grad: "
+                                                 "‖∂(w·L)/∂θ‖ over the sum of every term's); phases init, g, d"),
     # --- throughput, over the steps since the previous log point ---
     "perf/step_s": Metric("minimize", "perf", "wall-clock seconds per training step", plotted=False),
     "perf/images_per_s": Metric("maximize", "perf", "training photos per second", plotted=False),
@@ -176,7 +180,8 @@ METRICS: dict[str, Metric] = {
 
 # What a family's slot may hold. An anchor's `metric` is a style or statistics key without `eval/`, and
 # `resolve` also requires that key to be registered, so an anchor exists only for a known metric.
-_SLOTS = {"seed": r"\d+", "which": r"noop|ref", "metric": r"(?:style|stats|content)/\w+"}
+_SLOTS = {"seed": r"\d+", "which": r"noop|ref", "metric": r"(?:style|stats|content)/\w+",
+          "phase": r"init|g|d", "kind": r"grad|value", "term": r"[a-z_]+"}
 
 
 def _pattern(family: str) -> re.Pattern[str]:

@@ -40,8 +40,9 @@ __all__ = ["BACKBONE_INFO", "EVAL_INFO", "RUN_INFO", "EvalHook", "LogFn", "Metri
 def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | None = None,
           resume: bool = False, stop: StopFlag | None = None, on_eval: EvalHook | None = None,
           progress: Callable[[int, int], None] | None = None,
-          evaluator: TrialEvaluator | None = None) -> TrainResult:
+          evaluator: TrialEvaluator | None = None, init_cache: Path | None = None) -> TrainResult:
     """Train one run into `out_dir`. `domains` and `evaluator` may be passed in so that a worker decodes
-    the data and computes the evaluation references once for many trials."""
+    the data and computes the evaluation references once for many trials; `init_cache`: a folder of stored init
+    phases to continue from and store into (gan/init_cache.py)."""
     return train_array([config], [out_dir], [log], domains=domains, resume=resume, stop=stop, evaluator=evaluator,
-                       progress=[progress], on_eval=[on_eval])[0]
+                       progress=[progress], on_eval=[on_eval], init_cache=init_cache)[0]

@@ -27,6 +27,7 @@ import pandas as pd
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
 from ablation.report import plots
+from ablation.report.balance import balance_section
 from ablation.report.data import M, P, ReportData, artifact_bytes, collect, sample_run
 from ablation.report.notes import gap_notes, glossary, setup_section, shown_eval_keys
 from ablation.report.search import search_section
@@ -66,9 +67,11 @@ def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_di
             "cells": cell_rows(data), "curves": curve_section(data, colors),
             "scatter": scatter_section(data, colors, metrics), "samples": sample_sheet(data, tracker),
             "search": search_section(data, storage_url) if _is_search(data) else None,
+            "balance": balance_section(data, tracker, colors),
             "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         }
-        page["summary"] = summary_lines(data, effects, metrics, page["scatter"])
+        page["summary"] = [*(f"Vacuous axis: {line}" for line in page["balance"]["flags"]),
+                           *summary_lines(data, effects, metrics, page["scatter"])]
         page["glossary"] = glossary([*(m for m, _ in page["setup"]["objectives"]), *table["metrics"],
                                      *(r["metric"] for r in effects), *(g["metric"] for g in gaps),
                                      *shown_eval_keys(data.trials)])

@@ -150,3 +150,26 @@ def importance_plot(importances: Mapping[str, Mapping[str, float]]) -> str:
         ax.set_title(plain(name))
         ax.set_xlabel("importance (normalised)")
     return figure_uri(fig)
+
+
+@styled
+def share_plot(label: str, shares: pd.DataFrame) -> str:
+    """G's gradient shares over steps as stacked areas (columns step, phase, term, share; mean over seeds): the
+    init phase's terms, then the GAN phase's, on one step axis."""
+    fig = Figure(figsize=(4.4, 2.5))
+    ax = fig.subplots()
+    terms = list(dict.fromkeys(shares["term"]))
+    cmap = matplotlib.colormaps["tab10"]
+    for phase, hatch in (("init", "//"), ("g", None)):
+        part = shares[shares["phase"] == phase].pivot_table(index="step", columns="term", values="share")
+        if part.empty:
+            continue
+        part = part.reindex(columns=[t for t in terms if t in part.columns]).fillna(0.0)
+        ax.stackplot(part.index, part.T.to_numpy(), colors=[cmap(terms.index(t) % 10) for t in part.columns],
+                     hatch=hatch, alpha=0.85, lw=0, labels=[f"{t} ({phase})" for t in part.columns])
+    ax.set_ylim(0, 1)
+    ax.set_title(plain(f"{label}: G's gradient shares"))
+    ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    return figure_uri(fig)

@@ -23,6 +23,7 @@ from ablation.gan.trainer import stop_on_signals
 from ablation.outcomes import Outcome
 from ablation.study import queue, storage
 from ablation.study.arrays import resolve_fuse
+from ablation.study.balance_probe import ProbeResult, probe_study
 from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
 from ablation.study.lock import LocalLock, launcher_lock_path
@@ -30,13 +31,14 @@ from ablation.study.note import EXPERIMENT_KIND, experiment_note
 from ablation.study.recovery import open_queue, reap_orphans
 from ablation.study.spec import Study, load_study
 from ablation.study.stored import check_agrees
-from ablation.study.tracking import TAG_DEMO, Tracker
+from ablation.study.tracking import TAG_DEMO, TAG_PROBE, Tracker
 from ablation.study.trial import TrialContext
 from ablation.study.worker import work
 
 # set by `ablate run` for its `--workers` children: they resolve the launcher's own study file, so the check
 # that a worker's file agrees with the queue (study.stored) is the launcher's to make, not theirs
 LAUNCHER_ENV = "ABLATE_LAUNCHER_PID"
+TAG_LIMIT = 5000  # the longest tag value every MLflow backend keeps
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class RunOptions:
     reports_dir: Path = Path("reports")
     quiet: bool = False
     fuse: int | None = None  # trials per array; None = auto (arrays.resolve_fuse)
+    probe: bool = True  # measure each axis's gradient shares before training (study/balance_probe.py)
+    strict: bool = False  # refuse a study with a vacuous axis instead of warning
 
 
 def resolve_study(path: Path, options: RunOptions) -> Study:
@@ -67,9 +71,12 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     study = resolve_study(path, options)                                  # 1. validate everything first
     if dry_run:
         print("\n".join(dry_run_lines(study, resolve_fuse(options.fuse, study))))
+        check_data_layout(study)
+        check_balance(study, options)
         return 0
     check_data_layout(study)                                              # 2. data and weights present
     preflight_backbones(study)
+    probe = check_balance(study, options)                                 # 3. every varied term acts
     started = time.time()
     url = storage.storage_url(options.storage)
     lock_path = launcher_lock_path(url, study.spec.name)
@@ -82,6 +89,8 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
         reap_orphans(opt, tracker)                                        # 4. trials of dead processes
         added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
         _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+        if probe is not None:  # the report's summary repeats the flags
+            tracker.set_parent_tags(ctx.parent_run_id, {TAG_PROBE: probe.to_tag(TAG_LIMIT)})
         if options.demo:  # the report's setup names every way the demo differs from the faithful config
             tracker.set_parent_tags(ctx.parent_run_id, {TAG_DEMO: json.dumps(demo_changes(path, study, options))})
         if options.workers > 1 or options.devices:                        # 5. work
@@ -100,6 +109,22 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
         out = build_report(study.spec.name, tracker, url, options.reports_dir, study)
         _say(options, f"report: {out}")
     return code
+
+
+def check_balance(study: Study, options: RunOptions) -> ProbeResult | None:
+    """The vacuous-axis probe: a warning line per flagged axis, or with `strict` a refusal."""
+    if not options.probe:
+        return None
+    _say(options, f"study {study.spec.name}: probing each level's loss balance (first GAN step, seed "
+                  f"{study.spec.seeds[0]}; the init phases it computes are stored for the trials)")
+    result = probe_study(study, options.trials_dir)
+    if result.flags and options.strict:
+        raise UserError(*(f"{study.path}: {line} (--strict)" for line in result.flags))
+    for line in result.flags:
+        print(f"warning: {line}", file=sys.stderr, flush=True)
+    for name in result.unchecked:
+        _say(options, f"balance probe: {name} varies fields that act through every term: not checked")
+    return result
 
 
 def demo_changes(path: Path, study: Study, options: RunOptions) -> list[str]:

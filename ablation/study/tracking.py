@@ -34,6 +34,7 @@ TAG_KEY, TAG_OUTCOME, TAG_OPTUNA = "ablate.trial_key", "ablate.outcome", "ablate
 TAG_LABEL, TAG_STEP = "ablate.cell_label", "ablate.diverged_step"
 TAG_ARRAY = "ablate.array"  # the trial keys of the members that trained together, "+"-joined (absent: alone)
 TAG_DEMO = "ablate.demo"  # parent run of a --demo run: JSON list of its deviations from the faithful config
+TAG_PROBE = "ablate.balance_probe"  # parent run: the vacuous-axis probe's flags and per-level gradient shares (JSON)
 TAG_INIT_REUSED = "ablate.init_reused_s"  # continued a stored init phase: that phase's compute time (s)
 TAG_MODEL_URI = "ablate.model_uri"  # the trial's generator as an MLflow model: models:/m-<id>
 TAG_MODEL_ERROR = "ablate.model_error"  # why it could not be logged (the trained trial still counts)
