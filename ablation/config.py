@@ -84,15 +84,15 @@ class ModelConfig(Frozen):
 
 
 class BackboneConfig(Frozen):
-    arch: Literal["vgg19", "mobilenet_v2"] = "vgg19"
+    arch: Literal["vgg19", "mobilenet_v2", "efficientnet_lite1"] = "vgg19"
     # "imagenet" (torchvision weights by name: the official v1 used a pretrained VGG19), "random" (seeded; the
     # --demo preset and the tests, which cannot download) or a path to a local weights file
     weights: str = "imagenet"
     seed: int | None = None  # random weights: None = the trial seed; logged either way
     width: float = Field(1.3, gt=0.0)  # mobilenet_v2 width multiplier (the write-up: 1.3)
     # input scaling: auto = caffe BGR-mean for vgg19 (ImageNet mean/std with torchvision weights),
-    # [-1, 1] for mobilenet_v2 (Keras convention)
-    preprocess: Literal["auto", "caffe", "imagenet", "signed"] = "auto"
+    # [-1, 1] for mobilenet_v2 (Keras convention), (x - 127) / 128 of 0-255 for efficientnet_lite1
+    preprocess: Literal["auto", "caffe", "imagenet", "signed", "effnet"] = "auto"
 
 
 class DWeights(Frozen):

