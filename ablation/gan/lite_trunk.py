@@ -4,8 +4,9 @@ download nothing (the demo, CI) still gets a pretrained perceptual loss.
 The cut is the end of the 1/8-resolution stage: the stem and MBConv blocks 0-6, 40 channels at 1/8 of the input
 (the write-up cut MobileNetV2 at the same resolution, at block 7's expand conv). Chosen by measuring G's gradient
 shares in the demo (README "Loss networks for the demo"): at this cut the style term holds about 2% of G's
-gradient at the official style weight, at block 7's expand conv about 0.5%. The evaluator's EfficientNet-Lite0 (evaluation/features.py) is a different
-network with its own weights: the loss network never shares weights with the evaluator.
+gradient at the official style weight, at block 7's expand conv about 0.5%. The evaluator's EfficientNet-Lite0
+(evaluation/features.py) is a different network with its own weights: the loss network never shares weights with
+the evaluator.
 
 The Lite models were trained on (x − 127) / 128 of 0-255 RGB (the upstream converter's MEAN_RGB / STDDEV_RGB),
 which `preprocess: effnet` applies to G's [-1, 1] images.

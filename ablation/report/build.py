@@ -28,6 +28,7 @@ from ablation.evaluation import registry
 from ablation.outcomes import Outcome
 from ablation.report import plots
 from ablation.report.balance import balance_section
+from ablation.report.control import control_line
 from ablation.report.data import M, P, ReportData, artifact_bytes, collect, sample_run
 from ablation.report.notes import gap_notes, glossary, setup_section, shown_eval_keys
 from ablation.report.search import search_section
@@ -70,7 +71,9 @@ def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_di
             "balance": balance_section(data, tracker, colors),
             "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         }
+        control = control_line(data)
         page["summary"] = [*(f"Vacuous axis: {line}" for line in page["balance"]["flags"]),
+                           *([control["text"]] if control else []),
                            *summary_lines(data, effects, metrics, page["scatter"])]
         page["glossary"] = glossary([*(m for m, _ in page["setup"]["objectives"]), *table["metrics"],
                                      *(r["metric"] for r in effects), *(g["metric"] for g in gaps),

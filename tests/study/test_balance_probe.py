@@ -42,11 +42,13 @@ def test_levels_hold_the_other_axes_at_their_baseline(tmp_path: Path, data_root:
     path = _study(tmp_path / "s.yaml", data_root, {"loss.style_weight": [1.0, 3.0, 10.0], "optim.g_lr": [1e-4, 2e-4]},
                   arms={"a": {}, "b": {"loss.color_weight": 5.0}})
     levels, unchecked = probe_levels(load_study(path))
-    assert [(lv.axis, lv.label) for lv in levels] == [
-        ("arm b", "b"), ("loss.style_weight", "1"), ("loss.style_weight", "3"), ("loss.style_weight", "10")]
+    assert [(lv.axis, lv.label) for lv in levels] == [  # an arm against the baseline arm: both are its levels
+        ("arm b", "a"), ("arm b", "b"), ("loss.style_weight", "1"), ("loss.style_weight", "3"),
+        ("loss.style_weight", "10")]
     assert all(lv.config.optim.g_lr == 1e-4 for lv in levels)  # the other axis at its first level
-    assert levels[0].config.loss.color_weight == 5.0 and levels[0].terms == (("g", "color"),)
-    assert unchecked == ["arm a", "optim.g_lr"]  # arm a changes nothing mapped; the lr acts through all terms
+    assert levels[1].config.loss.color_weight == 5.0 and levels[1].terms == (("g", "color"),)
+    assert levels[0].config.loss.color_weight == levels[2].config.loss.color_weight != 5.0
+    assert unchecked == ["optim.g_lr"]  # the lr acts through every term
 
 
 def _level(axis: str, label: str, terms: tuple) -> Level:
@@ -62,11 +64,14 @@ def test_an_axis_is_flagged_only_when_every_level_is_under_the_line() -> None:
         "this axis cannot change the outcome"]
     tiny["loss.style_weight=10"]["balance/g/grad/style"] = VACUOUS_SHARE  # one level reaches the line
     assert flag_lines(levels, tiny) == []
-    arm = [_level("arm x", "x", (("g", "content"), ("g", "style")))]
-    shares = {"arm x=x": {"balance/g/grad/content": 2e-4, "balance/g/grad/style": 5e-5}}
+    arm = [_level("arm x", label, (("g", "content"), ("g", "style"))) for label in ("base", "x")]
+    shares = {"arm x=x": {"balance/g/grad/content": 2e-4, "balance/g/grad/style": 5e-5},
+              "arm x=base": {"balance/g/grad/content": 1e-4, "balance/g/grad/style": 7e-5}}
     assert flag_lines(arm, shares) == [
-        "arm x: the content term is 0.0002 of G's gradient and the style term is 5e-05 of G's gradient at x "
-        "(probe, first GAN step); this axis cannot change the outcome"]
+        "arm x: the content term is 0.0002 of G's gradient and the style term is 7e-05 of G's gradient at every "
+        "level (probe, first GAN step); this arm cannot change the outcome"]
+    shares["arm x=base"]["balance/g/grad/style"] = 0.02  # the arm silences a term the baseline uses: it acts
+    assert flag_lines(arm, shares) == []
 
 
 @pytest.mark.slow
