@@ -22,13 +22,14 @@ def control_line(data: ReportData) -> dict[str, Any] | None:
         return None
     (axis_name, value), = control.level.items()
     axis = next((a for a in data.axes if a.name == axis_name), None)
-    head = (f"Positive control (stated in the study file before it ran): {axis_name}={value} vs {axis_name}="
+    shown = format_value(value)
+    head = (f"Positive control (stated in the study file before it ran): {axis_name}={shown} vs {axis_name}="
             f"{axis.baseline if axis else '?'} should make {control.metric} {control.expect}, because {control.why}")
     done = data.trials[data.trials["outcome"] == Outcome.FINISHED] if not data.trials.empty else data.trials
     if axis is None:
         return {"text": f"{head}. Not tested: the axis is not in the logged runs.", "met": False}
     others = [a.name for a in data.axes if a is not axis]
-    base, level = _per_seed(done, axis.name, axis.baseline, format_value(value), others, control.metric)
+    base, level = _per_seed(done, axis.name, axis.baseline, shown, others, control.metric)
     effect = paired_effect(base, level)
     if effect.n < 2 or effect.sd == 0:
         return {"text": f"{head}. Not tested: {effect.n} paired seed(s) with a spread.", "met": False}
