@@ -286,7 +286,7 @@ def test_end_to_end_tiny_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "KID is computed on" in html and "images per set in at least one trial (fewer than 100)" in html
     # the demo's deviations from the faithful config, each with its reason (overrides of this test excluded)
     assert "<li>optim.init_lr 0.001 instead of 0.0001: so that 100 init steps reconstruct" in html
-    assert "<li>backbone.arch mobilenet_v2 instead of vgg19: the write-up&#39;s MobileNetV2" in html
+    assert "<li>backbone.arch efficientnet_lite1 instead of vgg19: EfficientNet-Lite1 with the ImageNet weights" in html
     assert "data.image_size" not in html.split("demo preset")[1].split("</ul>")[0]  # --set 32 for both: not one
     # the style weight is not read by the init phase: one per seed, continued by the other level
     assert "shared init phases: 2 of 4 trial runs continued a stored init phase instead of computing it" in html

