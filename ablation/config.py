@@ -146,6 +146,9 @@ class ScheduleConfig(Frozen):
     steps_per_epoch: int | None = Field(None, ge=1)  # None = max(#photo, #style) // batch (official)
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(0, ge=0)  # epochs between evaluations (0 = only at the end)
+    # epochs between loss-balance measurements (gradient shares, gan/balance.py), beside the first step of each
+    # phase and every evaluation; 0 = only those
+    balance_every: int = Field(1, ge=0)
 
 
 class EvalConfig(Frozen):

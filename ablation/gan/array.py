@@ -32,7 +32,7 @@ import torch
 from ablation.config import RuntimeConfig, TrainConfig
 from ablation.data.streams import Batch, Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
-from ablation.gan import cycle_steps
+from ablation.gan import balance, cycle_steps
 from ablation.gan.array_rules import backbone_key, check_compatible
 from ablation.gan.array_steps import FusedModels, gan_step, init_step, targets_for
 from ablation.gan.backbone import build_backbone
@@ -168,7 +168,7 @@ def train_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: 
                 share = (time.perf_counter() - took) / len(active)
                 for member in active:
                     member.compute_s += share
-                    if _after_step(member, domains):
+                    if _after_step(member, domains, array.fused.backbones[member.backbone_key]):
                         leave(member)
                     else:
                         still.append(member)
@@ -276,9 +276,10 @@ def step_array(array: Array, active: Sequence[Member]) -> None:
                 values[i] = member_values
     for member, member_values, batch in zip(active, values, batches, strict=True):
         member.record(member_values, batch.real_photo.shape[0])
+        member.last_batch = batch
 
 
-def _after_step(member: Member, domains: Domains) -> bool:
+def _after_step(member: Member, domains: Domains, backbone: torch.nn.Module) -> bool:
     """Log, sample, evaluate and checkpoint as due; True when the member leaves the array (finished,
     diverged or pruned)."""
     step, config = member.step, member.config
@@ -289,6 +290,9 @@ def _after_step(member: Member, domains: Domains) -> bool:
     if step % config.schedule.log_every == 0 or epoch_end or step == member.total_steps or first_of_phase:
         metrics = member.window.flush()
         metrics.update(learning_rates(member.models, step <= member.init_steps))
+        metrics.update(balance.value_metrics(config, metrics))
+        if first_of_phase:
+            metrics.update(_grad_shares(member, backbone))
         member.emit(metrics, step)
         if (bad_step := int(member.first_bad.item())) >= 0:
             member.status, member.bad_step = Outcome.DIVERGED, bad_step
@@ -297,7 +301,11 @@ def _after_step(member: Member, domains: Domains) -> bool:
         epoch = step // member.steps_per_epoch
         member.write_samples(epoch, domains)
         every = config.schedule.eval_every
-        if member.evaluator is not None and (step == member.total_steps or (every > 0 and epoch % every == 0)):
+        evaluates = member.evaluator is not None and (step == member.total_steps or (every > 0 and epoch % every == 0))
+        cadence = config.schedule.balance_every > 0 and epoch % config.schedule.balance_every == 0
+        if (evaluates or cadence) and not first_of_phase:
+            member.emit(_grad_shares(member, backbone), step)
+        if evaluates:
             # G sees the held-out photos at the training size; the evaluator resizes its outputs
             eval_photos = domains.val[:config.eval.max_images]
             metrics = member.evaluator.evaluate(generate_u8(member.models.generator, eval_photos, member))
@@ -310,3 +318,12 @@ def _after_step(member: Member, domains: Domains) -> bool:
         member.status = Outcome.FINISHED
         return True
     return False
+
+
+def _grad_shares(member: Member, backbone: torch.nn.Module) -> dict[str, float]:
+    """The loss balance of the phase of the step just taken, on that step's batch (gan/balance.py)."""
+    if member.last_batch is None:
+        return {}
+    with autocast(member.device, member.config.runtime):
+        return balance.measure(member.config, member.models, backbone, member.last_batch,
+                               in_init=member.step <= member.init_steps)

@@ -47,7 +47,8 @@ INIT_DIR = "_init"  # under the trials directory
 INIT_FIELDS: tuple[str, ...] = (
     "model.generator", "model.generator_sn", "model.resize", "backbone", "data", "loss.content_weight",
     "loss.init_color_weight", "loss.smooth_target", "optim.init_lr", "optim.beta1", "optim.beta2",
-    "schedule.batch_size", "schedule.init_epochs", "schedule.steps_per_epoch", "schedule.log_every", "runtime", "seed",
+    "schedule.batch_size", "schedule.init_epochs", "schedule.steps_per_epoch", "schedule.log_every",
+    "schedule.balance_every", "runtime", "seed",
 )
 # read as well when an evaluation falls inside the init phase (its metrics are among the rows it logs)
 INIT_EVAL_FIELDS: tuple[str, ...] = ("eval", "schedule.eval_every")

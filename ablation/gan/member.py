@@ -15,7 +15,7 @@ from torch import nn
 
 from ablation.config import TrainConfig, cell_hash, to_yaml
 from ablation.data.images import to_signed, to_uint8
-from ablation.data.streams import DataStreams, Domains, val_photos
+from ablation.data.streams import Batch, DataStreams, Domains, val_photos
 from ablation.evaluation.protocol import TrialEvaluator
 from ablation.files import atomic_write_bytes, atomic_write_text
 from ablation.gan import samples
@@ -97,6 +97,7 @@ class Member:
     compute_s: float = 0.0  # its share of the array's step time (the steps it took, split among the members)
     init_reused_s: float | None = None  # set when it continued a stored init phase: that phase's compute time
     pools: dict[str, ImagePool] = field(default_factory=dict)  # the cycle objectives' fakes per domain, if pooled
+    last_batch: Batch | None = None  # the last step's batch on the device: what a loss-balance measurement reuses
 
     @property
     def ckpt_path(self) -> Path:
