@@ -67,15 +67,14 @@ class ProbeResult:
 
     def to_tag(self, limit: int) -> str:
         """JSON for the parent run's tag; the per-level shares are left out where they would not fit."""
-        shares = {k: {m.rsplit("/", 2)[-2] + "/" + m.rsplit("/", 1)[-1]: float(f"{v:.3g}") for m, v in s.items()}
-                  for k, s in self.shares.items()}
+        def short(metric: str) -> str:  # balance/g/grad/style -> g/style
+            _, phase, _, term = metric.split("/")
+            return f"{phase}/{term}"
+
+        shares = {k: {short(m): float(f"{v:.3g}") for m, v in s.items()} for k, s in self.shares.items()}
         text = json.dumps({"flags": self.flags, "unchecked": self.unchecked, "shares": shares})
         return text if len(text) <= limit else json.dumps({"flags": self.flags, "unchecked": self.unchecked})
 
-    @staticmethod
-    def flags_of(tag: str | None) -> list[str]:
-        """The flag lines stored by `to_tag` (none for a study run without the probe)."""
-        return list(json.loads(tag).get("flags", [])) if tag else []
 
 
 def terms_of(fields: list[str]) -> tuple[tuple[str, str], ...] | None:

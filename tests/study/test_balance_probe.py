@@ -1,6 +1,6 @@
 """The vacuous-axis probe (study/balance_probe.py): which terms an axis varies, the flag rule, and a real probe
 that flags a style axis on a backbone whose features are ~1e-4 (torchvision's random MobileNetV2) and refuses
-it under --strict, while the same axis on a random VGG19 with caffe preprocessing passes."""
+it under --strict, while the same axis on the pretrained EfficientNet-Lite1 (the demo's loss network) passes."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_an_axis_is_flagged_only_when_every_level_is_under_the_line() -> None:
 
 
 @pytest.mark.slow
-def test_probe_flags_a_silent_backbone_refuses_it_under_strict_and_passes_caffe_vgg(
+def test_probe_flags_a_silent_backbone_refuses_it_under_strict_and_passes_a_pretrained_one(
         tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     silent = {"arch": "mobilenet_v2", "width": 1.3, "weights": "random"}
@@ -91,7 +91,7 @@ def test_probe_flags_a_silent_backbone_refuses_it_under_strict_and_passes_caffe_
     assert "warning: loss.style_weight: the style term is" in capsys.readouterr().err
 
     loud = _study(tmp_path / "loud.yaml", data_root, {"loss.style_weight": [1.0, 10.0]},
-                  backbone={"arch": "vgg19", "preprocess": "caffe"}, name="loud")
+                  backbone={"arch": "efficientnet_lite1", "weights": "imagenet"}, name="loud")
     assert run_study(loud, dataclasses.replace(local_options(tmp_path, probe=True), strict=True)) == 0
     parent = Tracker(f"sqlite:///{tmp_path}/mlflow.db").parent_run_of("loud")
     probe = json.loads(parent.data.tags[TAG_PROBE])
