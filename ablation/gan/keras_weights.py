@@ -80,6 +80,31 @@ def use_keras_numerics(trunk: nn.Module, bn_eps: float, padding: str) -> None:
         setattr(trunk.get_submodule(parent_name) if parent_name else trunk, child, same)
 
 
+def keras_init(trunk: nn.Module) -> None:
+    """Re-draw a trunk's weights as Keras draws a model built with `weights=None`, from the global RNG.
+
+    Keras' glorot-uniform limit is sqrt(6 / (fan_in + fan_out)) with fans from its kernel layout (kh, kw, in,
+    out) (keras/src/initializers/random_initializers.py `compute_fans`): a depthwise kernel (kh, kw, C, 1) has
+    fan_in C·kh·kw and fan_out kh·kw, so its kernels are as small as torchvision's fan_out ones. Biases 0; BN
+    gamma 1, beta 0, moving mean 0, variance 1 (torchvision's defaults too).
+    """
+    for module in trunk.modules():
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            fan_in = module.in_channels * kh * kw
+            fan_out = (module.out_channels // module.in_channels if depthwise else module.out_channels) * kh * kw
+            limit = (6.0 / (fan_in + fan_out)) ** 0.5
+            with torch.no_grad():
+                module.weight.uniform_(-limit, limit)
+                if module.bias is not None:
+                    module.bias.zero_()
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+            module.reset_running_stats()
+
+
 # ---------------------------------------------------------------- the converter
 
 
