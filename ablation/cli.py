@@ -313,9 +313,10 @@ def data_fetch(name: str = typer.Argument(..., help="dataset name, e.g. animegan
 
 @weights_app.command("convert")
 def weights_convert(
-    converter: str = typer.Argument(..., help="converter name: keras-mobilenet-v2"),
+    converter: str = typer.Argument(..., help="converter name: keras-mobilenet-v2 or caffe-vgg19"),
     source: Path = typer.Argument(..., help="published weights, e.g. "
-                                  "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.3_224_no_top.h5"),
+                                  "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.3_224_no_top.h5, or the "
+                                  "original AnimeGAN's vgg19.npy (a pickle: convert only the published file)"),
     out: Path = typer.Argument(..., help="the .pt file to write (then backbone.weights: OUT)"),
     width: float = typer.Option(1.3, help="width multiplier (Keras alpha) the file was trained at"),
 ) -> None:

@@ -29,8 +29,9 @@ TIMEOUT_S = 30
 class DatasetSource:
     url: str
     sha256: str | None  # None: not published; the zip's own CRCs are still checked
-    size: int | None
+    size: int | None  # bytes, when published: a download of another size is refused
     licence_note: str
+    archive: bool = True  # a zip to extract; False: one file, kept as downloaded
 
 
 DATASETS: dict[str, DatasetSource] = {
@@ -41,6 +42,16 @@ DATASETS: dict[str, DatasetSource] = {
         licence_note=("AnimeGAN dataset (TachibanaYoshino/AnimeGAN release dataset-1): no dataset licence; the "
                       "style frames are copyrighted film stills. Non-commercial research/teaching use only - do "
                       "not commit, package, re-host or redistribute it."),
+    ),
+    # the caffe VGG19 the original AnimeGAN trains with (its README's vgg19.npy); convert it with
+    # `ablate weights convert caffe-vgg19 DEST/vgg19.npy OUT.pt`
+    "vgg19": DatasetSource(
+        url="https://github.com/TachibanaYoshino/AnimeGAN/releases/download/vgg16%2F19.npy/vgg19.npy",
+        sha256=None,
+        size=None,
+        licence_note=("VGG19 caffe weights (Simonyan & Zisserman, CC BY 4.0) as converted by machrisaa/"
+                      "tensorflow-vgg and re-published with AnimeGAN; a pickled .npy: convert only this file."),
+        archive=False,
     ),
 }
 
@@ -145,6 +156,18 @@ def fetch_dataset(name: str, dest: Path, url: str | None = None, sha256: str | N
     if expected and got != expected:
         part.unlink()  # a corrupt or different file: resuming it would never succeed
         raise UserError(problem(url, "sha256", expected, got))
+    if source.size is not None and part.stat().st_size != source.size:
+        size = part.stat().st_size
+        part.unlink()
+        raise UserError(problem(url, "size", f"{source.size} bytes", f"<{size} bytes>"))
+    if not source.archive:  # one file: it is the result
+        target = dest / filename
+        if target.exists():  # never overwrite what the user has
+            raise UserError(problem(target, "dest", "no file of that name (move it away first)", "<exists>"))
+        part.rename(target)
+        marker.write_text(got + "\n")
+        _say(f"sha256 {got}; {target} ({target.stat().st_size} bytes)", progress)
+        return dest
     try:
         extract_zip(part, dest, url, limits)  # CRCs are checked while extracting
     except zipfile.BadZipFile as exc:

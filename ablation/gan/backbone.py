@@ -29,6 +29,7 @@ from torchvision.models import MobileNet_V2_Weights, VGG19_Weights
 
 from ablation.config import BackboneConfig
 from ablation.errors import UserError, problem
+from ablation.gan.caffe_weights import CAFFE_FORMAT
 from ablation.gan.keras_weights import KERAS_BN_EPS, KERAS_FORMAT, TF_SAME, keras_init, use_keras_numerics
 from ablation.gan.lite_trunk import PackagedWeights, build_lite1_trunk
 
@@ -224,6 +225,16 @@ def _load_local(path: Path) -> Any:
         raise UserError(problem(path, FIELD, "a torch.save'd state dict", reason)) from None
 
 
+def _file_preprocess(raw: Any, path: Path, cfg: BackboneConfig) -> str | None:
+    """The preprocessing a converted caffe VGG19 file was trained on; None for any other file."""
+    if not (isinstance(raw, dict) and raw.get("format") == CAFFE_FORMAT):
+        return None
+    if raw.get("arch") != cfg.arch:
+        raise UserError(problem(path, FIELD, f"weights for {cfg.arch} (backbone.arch)",
+                                f"<converted for {raw.get('arch')}>"))
+    return str(raw["preprocess"])
+
+
 def _converted_numerics(raw: Any, path: Path, cfg: BackboneConfig) -> dict[str, Any] | None:
     """A converted Keras file's numerics ({bn_eps, padding, source_sha256}); None for a plain state dict."""
     if not (isinstance(raw, dict) and raw.get("format") == KERAS_FORMAT):
@@ -271,10 +282,11 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
     except KeyError:
         raise ValueError(f"unknown backbone {cfg.arch!r}; valid: {', '.join(sorted(ARCHES))}") from None
     weight_seed = cfg.seed if cfg.seed is not None else seed
-    numerics, local_state = None, None
+    numerics, local_state, trained_on = None, None, None
     if cfg.weights not in ("random", "imagenet"):  # read first: a converted file also changes how the trunk is built
         raw = _load_local(Path(cfg.weights))
         numerics = _converted_numerics(raw, Path(cfg.weights), cfg)
+        trained_on = _file_preprocess(raw, Path(cfg.weights), cfg)
         local_state = _unwrap(raw)
     # Always build from a private RNG stream: the global stream (which seeds G and D) must not depend on the
     # backbone arm, and random weights must depend on the seed alone.
@@ -306,8 +318,9 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
         if numerics["source_sha256"]:
             description["source_sha256"] = numerics["source_sha256"][:12]
     preprocess = cfg.preprocess
-    if preprocess == "auto":  # a Keras-converted file was trained on Keras' [-1, 1], whatever the arch's default
-        preprocess = "signed" if local_state is not None and numerics is not None else arch.auto_preprocess(cfg)
+    if preprocess == "auto":  # a converted file says what it was trained on, whatever the arch's default
+        preprocess = trained_on or ("signed" if local_state is not None and numerics is not None
+                                    else arch.auto_preprocess(cfg))
     backbone = FrozenBackbone(trunk, preprocess, description)
     backbone.record_scale()
     return backbone

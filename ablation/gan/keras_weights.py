@@ -30,6 +30,7 @@ from torch import nn
 
 from ablation.errors import UserError, problem
 from ablation.files import atomic_write
+from ablation.gan.caffe_weights import convert_caffe_vgg19
 
 KERAS_FORMAT = "ablate/keras-mobilenet-v2"
 KERAS_BN_EPS = 1e-3
@@ -218,6 +219,7 @@ def convert_keras_mobilenet_v2(source: Path, width: float) -> dict[str, Any]:
 Converter = Callable[[Path, float], dict[str, Any]]
 CONVERTERS: dict[str, Converter] = {
     "keras-mobilenet-v2": convert_keras_mobilenet_v2,
+    "caffe-vgg19": convert_caffe_vgg19,  # the original AnimeGAN's vgg19.npy (gan/caffe_weights.py)
 }
 
 

@@ -42,3 +42,15 @@ def objective_problems(path: Path, metrics: Sequence[str], configs: Iterable[Tra
                 errors.append(problem(path, f"objectives.{i}.metric", "a metric the trials log (eval.efficientnet "
                                       "is false)", metric))
     return sorted(set(errors))
+
+
+def torchvision_vgg_lines(path: Path, configs: list[TrainConfig]) -> list[str]:
+    """A warning when a study's loss network is torchvision's ImageNet VGG19 under ImageNet mean/std: AnimeGAN's
+    weights were tuned for the caffe VGG19 on 0-255 BGR, under which (one random VGG19, measured: reference
+    loss_balance.md) content holds 57x and style 3,000x larger shares of G's gradient."""
+    if not any(c.backbone.arch == "vgg19" and c.backbone.weights == "imagenet" for c in configs):
+        return []
+    return [f"{path}: backbone: torchvision's ImageNet VGG19 under ImageNet mean/std, not the original's caffe "
+            "VGG19: content and style get about 57x and 3,000x smaller shares of G's gradient than the official "
+            "weights were tuned for; for the original's balance: `ablate data fetch vgg19 DIR`, `ablate weights "
+            "convert caffe-vgg19 DIR/vgg19.npy vgg19_caffe.pt`, then backbone.weights: vgg19_caffe.pt"]

@@ -21,7 +21,7 @@ from ablation.data.presets import demo_deviations, prepare_demo
 from ablation.errors import UserError, problem
 from ablation.gan.trainer import stop_on_signals
 from ablation.outcomes import Outcome
-from ablation.study import queue, storage
+from ablation.study import checks, queue, storage
 from ablation.study.arrays import resolve_fuse
 from ablation.study.balance_probe import ProbeResult, probe_study
 from ablation.study.dry_run import dry_run_lines, offline_lines
@@ -69,6 +69,8 @@ def resolve_study(path: Path, options: RunOptions) -> Study:
 
 def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     study = resolve_study(path, options)                                  # 1. validate everything first
+    for line in checks.torchvision_vgg_lines(study.path, [c.config for c in study.cells] or [study.base_config]):
+        print(f"warning: {line}", file=sys.stderr, flush=True)
     if dry_run:
         print("\n".join(dry_run_lines(study, resolve_fuse(options.fuse, study))))
         check_data_layout(study)

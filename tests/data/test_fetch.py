@@ -141,3 +141,26 @@ def test_unknown_name_lists_valid_names(tmp_path: Path) -> None:
         fetch_dataset("hayao", tmp_path)
     assert "animegan" in str(err.value) and "hayao" in str(err.value)
     assert DATASETS["animegan"].url.startswith("https://github.com/TachibanaYoshino/AnimeGAN/")
+
+
+def test_vgg19_npy_is_one_file_resumed_and_never_overwrites(tmp_path: Path) -> None:
+    payload = os.urandom(50_000)
+    srv = _Server(payload)
+    url = srv.url.replace("dataset.zip", "vgg19.npy")
+    try:
+        (tmp_path / "w").mkdir()
+        (tmp_path / "w" / "vgg19.npy.part").write_bytes(payload[:20_000])  # an interrupted first download
+        assert fetch_dataset("vgg19", tmp_path / "w", url=url, progress=False) == tmp_path / "w"
+        assert srv.requests == [{"path": "/vgg19.npy", "range": "bytes=20000-"}]
+        assert (tmp_path / "w" / "vgg19.npy").read_bytes() == payload and not list((tmp_path / "w").glob("*.part"))
+        assert fetch_dataset("vgg19", tmp_path / "w", url=url, progress=False) == tmp_path / "w"
+        assert len(srv.requests) == 1  # marked complete: no network
+        (tmp_path / "mine").mkdir()
+        (tmp_path / "mine" / "vgg19.npy").write_bytes(b"the user's own file")
+        with pytest.raises(UserError) as refused:
+            fetch_dataset("vgg19", tmp_path / "mine", url=url, progress=False)
+    finally:
+        srv.close()
+    assert "vgg19.npy: dest: expected no file of that name" in str(refused.value)
+    assert (tmp_path / "mine" / "vgg19.npy").read_bytes() == b"the user's own file"
+    assert DATASETS["vgg19"].url.startswith("https://github.com/TachibanaYoshino/AnimeGAN/releases/download/")

@@ -29,7 +29,11 @@ def test_the_trunk_is_the_package_network_cut_after_block_6() -> None:
     image_u8 = torch.randint(0, 256, (2, 3, 64, 64), generator=generator, dtype=torch.uint8)
     image_signed = image_u8.float() / 127.5 - 1  # G's range
     net, seen = _package_model(), {}
-    hook = net._blocks[CUT_BLOCK - 1].register_forward_hook(lambda m, i, out: seen.setdefault("out", out))
+
+    def keep(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        seen["out"] = output.clone()
+
+    hook = net._blocks[CUT_BLOCK - 1].register_forward_hook(keep)
     with torch.no_grad():
         net.extract_features((image_u8.float() - 127.0) / 128.0)  # the Lite models' own input convention
         ours = backbone(image_signed)

@@ -156,3 +156,14 @@ def test_an_eval_objective_needs_evaluation(tmp_path: Path) -> None:
         load_study(study)
     assert err.value.lines == [f"{study}: objectives.0.metric: expected a metric the trials log "
                                "(eval.efficientnet is false), got 'eval/style/kid_eff'"]
+
+
+def test_a_faithful_study_on_torchvisions_vgg19_is_warned_in_one_line(tmp_path: Path) -> None:
+    from ablation.study import checks
+
+    study = load_study(STUDIES / "style_weight.yaml")
+    lines = checks.torchvision_vgg_lines(study.path, [c.config for c in study.cells])
+    assert len(lines) == 1 and "57x and 3,000x smaller shares of G's gradient" in lines[0]
+    assert "ablate weights convert caffe-vgg19" in lines[0]
+    demo = resolve_study(STUDIES / "style_weight.yaml", RunOptions(demo=True))  # the demo's loss network: Lite1
+    assert checks.torchvision_vgg_lines(demo.path, [c.config for c in demo.cells]) == []
