@@ -214,17 +214,22 @@ class TrainConfig(Frozen):
 
 # Fields that change how fast a run goes, not what it computes: left out of the cell identity.
 NON_IDENTITY_SECTIONS = ("runtime",)
+# Fields that change what a run measures, not what it trains (bit for bit: tests/gan/test_balance.py).
+NON_IDENTITY_FIELDS = ("schedule.balance_every",)
 # Fields added after studies were stored, with the value every earlier run had: left out of the identity while
 # they hold it, so a study (or checkpoint) from before keeps its keys and resumes.
 ADDED_FIELDS: dict[str, Any] = {
     "model.objective": "animegan", "model.discriminator": "animegan", "loss.cycle_weight": 10.0,
-    "loss.identity_weight": 0.0, "optim.lr_decay": "none", "optim.pool_size": 0,
+    "loss.identity_weight": 0.0, "optim.lr_decay": "none", "optim.pool_size": 0, "backbone.init": "torchvision",
 }
 
 
 def cell_hash(config: TrainConfig) -> str:
     """Identity of a cell: the resolved config without the seed and the runtime section."""
     payload = config.model_dump(mode="json", exclude={"seed", *NON_IDENTITY_SECTIONS})
+    for path in NON_IDENTITY_FIELDS:
+        section, _, name = path.partition(".")
+        del payload[section][name]
     for path, value in ADDED_FIELDS.items():
         section, _, name = path.partition(".")
         if payload[section][name] == value:

@@ -20,7 +20,7 @@ def test_print_config_shows_resolved_defaults_with_overrides(tmp_path: Path) -> 
     config = yaml.safe_load(out.stdout)
     assert config["loss"]["style_weight"] == 6.0 and config["optim"]["d_lr"] == 1.6e-4
     assert config["schedule"] == {"epochs": 101, "init_epochs": 5, "batch_size": 6, "steps_per_epoch": None,
-                                  "log_every": 10, "eval_every": 0}
+                                  "log_every": 10, "eval_every": 0, "balance_every": 1}
 
 
 def test_bad_config_key_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -71,7 +71,8 @@ def test_weights_convert_unknown_converter_lists_valid_names(tmp_path: Path) -> 
     out = ablate("weights", "convert", "keras-mobilenet-v3", "w.h5", "w.pt", cwd=tmp_path)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     (line,) = out.stderr.strip().splitlines()
-    assert line == "error: weights convert: expected a converter, one of keras-mobilenet-v2, got 'keras-mobilenet-v3'"
+    assert line == ("error: weights convert: expected a converter, one of caffe-vgg19, keras-mobilenet-v2, got "
+                    "'keras-mobilenet-v3'")
 
 
 def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:

@@ -40,9 +40,10 @@ def differing(a: TrainConfig, b: TrainConfig) -> dict[str, tuple[Any, Any]]:
 def test_writeup_arms_are_the_writeups_experiments() -> None:
     cells = {c.label: c.config for c in load_study(STUDIES / "writeup.yaml").cells}
     exp1 = cells["exp1_original"]
-    # only exp3 ran without pretrained weights; exp4 differs from it by pretraining alone (same width)
+    # only exp3 ran without pretrained weights, drawn as Keras draws them; exp4 differs from it by pretraining
+    # alone (same width)
     assert differing(cells["exp3_style10_random"], cells["exp4_style10_pretrained"]) == {
-        "backbone.weights": ("random", "imagenet")}
+        "backbone.weights": ("random", "imagenet"), "backbone.init": ("keras", "torchvision")}
     assert {label: c.backbone.weights for label, c in cells.items() if c.backbone.weights != "imagenet"} == {
         "exp3_style10_random": "random"}
     assert {c.backbone.width for c in cells.values()} == {1.0}  # the closest pretrained width, for every arm

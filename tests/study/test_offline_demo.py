@@ -1,5 +1,5 @@
 """A --demo run downloads nothing: arms that ask for ImageNet weights not on disk run with random weights, and
-an arm that thereby equals another is not run twice (studies/writeup.yaml: exp4 = exp3 without pretraining)."""
+a level that thereby equals another is not run twice (studies/backbone_init.yaml: imagenet = random offline)."""
 
 from __future__ import annotations
 
@@ -24,16 +24,20 @@ def empty_torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def test_offline_arms_get_random_weights_and_equal_arms_merge(empty_torch_home: Path) -> None:
-    study = load_study(WRITEUP, offline=True)
+def test_offline_arms_get_random_weights_and_equal_levels_merge(empty_torch_home: Path) -> None:
+    study = load_study(WRITEUP, offline=True)  # the faithful MobileNetV2 base, offline
     labels = [cell.label for cell in study.cells]
-    assert len(labels) == 8 and "exp4_style10_pretrained" not in labels and "exp3_style10_random" in labels
     assert {cell.config.backbone.weights for cell in study.cells} == {"random"}
-    assert study.merged == (("exp4_style10_pretrained", "exp3_style10_random"),)
-    assert offline_lines(study) == [
+    # exp3 draws Keras' random init, exp4 offline torchvision's: no longer the same trunk, so both run
+    assert len(labels) == 9 and study.merged == ()
+    backbone_init = load_study(WRITEUP.parent / "backbone_init.yaml", offline=True)  # VGG19: imagenet vs random
+    assert [c.label for c in backbone_init.cells] == ["weights=imagenet"]  # random weights now
+    assert [c.config.backbone.weights for c in backbone_init.cells] == ["random"]
+    assert backbone_init.merged == (("weights=random", "weights=imagenet"),)
+    assert offline_lines(backbone_init) == [
         "backbone.weights random instead of imagenet: no ImageNet weights on disk and a demo downloads nothing, "
         "so pretrained vs random is not tested",
-        "arm exp4_style10_pretrained not run: without ImageNet weights it is exp3_style10_random"]
+        "arm weights=random not run: without ImageNet weights it is weights=imagenet"]
 
 
 def test_weights_on_disk_are_used_and_a_faithful_load_never_substitutes(empty_torch_home: Path) -> None:
