@@ -1,9 +1,10 @@
 """Which loss network makes the demo's loss terms act: G's gradient shares and the cost of each candidate.
 
-    python benchmarks/loss_networks.py [--candidates NAME ...] [--style-weights 3 1 10]
+    python benchmarks/loss_networks.py [--candidates NAME ...] [--axis-for NAME] [--style-weights 1 10]
 
 Trains the demo trial (`--demo` preset: 64 px, 100 init + 50 GAN steps, seed 0, evaluation on) once per
-candidate backbone and style weight, and reads the gradient shares the trainer logs (`balance/g/grad/<term>`,
+candidate backbone at the official style weight 3, and the `--axis-for` candidate (the demo's) also at the
+style_weight demo's other levels; it reads the gradient shares the trainer logs (`balance/g/grad/<term>`,
 gan/balance.py) over the GAN phase: the mean over the phase's measurements, the first and the last. Also the
 trial's wall time, its mean GAN step time and SSIM on blurred luma at the end. Prints a table and writes
 benchmarks/results/loss_networks.json. The criterion (issue 21): at the official style weight, content and
@@ -66,14 +67,15 @@ def run_one(overrides: dict[str, Any], style_weight: float) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
-    parser.add_argument("--style-weights", nargs="*", type=float, default=[3.0, 1.0, 10.0])
+    parser.add_argument("--axis-for", default="efficientnet_lite1 imagenet (wheel)", choices=list(CANDIDATES))
+    parser.add_argument("--style-weights", nargs="*", type=float, default=[1.0, 10.0])
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = []
     print(f"{'candidate':40s} {'style w':>7s} {'content':>9s} {'style':>9s} {'colour':>9s} {'adv':>9s} "
           f"{'GAN s/step':>10s} {'wall s':>7s} {'SSIM':>5s}")
     for name in args.candidates:
-        for weight in args.style_weights:
+        for weight in [3.0, *(args.style_weights if name == args.axis_for else [])]:
             row = {"candidate": name, **run_one(CANDIDATES[name], weight)}
             results.append(row)
 
