@@ -288,5 +288,15 @@ def test_end_to_end_tiny_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert "<li>optim.init_lr 0.001 instead of 0.0001: so that 100 init steps reconstruct" in html
     assert "<li>backbone.arch efficientnet_lite1 instead of vgg19: EfficientNet-Lite1 with the ImageNet weights" in html
     assert "data.image_size" not in html.split("demo preset")[1].split("</ul>")[0]  # --set 32 for both: not one
-    # the style weight is not read by the init phase: one per seed, continued by the other level
-    assert "shared init phases: 2 of 4 trial runs continued a stored init phase instead of computing it" in html
+    # the style weight is not read by the init phase: one per seed, continued by the other level; the balance
+    # probe computed seed 0's before the trials, so only one trial computes its own
+    assert "shared init phases: 3 of 4 trial runs continued a stored init phase instead of computing it" in html
+    # the loss balance: G's and D's shares at the first and last GAN step of each cell, a figure per cell, and
+    # the probe's flag (this test's random EfficientNet-Lite1 is silent: the style axis cannot act) in the summary
+    balance_rows = tables_of(html)["balance-table"]
+    assert [row[:2] for row in balance_rows] == [
+        ["style_weight=3", "first GAN step"], ["style_weight=3", "last GAN step"],
+        ["style_weight=10", "first GAN step"], ["style_weight=10", "last GAN step"]]
+    assert len(re.findall(r'alt="gradient shares ', html)) == 2
+    summary = html.split('id="summary"')[1].split("</ul>")[0]
+    assert "Vacuous axis: loss.style_weight: the style term is" in summary
