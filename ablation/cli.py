@@ -326,38 +326,11 @@ def weights_convert(
     typer.echo(convert_weights(converter, source, out, width))
 
 
-def _usage_errors() -> tuple[type[Exception], ...]:
-    """What a command-line typo raises: click's ClickException (typer < 0.29 uses click itself) and typer's
-    TyperException, under which typer >= 0.29 raises its vendored copy of click's exceptions."""
-    found: list[type[Exception]] = []
-    try:
-        import click
-
-        found.append(click.ClickException)
-    except ImportError:  # typer >= 0.29 no longer needs click
-        pass
-    try:
-        from typer.exceptions import TyperException
-
-        found.append(TyperException)
-    except ImportError:  # typer < 0.29 has no such module
-        pass
-    return tuple(found)
-
-
-def usage_line(exc: Exception) -> str:
-    """`error: No such option: --bogus (see `ablate run --help`)`: one line, whatever the typer version."""
-    text = " ".join(exc.format_message().split()) if hasattr(exc, "format_message") else str(exc)
-    ctx = getattr(exc, "ctx", None)
-    path = getattr(ctx, "command_path", "") if ctx is not None else ""
-    return f"error: {text}" + (f" (see `{path} --help`)" if path else "")
-
-
 def main() -> None:
     configure_process()  # this process is ablate's own; library imports stay side-effect free
     try:
         # without standalone mode click *returns* the code of a typer.Exit instead of raising it
-        code = app(standalone_mode=False, prog_name="ablate")
+        code = app(standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:
@@ -368,9 +341,13 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except _usage_errors() as exc:  # a typo on the command line is a user error too: one line, exit 2
-        print(usage_line(exc), file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+    except Exception as exc:  # click usage errors are user errors too
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(EXIT_USER_ERROR)
+        raise
 
 
 if __name__ == "__main__":

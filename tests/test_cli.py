@@ -73,17 +73,3 @@ def test_weights_convert_unknown_converter_lists_valid_names(tmp_path: Path) -> 
     (line,) = out.stderr.strip().splitlines()
     assert line == ("error: weights convert: expected a converter, one of caffe-vgg19, keras-mobilenet-v2, got "
                     "'keras-mobilenet-v3'")
-
-
-def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path) -> None:
-    """typer 0.29 raises its vendored click exceptions, which once escaped as 30-50 line tracebacks with exit 1."""
-    cases = {("run",): "error: Missing argument 'study'. (see `ablate run --help`)",
-             ("run", "--workers", "abc", "s.yaml"): "error: Invalid value for '--workers': ",
-             ("run", "--bogus", "s.yaml"): "error: No such option: --bogus",
-             ("bogus",): "error: No such command 'bogus'. (see `ablate --help`)",
-             ("best", "--top", "0", "s"): "error: Invalid value for '--top': "}
-    for args, start in cases.items():
-        out = ablate(*args, cwd=tmp_path)
-        lines = out.stderr.strip().splitlines()
-        assert (out.returncode, len(lines)) == (2, 1), (args, out.stderr[-1500:])
-        assert lines[0].startswith(start), (args, lines[0])
