@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import sys
 import tempfile
 import threading
@@ -78,23 +77,10 @@ UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "SERVICE_UNDER_MAINTEN
                                "WORKSPACE_TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"})
 
 
-# A non-JSON answer (a gateway's HTML page) becomes an MlflowException whose error code is mapped from the HTTP
-# status lossily (502 -> INTERNAL_ERROR, like a server's own 500); since MLflow 3.x returns the last answer after
-# its own retries instead of raising urllib3's ResponseError, the status survives only in the message MLflow
-# writes from this template (mlflow/utils/rest_utils.py `verify_rest_response`): read it back with the template.
-_REST_STATUS = re.compile(r"^API request to endpoint \S+ failed with error code (?P<status>\d{3}) != \d{3}\b")
-
-
-def rest_status(exc: MlflowException) -> int:
-    """The HTTP status of a failed REST answer: from MLflow's message where it wrote one, else its error code's."""
-    found = _REST_STATUS.match(exc.message if isinstance(exc.message, str) else "")
-    return int(found["status"]) if found else exc.get_http_status_code()
-
-
 def mlflow_unavailable(exc: BaseException) -> bool:
     """An MlflowException that says the server or its store is busy or away (not a bad request, not a bug)."""
     return isinstance(exc, MlflowException) and (
-        exc.error_code in UNAVAILABLE_CODES or rest_status(exc) in TRANSIENT_HTTP_STATUS)
+        exc.error_code in UNAVAILABLE_CODES or exc.get_http_status_code() in TRANSIENT_HTTP_STATUS)
 
 
 class Tracker:
