@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -76,10 +77,26 @@ UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "SERVICE_UNDER_MAINTEN
                                "WORKSPACE_TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"})
 
 
+# A non-JSON answer (a proxy's error page) becomes a bare MlflowException written from this template
+# (mlflow.utils.rest_utils.verify_rest_response, unchanged since mlflow 1.x). Its error code is the status's
+# mapping, and a 502 (no such mapping) gets INTERNAL_ERROR like a real 500: only the text keeps the status.
+# mlflow 3.18's client retries such a status itself and then hands the last answer over as this exception,
+# with no urllib3 ResponseError in its chain (older clients raised over that ResponseError).
+_ANSWERED = re.compile(r"^API request to endpoint \S+ failed with error code (?P<status>\d{3}) != \d{3}\b")
+
+
+def answered_status(exc: BaseException) -> int | None:
+    """The HTTP status a tracking server (or the proxy in front of it) answered with, read from an
+    MlflowException that carries no JSON error of the server's own; None for anything else."""
+    found = _ANSWERED.match(str(exc)) if type(exc) is MlflowException else None
+    return int(found["status"]) if found else None
+
+
 def mlflow_unavailable(exc: BaseException) -> bool:
     """An MlflowException that says the server or its store is busy or away (not a bad request, not a bug)."""
     return isinstance(exc, MlflowException) and (
-        exc.error_code in UNAVAILABLE_CODES or exc.get_http_status_code() in TRANSIENT_HTTP_STATUS)
+        exc.error_code in UNAVAILABLE_CODES or exc.get_http_status_code() in TRANSIENT_HTTP_STATUS
+        or answered_status(exc) in TRANSIENT_HTTP_STATUS)
 
 
 class Tracker:
