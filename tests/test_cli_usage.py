@@ -42,3 +42,34 @@ def test_bare_command_prints_its_help_and_exits_2(tmp_path: Path) -> None:
     shown = out.stdout + out.stderr  # rich help goes to stdout, plain click help to stderr
     assert out.returncode == 2 and "Traceback" not in shown
     assert "Usage: ablate" in shown and " run " in shown and " data " in shown
+
+
+def _cut_short(path: Path) -> Path:
+    """A torch file cut at half its length: a copy or a disk that failed mid-file."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"conv.weight": torch.zeros(64, 64)}, buffer)
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
+@pytest.mark.slow  # each command opens the default MLflow store first: ~10 s apiece on a busy CI machine
+@pytest.mark.parametrize(("damage", "args"), [
+    ("empty", ["export", "generator.pt", "--out", "g.onnx"]),
+    ("truncated", ["stylize", "x.png", "--model", "generator.pt", "--out", "styled"]),
+])
+def test_a_damaged_generator_file_is_one_line_exit_2(tmp_path: Path, damage: str, args: list[str]) -> None:
+    weights = tmp_path / "generator.pt"
+    if damage == "empty":
+        weights.write_bytes(b"")
+    else:
+        _cut_short(weights)
+    size = weights.stat().st_size
+    out = ablate(*args, "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)  # a local file asks no server
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.strip().startswith(f"error: generator.pt: weights: expected a complete torch file (written "
+                                         f"by torch.save), got <{size} bytes, truncated or damaged: "), out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generator.pt"]  # no output was started
