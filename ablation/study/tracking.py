@@ -20,13 +20,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 import ablation
+from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
-from ablation.study.outages import TRANSIENT_HTTP_STATUS, tracking_outage
+from ablation.study.outages import TRANSIENT_HTTP_STATUS, one_line, tracking_outage
 from ablation.study.storage import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -42,6 +44,7 @@ MODEL_NAME = "generator"  # the logged model's name in every trial run
 MODEL_REQUIREMENTS = ["torch", "torchvision", "numpy", "pydantic", "pyyaml"]  # beside its code (mlflow adds itself)
 RETRY_SECONDS = 5.0
 GIVE_UP_S = 900.0  # how long any MLflow call waits out an outage (README: Reliability)
+FIRST_CONTACT_S = 10.0  # how long the first request of a process waits for a server it never reached
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -105,9 +108,29 @@ class Tracker:
         self.shown_uri = redact(self.uri)  # for messages: a server URL may carry basic-auth credentials
         self.client = MlflowClient(tracking_uri=self.uri)
         self.artifact_root = artifact_root
+        self.reached = False  # once anything answered, a failure is an outage to wait out (`retry`)
 
     def _retry(self, action: Callable[[], Any], what: str) -> Any:
+        if not self.reached:
+            self._first_contact()
         return retry(action, what, self.shown_uri)
+
+    def _first_contact(self) -> None:
+        """A tracking store this process never reached is a mistyped URI or a server not started, not an
+        outage: one line at once (exit 2) instead of waiting GIVE_UP_S. Asked once, without the client's own
+        retries (minutes of backoff); any HTTP answer counts as reached (a proxy's 502: a restart, waited out)."""
+        try:
+            if self.uri.startswith(("http://", "https://")):
+                requests.get(self.uri.rstrip("/") + "/health", timeout=FIRST_CONTACT_S)
+            else:
+                self.client.search_experiments(max_results=1)
+        except Exception as exc:  # a requests error, or MlflowException over a SQLAlchemy one; see outages
+            if not isinstance(exc, requests.RequestException) and tracking_outage(exc, mlflow_unavailable) is None:
+                raise
+            reason = one_line(tracking_outage(exc, mlflow_unavailable) or exc)
+            raise UserError(problem(None, "--tracking-uri / MLFLOW_TRACKING_URI", "a reachable MLflow tracking "
+                                    "server or store", f"<{self.shown_uri}: {reason}>")) from None
+        self.reached = True
 
     # ---- study level -------------------------------------------------------------------------------
     def experiment_id(self, name: str, tags: dict[str, str] | None = None) -> str:
