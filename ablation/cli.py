@@ -268,15 +268,20 @@ def export_command(
 @app.command()
 def ui(tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP), port: int = typer.Option(5000)) -> None:
     """Open the MLflow UI on the study runs (mlflow ui)."""
+    import os
     import subprocess
 
     from ablation.study.tracking import tracking_uri as resolve
 
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", resolve(tracking_uri), "--port", str(port)]
+    # the store's URL may carry a password: through the environment (readable by this user only), never on a
+    # command line (/proc/PID/cmdline and `ps` show it to every user of the machine)
+    store = resolve(tracking_uri)
+    environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store, "MLFLOW_TRACKING_URI": store}
+    command = [sys.executable, "-m", "mlflow", "ui", "--port", str(port)]
     # the UI opens in its GenAI view unless told otherwise (ablation/study/note.py runs_page)
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning "
                "(the 'Model training' switch at the top left; open a study's experiment, expand its parent run)")
-    raise typer.Exit(subprocess.call(command))
+    raise typer.Exit(subprocess.call(command, env=environment))
 
 
 @data_app.command("smooth")
@@ -330,7 +335,7 @@ def main() -> None:
     configure_process()  # this process is ablate's own; library imports stay side-effect free
     try:
         # without standalone mode click *returns* the code of a typer.Exit instead of raising it
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="ablate")  # also when run as python -m ablation.cli
         if isinstance(code, int) and code:
             sys.exit(code)
     except UserError as exc:
@@ -341,13 +346,38 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
-    except Exception as exc:  # click usage errors are user errors too
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except _usage_errors() as exc:  # a bad option, argument or command: a user error too
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare `ablate` or `ablate data`: the help is the answer
             exc.show()
-            sys.exit(EXIT_USER_ERROR)
-        raise
+        else:
+            print(_usage_line(exc), file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """The base classes of the parser's usage errors: typer >= 0.29 raises those of its own vendored click
+    (typer.TyperException), older typer those of click itself (click.ClickException)."""
+    bases: list[type[Exception]] = []
+    vendored = getattr(typer, "TyperException", None)
+    if isinstance(vendored, type) and issubclass(vendored, Exception):
+        bases.append(vendored)
+    try:
+        import click
+    except ImportError:  # typer >= 0.29 does not need click, and nothing else may have installed it
+        pass
+    else:
+        bases.append(click.ClickException)
+    return tuple(bases)
+
+
+def _usage_line(exc: Exception) -> str:
+    """`error: No such option: --bogus (ablate run --help)`: the parser's message on one line, and where the
+    command's help is (the parser's own display is the usage block, a hint and the message on three lines)."""
+    format_message = getattr(exc, "format_message", None)
+    text = " ".join((format_message() if callable(format_message) else str(exc)).split())
+    context = getattr(exc, "ctx", None)
+    command = getattr(context, "command_path", None)
+    return f"error: {text} ({command} --help)" if command else f"error: {text}"
 
 
 if __name__ == "__main__":

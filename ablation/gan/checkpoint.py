@@ -3,6 +3,7 @@ checkpoint may be resumed by this run: same config and seed, same precision."""
 
 from __future__ import annotations
 
+import errno
 import pickle
 from pathlib import Path
 from typing import Any
@@ -35,12 +36,32 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
     remove_stale_temps(path)
     if not path.exists():
         return None
+    return load_torch_file(path, "checkpoint")
+
+
+class TruncatedFile(UserError):
+    """A `.pt` file that is not a whole torch file: empty, cut short (a copy or a disk that failed), or
+    overwritten in the middle. A trial restarts from step 0 instead (study.trial); a command stops in one line."""
+
+
+def load_torch_file(path: Path, field: str) -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU, a file that is not a complete torch file or whose
+    pickle would run code refused in one line naming `path` and `field`."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = (str(exc).strip().splitlines() or ["unpickling refused"])[0][:200]
-        raise UserError(problem(path, "checkpoint", "a checkpoint of tensors and plain containers (loaded with "
+        raise UserError(problem(path, field, f"a {field} of tensors and plain containers (loaded with "
                                 "torch.load(weights_only=True))", f"<refused: {detail}>")) from None
+    except (EOFError, RuntimeError, OSError) as exc:
+        # EOFError: an empty file; RuntimeError or EINVAL: torch's zip reader on a file cut short or damaged.
+        # Other OS errors (EIO, ESTALE: a failing disk or mount) are the machine's, not the file's: kept.
+        if isinstance(exc, OSError) and exc.errno != errno.EINVAL:
+            raise
+        size = path.stat().st_size
+        detail = (" ".join(str(exc).split()) or type(exc).__name__)[:120]
+        raise TruncatedFile(problem(path, field, "a complete torch file (written by torch.save)",
+                                    f"<{size} bytes, truncated or damaged: {detail}>")) from None
 
 
 def checkpoint_precision(state: dict[str, Any]) -> str:

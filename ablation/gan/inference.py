@@ -15,6 +15,7 @@ from torch import nn
 
 from ablation.config import RuntimeConfig, TrainConfig
 from ablation.data.images import to_signed, to_uint8
+from ablation.gan.checkpoint import load_torch_file
 from ablation.gan.device import autocast
 from ablation.gan.generator import build_generator
 
@@ -24,7 +25,7 @@ PAD_MULTIPLE = 8  # two stride-2 stages need 4; 8 keeps the reflect padding iden
 def load_generator(weights: Path, config: TrainConfig, device: torch.device) -> nn.Module:
     """G as the trial built it (its version, SN and resize mode from `config`) with the saved state dict."""
     generator = build_generator(config.model.generator, config.model.generator_sn, config.model.resize)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = load_torch_file(weights, "weights")  # an empty or cut-short file: one line, not a traceback
     if isinstance(state, dict) and "generator" in state and isinstance(state["generator"], dict):
         state = state["generator"]  # a training checkpoint rather than generator.pt
     generator.load_state_dict(state)

@@ -5,7 +5,7 @@ which the kernel drops when the process dies, with the owner's id (host, pid, Op
 into the file. A second process claiming the same trial while the lock is held refuses it instead of writing
 (`study.arrays`, `study.searching`); the trial goes back to the queue.
 
-The claiming process also records the lock files on its trial (user attr `owner`). A reaper on the same host
+The claiming process also records the lock files on its trial (user attr `owner`). A reaper on the same machine
 can then tell at once that the owner is gone (every lock file free and still naming this trial); on another
 host flock says nothing, and only the heartbeat and its grace period count (`study.recovery`).
 """
@@ -24,8 +24,23 @@ from typing import Any
 from optuna.trial import FrozenTrial
 
 LOCK_NAME = "owner.lock"
-OWNER_ATTR = "owner"  # trial user attr: {"host", "pid", "locks": [absolute lock file paths]}
+OWNER_ATTR = "owner"  # trial user attr: {"host", "machine", "pid", "locks": [absolute lock file paths]}
 HOST = os.uname().nodename
+
+
+def _machine_id() -> str:
+    """This machine as of this boot: the hostname alone is not enough (two hosts, or two containers on two
+    hosts, may share one name, and each would take the other's live trials for dead). The kernel's boot id
+    changes with every boot and differs between machines; /etc/machine-id is the fallback where /proc lacks it."""
+    for source in ("/proc/sys/kernel/random/boot_id", "/etc/machine-id"):
+        with contextlib.suppress(OSError):
+            text = Path(source).read_text().strip()
+            if text:
+                return f"{HOST}/{text}"
+    return HOST  # neither readable (not Linux): the hostname is all there is
+
+
+MACHINE = _machine_id()
 
 
 @dataclass
@@ -87,7 +102,7 @@ def holder(path: Path) -> dict[str, Any] | None:
 
 
 def owner_attr(locks: list[FolderLock]) -> dict[str, Any]:
-    return {"host": HOST, "pid": os.getpid(), "locks": [str(lock.path) for lock in locks]}
+    return {"host": HOST, "machine": MACHINE, "pid": os.getpid(), "locks": [str(lock.path) for lock in locks]}
 
 
 def owner_gone(trial: FrozenTrial) -> bool:
@@ -95,7 +110,8 @@ def owner_gone(trial: FrozenTrial) -> bool:
     is free and still names this trial. Anything less certain (another host, a lock not taken yet, a folder
     taken since by another attempt) is False: the heartbeat decides then."""
     owner = trial.user_attrs.get(OWNER_ATTR)
-    if not isinstance(owner, dict) or owner.get("host") != HOST or not owner.get("locks"):
+    # an owner recorded without "machine" (an older ablate) is not known to be here: the heartbeat decides
+    if not isinstance(owner, dict) or owner.get("machine") != MACHINE or not owner.get("locks"):
         return False
     for text in owner["locks"]:
         record = holder(Path(text))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -19,13 +20,15 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import requests
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 import ablation
+from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
-from ablation.study.outages import TRANSIENT_HTTP_STATUS, tracking_outage
+from ablation.study.outages import TRANSIENT_HTTP_STATUS, one_line, tracking_outage
 from ablation.study.storage import redact
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -42,6 +45,7 @@ MODEL_NAME = "generator"  # the logged model's name in every trial run
 MODEL_REQUIREMENTS = ["torch", "torchvision", "numpy", "pydantic", "pyyaml"]  # beside its code (mlflow adds itself)
 RETRY_SECONDS = 5.0
 GIVE_UP_S = 900.0  # how long any MLflow call waits out an outage (README: Reliability)
+FIRST_CONTACT_S = 10.0  # how long the first request of a process waits for a server it never reached
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -77,10 +81,26 @@ UNAVAILABLE_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "SERVICE_UNDER_MAINTEN
                                "WORKSPACE_TEMPORARILY_UNAVAILABLE", "RESOURCE_EXHAUSTED", "REQUEST_LIMIT_EXCEEDED"})
 
 
+# A non-JSON answer (a proxy's error page) becomes a bare MlflowException written from this template
+# (mlflow.utils.rest_utils.verify_rest_response, unchanged since mlflow 1.x). Its error code is the status's
+# mapping, and a 502 (no such mapping) gets INTERNAL_ERROR like a real 500: only the text keeps the status.
+# mlflow 3.18's client retries such a status itself and then hands the last answer over as this exception,
+# with no urllib3 ResponseError in its chain (older clients raised over that ResponseError).
+_ANSWERED = re.compile(r"^API request to endpoint \S+ failed with error code (?P<status>\d{3}) != \d{3}\b")
+
+
+def answered_status(exc: BaseException) -> int | None:
+    """The HTTP status a tracking server (or the proxy in front of it) answered with, read from an
+    MlflowException that carries no JSON error of the server's own; None for anything else."""
+    found = _ANSWERED.match(str(exc)) if type(exc) is MlflowException else None
+    return int(found["status"]) if found else None
+
+
 def mlflow_unavailable(exc: BaseException) -> bool:
     """An MlflowException that says the server or its store is busy or away (not a bad request, not a bug)."""
     return isinstance(exc, MlflowException) and (
-        exc.error_code in UNAVAILABLE_CODES or exc.get_http_status_code() in TRANSIENT_HTTP_STATUS)
+        exc.error_code in UNAVAILABLE_CODES or exc.get_http_status_code() in TRANSIENT_HTTP_STATUS
+        or answered_status(exc) in TRANSIENT_HTTP_STATUS)
 
 
 class Tracker:
@@ -89,9 +109,29 @@ class Tracker:
         self.shown_uri = redact(self.uri)  # for messages: a server URL may carry basic-auth credentials
         self.client = MlflowClient(tracking_uri=self.uri)
         self.artifact_root = artifact_root
+        self.reached = False  # once anything answered, a failure is an outage to wait out (`retry`)
 
     def _retry(self, action: Callable[[], Any], what: str) -> Any:
+        if not self.reached:
+            self._first_contact()
         return retry(action, what, self.shown_uri)
+
+    def _first_contact(self) -> None:
+        """A tracking store this process never reached is a mistyped URI or a server not started, not an
+        outage: one line at once (exit 2) instead of waiting GIVE_UP_S. Asked once, without the client's own
+        retries (minutes of backoff); any HTTP answer counts as reached (a proxy's 502: a restart, waited out)."""
+        try:
+            if self.uri.startswith(("http://", "https://")):
+                requests.get(self.uri.rstrip("/") + "/health", timeout=FIRST_CONTACT_S)
+            else:
+                self.client.search_experiments(max_results=1)
+        except Exception as exc:  # a requests error, or MlflowException over a SQLAlchemy one; see outages
+            if not isinstance(exc, requests.RequestException) and tracking_outage(exc, mlflow_unavailable) is None:
+                raise
+            reason = one_line(tracking_outage(exc, mlflow_unavailable) or exc)
+            raise UserError(problem(None, "--tracking-uri / MLFLOW_TRACKING_URI", "a reachable MLflow tracking "
+                                    "server or store", f"<{self.shown_uri}: {reason}>")) from None
+        self.reached = True
 
     # ---- study level -------------------------------------------------------------------------------
     def experiment_id(self, name: str, tags: dict[str, str] | None = None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from ablation.console import METRICS_FILE, MetricsFile, read_metrics
 from ablation.data.streams import Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
 from ablation.gan.array import Joiner, train_array
-from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ablation.gan.checkpoint import CHECKPOINT_NAME, TruncatedFile, load_checkpoint
 from ablation.gan.device import effective_precision, resolve_device
 from ablation.gan.init_cache import INIT_DIR
 from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator
@@ -223,13 +224,27 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
     return [outcomes[i] for i in range(len(handed))]
 
 
+def _readable_checkpoint(path: Path, log_path: Path) -> dict[str, Any] | None:
+    """The trial's checkpoint, or None (start at step 0) when it is cut short or damaged: that file fails every
+    attempt the same way, so it is set aside (kept for a look, `checkpoint.pt.damaged`) with a warning line."""
+    try:
+        return load_checkpoint(path)
+    except TruncatedFile as exc:
+        aside = path.with_name(path.name + ".damaged")
+        path.replace(aside)
+        warning = f"warning: {exc.lines[0]}; set aside as {aside.name}, the trial restarts from step 0"
+        print(f"ablate: {warning}", file=sys.stderr)
+        _note(log_path, warning)
+        return None
+
+
 def _open(ctx: TrialContext, request: TrialRequest, array_id: str) -> _Open:
     spec = request.spec
     folder = trial_dir(ctx, spec)
     folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "config.yaml"
     config_path.write_text(to_yaml(spec.config))
-    checkpoint = load_checkpoint(folder / CHECKPOINT_NAME)
+    checkpoint = _readable_checkpoint(folder / CHECKPOINT_NAME, folder / TRAIN_LOG)
     resume_step = checkpoint["step"] if checkpoint is not None else None
     del checkpoint  # the trainer reloads it; do not hold two copies
     # bf16 autocast changes what the losses see: a param, so runs of mixed precision never compare unnoticed

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import optuna
@@ -68,7 +70,69 @@ def test_gateway_and_unavailable_answers_are_outages(no_client_retries: None, ht
                                                      status: int) -> None:
     exc = raised(lambda: MlflowClient(http_status(status)).get_experiment_by_name("x"))
     found = tracking_outage(exc, mlflow_unavailable)
-    assert isinstance(found, urllib3.exceptions.ResponseError) and str(status) in str(found)
+    # mlflow 3.18 raises a bare MlflowException (its error code for a 502 is INTERNAL_ERROR, as for a 500);
+    # older clients raised over urllib3's ResponseError: either way the error found names the status
+    assert isinstance(found, MlflowException | urllib3.exceptions.ResponseError) and str(status) in str(found)
+
+
+@pytest.fixture
+def counted_answers() -> Iterator[Callable[[list[int]], tuple[str, list[int]]]]:
+    """`counted_answers(statuses) -> (url, served)`: a server answering each request with the next status of
+    `statuses` (an HTML error page), then with MLflow's JSON "not found"; `served` lists the statuses sent."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(statuses: list[int]) -> tuple[str, list[int]]:
+        served: list[int] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                status = statuses[len(served)] if len(served) < len(statuses) else 404
+                served.append(status)
+                body = (b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no such experiment"}'
+                        if status == 404 else b"<html>502 Bad Gateway</html>")
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}", served
+
+    yield start
+    for httpd in servers:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize(("status", "outage"), [(502, True), (503, True), (504, True), (500, False)])
+def test_what_the_clients_own_retries_give_up_with(monkeypatch: pytest.MonkeyPatch, status: int, outage: bool,
+                                                   counted_answers: Callable[[list[int]], tuple[str, list[int]]]
+                                                   ) -> None:
+    # the client's default configuration retries these statuses itself (7 times, minutes of backoff); the same
+    # code path with 2 retries and no backoff: what it finally raises must still read as an outage (or not)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    url, served = counted_answers([status] * 10)
+    exc = raised(lambda: MlflowClient(url).get_experiment_by_name("x"))
+    assert served == [status] * 3  # the first request and the client's 2 retries
+    found = tracking_outage(exc, mlflow_unavailable)
+    assert (found is not None and str(status) in str(found)) is outage, exc
+
+
+def test_a_worker_waits_out_a_gateway_outage(no_client_retries: None, monkeypatch: pytest.MonkeyPatch,
+                                            counted_answers: Callable[[list[int]], tuple[str, list[int]]],
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(tracking, "RETRY_SECONDS", 0.0)
+    url, served = counted_answers([502, 502, 504, 503])  # a proxy whose MLflow is restarting, then MLflow
+    assert tracking.retry(lambda: MlflowClient(url).get_experiment_by_name("x"), "get experiment", url) is None
+    assert served == [502, 502, 504, 503, 404]
+    err = capsys.readouterr().err
+    assert f"MLflow at {url} unreachable (MlflowException)" in err and "is back; get experiment done" in err
 
 
 def test_a_server_error_is_not_an_outage(no_client_retries: None, http_status: Callable[[int], str]) -> None:
