@@ -67,6 +67,7 @@ class ReportData:
     config: dict[str, Any]  # one trial's resolved training config
     workdir: Path
     params: list[str] = field(default_factory=list)  # varied param names, in axis order
+    merged: dict[str, str] = field(default_factory=dict)  # arm label -> the cell label it equals in this run
 
     @property
     def cells(self) -> list[str]:
@@ -96,7 +97,8 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
     trials = _order(trials, axes)
     params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c not in RUN_PARAMS)
     return ReportData(name, spec, study_yaml, dict(parent.data.tags) if parent else {}, trials, attempts,
-                      fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params)
+                      fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params,
+                      dict(study.merged) if study is not None else {})
 
 
 def _not_found(name: str, tracker: Tracker) -> str:
