@@ -14,6 +14,7 @@ from test_stats import power_at
 
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
+from ablation.report import plots
 from ablation.report.build import build_report
 from ablation.report.stats import paired_effect
 from ablation.report.text import fmt
@@ -156,3 +157,15 @@ def test_glossary_lists_what_each_metric_responds_to(page: str) -> None:
         assert rows[key][1:] == [metric.direction, metric.description, metric.responds_to or "–"]
     assert registry.METRICS["eval/style/kid_rand"].responds_to  # the registry documents it: the page shows it
     assert "loss/g/adv" not in rows  # losses are not quality metrics: only the ones the tables compare
+
+
+def test_effects_plot_has_a_dot_per_seed(page: str) -> None:
+    rows = [{"axis": "style_weight", "level": level, "metric": metric, "direction": "minimize",
+             "significant": False, "effect": paired_effect({0: 1.0, 1: 2.0, 2: 3.0}, dict(enumerate(values)))}
+            for level, metric, values in (("10", "kid", (1.5, 2.0)), ("30", "kid", (2.0, 2.5, 4.0)),
+                                          ("30", "ssim", (1.0, 2.0, 3.0)))]
+    fig = plots.effects_figure(rows)
+    assert len(fig.axes) == 2  # one panel per metric
+    dots = [c.get_offsets()[:, 0].tolist() for ax in fig.axes for c in ax.collections if len(c.get_offsets()) > 1]
+    assert dots == [[0.5, 0.0], [1.0, 0.5, 1.0], [0.0, 0.0, 0.0]]  # each seed's difference, in seed order
+    assert 'id="effects-plot"' in page
