@@ -27,7 +27,7 @@ import pandas as pd
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
 from ablation.report import plots
-from ablation.report.data import M, P, ReportData, artifact_bytes, collect, sample_run
+from ablation.report.data import M, P, ReportData, artifact_bytes, collect, retried_after_divergence, sample_run
 from ablation.report.notes import gap_notes, glossary, setup_section, shown_eval_keys
 from ablation.report.search import search_section
 from ablation.report.stats import mean_ci, pareto_front, turning_point
@@ -130,10 +130,11 @@ def objective_metrics(data: ReportData) -> tuple[list[tuple[str, str]], str]:
 def trial_table(data: ReportData, metrics: list[tuple[str, str]]) -> dict[str, Any]:
     shown = list(dict.fromkeys([m for m, _ in metrics] + [k for k in MAIN_EVAL if data.has_metric(k)]))
     head = ["cell", "seed", "outcome", *(p.rsplit(".", 1)[-1] for p in data.params), *shown, "run time"]
-    rows = []
+    rows, retried = [], retried_after_divergence(data.attempts)
     for row in data.trials.to_dict("records"):
         outcome = (f"diverged at step {fmt(row['diverged_step'])}" if row["outcome"] == Outcome.DIVERGED
                    and pd.notna(row.get("diverged_step")) else row["outcome"])
+        outcome = f"{outcome} ({retried[row['key']]})" if row["key"] in retried else outcome
         cells = [(row["label"], row["label"]), (fmt(row["seed"]), row["seed"]), (outcome, outcome)]
         cells += [(fmt(row.get(P + p)), _sort_key(row.get(P + p))) for p in data.params]
         cells += [(fmt(row.get(M + k)), _sort_key(row.get(M + k))) for k in shown]

@@ -145,6 +145,20 @@ def _int(text: str | None) -> int | None:
         return None
 
 
+def retried_after_divergence(attempts: pd.DataFrame) -> dict[str, str]:
+    """key -> 'diverged on attempt 1, finished on attempt 2' for each trial that a re-run finished after it
+    diverged: the newest attempt is what the tables use, and this keeps the earlier outcome visible."""
+    notes: dict[str, str] = {}
+    if attempts.empty:
+        return notes
+    for key, group in attempts.sort_values("start_ms").groupby("key", sort=False):
+        outcomes = [str(o) for o in group["outcome"]]
+        if "diverged" in outcomes[:-1] and outcomes[-1] != "diverged":
+            notes[str(key)] = (f"diverged on attempt {outcomes.index('diverged') + 1}, {outcomes[-1]} on attempt "
+                               f"{len(outcomes)}")
+    return notes
+
+
 def newest_per_key(attempts: pd.DataFrame) -> pd.DataFrame:
     """A re-run supersedes an abandoned attempt: newest FINISHED run per key, else the newest of any."""
     ranked = attempts.assign(_done=attempts["status"].eq("FINISHED")).sort_values(["_done", "start_ms"])
