@@ -183,6 +183,7 @@ def best(
                                         "champion)"),
     reports: Path = typer.Option(Path("reports"), help="reports folder (its path is tagged on a registration)"),
     tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+    allow_diverged: bool = typer.Option(False, help="--register may pick a cell with a diverged seed"),
 ) -> None:
     """Rank the finished trials: cells by their mean over seeds (95% interval), with run ids and weights."""
     import json
@@ -200,9 +201,12 @@ def best(
     if register is not None:
         from ablation.report.best import register_best
 
-        cell, version, model_uri = register_best(tracker, name, spec, register, reports, metric)
+        cell, version, model_uri = register_best(tracker, name, spec, register, reports, metric, allow_diverged)
+        skipped = [c.label for c in cells if c.rank < cell.rank]
         typer.echo(f"registered {register} version {version} (alias champion): {cell.label} seed "
-                   f"{cell.trials[0].seed}, {model_uri}", err=json_out)
+                   f"{cell.trials[0].seed}, {model_uri}" + (f" (passed over for diverged seeds: {', '.join(skipped)};"
+                                                           " --allow-diverged to allow)" if skipped else ""),
+                   err=json_out)
     if json_out:
         typer.echo(json.dumps(as_json(chosen, direction, cells), indent=2))
     else:

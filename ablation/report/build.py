@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
-import itertools
 import math
 import re
 import tempfile
@@ -29,8 +28,9 @@ from ablation.outcomes import Outcome
 from ablation.report import plots
 from ablation.report.balance import balance_section
 from ablation.report.control import control_line
-from ablation.report.data import M, P, ReportData, artifact_bytes, collect, sample_run
+from ablation.report.data import M, P, ReportData, collect, retried_after_divergence
 from ablation.report.notes import gap_notes, glossary, setup_section, shown_eval_keys
+from ablation.report.samples import sample_grid
 from ablation.report.search import search_section
 from ablation.report.stats import mean_ci, pareto_front, turning_point
 from ablation.report.text import duration, fmt
@@ -65,8 +65,9 @@ def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_di
             "name": study_name, "setup": setup_section(data), "note": metric_note,
             "legend": [(data.label(c), colors[c]) for c in data.cells],
             "table": table, "gaps": gaps, "effects": effects, "axes": data.axes,
+            "effects_plot": plots.effects_plot(effects) if any(r["effect"].n for r in effects) else None,
             "cells": cell_rows(data), "curves": curve_section(data, colors),
-            "scatter": scatter_section(data, colors, metrics), "samples": sample_sheet(data, tracker),
+            "scatter": scatter_section(data, colors, metrics), "samples": sample_grid(data, tracker),
             "search": search_section(data, storage_url) if _is_search(data) else None,
             "balance": balance_section(data, tracker, colors),
             "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -135,10 +136,11 @@ def objective_metrics(data: ReportData) -> tuple[list[tuple[str, str]], str]:
 def trial_table(data: ReportData, metrics: list[tuple[str, str]]) -> dict[str, Any]:
     shown = list(dict.fromkeys([m for m, _ in metrics] + [k for k in MAIN_EVAL if data.has_metric(k)]))
     head = ["cell", "seed", "outcome", *(p.rsplit(".", 1)[-1] for p in data.params), *shown, "run time"]
-    rows = []
+    rows, retried = [], retried_after_divergence(data.attempts)
     for row in data.trials.to_dict("records"):
         outcome = (f"diverged at step {fmt(row['diverged_step'])}" if row["outcome"] == Outcome.DIVERGED
                    and pd.notna(row.get("diverged_step")) else row["outcome"])
+        outcome = f"{outcome} ({retried[row['key']]})" if row["key"] in retried else outcome
         cells = [(row["label"], row["label"]), (fmt(row["seed"]), row["seed"]), (outcome, outcome)]
         cells += [(fmt(row.get(P + p)), _sort_key(row.get(P + p))) for p in data.params]
         cells += [(fmt(row.get(M + k)), _sort_key(row.get(M + k))) for k in shown]
@@ -232,27 +234,3 @@ def scatter_section(data: ReportData, colors: dict[str, str], metrics: list[tupl
 
 
 # ---- (6) sample sheet --------------------------------------------------------------------------------------
-def sample_sheet(data: ReportData, tracker: Tracker) -> dict[str, Any]:
-    """Rows = levels of the first axis (or arms), columns = the other axes' level combinations."""
-    by_levels = {tuple(str(r.get(P + a.name)) for a in data.axes): c for c, r in
-                 data.trials.drop_duplicates("cell").set_index("cell").iterrows()} if data.axes else {}
-    if data.axes:
-        row_axis, col_axes = data.axes[0], data.axes[1:]
-        columns = list(itertools.product(*(a.levels for a in col_axes)))
-        rows = [(f"{row_axis.short}={lv}" if row_axis.name != "arm" else lv,
-                 [by_levels.get((lv, *combo)) for combo in columns]) for lv in row_axis.levels]
-        heads = [" ".join(f"{a.short}={v}" for a, v in zip(col_axes, combo, strict=True)) for combo in columns]
-    else:
-        rows, heads = [(data.label(c), [c]) for c in data.cells], [""]
-    return {"heads": heads, "rows": [(title, [_sample(data, tracker, c) for c in cells]) for title, cells in rows]}
-
-
-def _sample(data: ReportData, tracker: Tracker, cell: str | None) -> dict[str, Any] | None:
-    run = sample_run(data.trials, cell) if cell is not None else None
-    if run is None:
-        return None
-    png = artifact_bytes(tracker, run["run_id"], "samples/final.png", data.workdir)
-    gif = artifact_bytes(tracker, run["run_id"], "samples/evolution.gif", data.workdir)
-    return {"label": run["label"], "seed": run["seed"], "outcome": run["outcome"],
-            "png": plots.data_uri(png, "image/png") if png else None,
-            "gif": plots.data_uri(gif, "image/gif") if gif else None}

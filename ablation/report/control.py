@@ -9,7 +9,7 @@ from typing import Any
 
 from ablation.outcomes import Outcome
 from ablation.report.data import ReportData
-from ablation.report.stats import ALPHA, paired_effect
+from ablation.report.stats import ALPHA, min_detectable_effect, paired_effect
 from ablation.report.text import fmt
 from ablation.report.verdicts import _per_seed
 from ablation.study.spec import format_value
@@ -31,11 +31,12 @@ def control_line(data: ReportData) -> dict[str, Any] | None:
     others = [a.name for a in data.axes if a is not axis]
     base, level = _per_seed(done, axis.name, axis.baseline, shown, others, control.metric)
     effect = paired_effect(base, level)
-    if effect.n < 2 or effect.sd == 0:
-        return {"text": f"{head}. Not tested: {effect.n} paired seed(s) with a spread.", "met": False}
+    if not effect.tested:
+        return {"text": f"{head}. Not tested: {effect.untested or 'no paired seeds'}.", "met": False}
+    mde = min_detectable_effect(effect.n, effect.sd)  # one pre-stated test: alpha 0.05, no family
     right_way = (effect.mean < 0) == (control.expect == "lower")
     met = right_way and effect.p < ALPHA
     result = "met" if met else "NOT met: the study could not detect the effect it was built to detect"
     return {"met": met, "text": f"{head}. Result: Δ {fmt(effect.mean)} [{fmt(effect.lo)}, {fmt(effect.hi)}] "
-                                f"(95% CI, n = {effect.n} seeds), p {fmt(effect.p, 3)}, MDE {fmt(effect.mde, 3)}: "
+                                f"(95% CI, n = {effect.n} seeds), p {fmt(effect.p, 3)}, MDE {fmt(mde, 3)}: "
                                 f"{result}."}

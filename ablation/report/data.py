@@ -67,6 +67,7 @@ class ReportData:
     config: dict[str, Any]  # one trial's resolved training config
     workdir: Path
     params: list[str] = field(default_factory=list)  # varied param names, in axis order
+    merged: dict[str, str] = field(default_factory=dict)  # arm label -> the cell label it equals in this run
 
     @property
     def cells(self) -> list[str]:
@@ -96,7 +97,8 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
     trials = _order(trials, axes)
     params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c not in RUN_PARAMS)
     return ReportData(name, spec, study_yaml, dict(parent.data.tags) if parent else {}, trials, attempts,
-                      fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params)
+                      fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params,
+                      dict(study.merged) if study is not None else {})
 
 
 def _not_found(name: str, tracker: Tracker) -> str:
@@ -141,6 +143,20 @@ def _int(text: str | None) -> int | None:
         return int(text) if text not in (None, "") else None
     except ValueError:
         return None
+
+
+def retried_after_divergence(attempts: pd.DataFrame) -> dict[str, str]:
+    """key -> 'diverged on attempt 1, finished on attempt 2' for each trial that a re-run finished after it
+    diverged: the newest attempt is what the tables use, and this keeps the earlier outcome visible."""
+    notes: dict[str, str] = {}
+    if attempts.empty:
+        return notes
+    for key, group in attempts.sort_values("start_ms").groupby("key", sort=False):
+        outcomes = [str(o) for o in group["outcome"]]
+        if "diverged" in outcomes[:-1] and outcomes[-1] != "diverged":
+            notes[str(key)] = (f"diverged on attempt {outcomes.index('diverged') + 1}, {outcomes[-1]} on attempt "
+                               f"{len(outcomes)}")
+    return notes
 
 
 def newest_per_key(attempts: pd.DataFrame) -> pd.DataFrame:

@@ -153,6 +153,40 @@ def importance_plot(importances: Mapping[str, Mapping[str, float]]) -> str:
 
 
 @styled
+def effects_plot(rows: Sequence[Mapping[str, object]]) -> str:
+    """Per metric, each comparison's Δ: every seed's difference as a dot, the mean and its unadjusted t-interval."""
+    return figure_uri(effects_figure(rows))
+
+
+def effects_figure(rows: Sequence[Mapping[str, object]]) -> Figure:
+    """The effects plot's figure (its seed dots are one scatter collection per comparison, for the tests)."""
+    metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
+    per_metric = {m: [r for r in rows if r["metric"] == m] for m in metrics}
+    height = max(len(v) for v in per_metric.values())
+    fig = Figure(figsize=(3.4 * len(metrics), 0.9 + 0.32 * height))
+    for ax, metric in zip(fig.subplots(1, len(metrics), squeeze=False)[0], metrics, strict=True):
+        for y, row in enumerate(per_metric[metric]):
+            effect = row["effect"]
+            if getattr(effect, "has_interval", False):
+                ax.plot([effect.lo, effect.hi], [y, y], color="#555", lw=1.2)
+            if effect.diffs:  # one dot per seed: with 3 seeds the reader sees the spread the mean hides
+                ax.scatter(effect.diffs, [y] * len(effect.diffs), s=16, facecolor="white", edgecolor="#1f77b4",
+                           lw=1, zorder=3)
+            if math.isfinite(effect.mean):
+                ax.scatter([effect.mean], [y], s=30, marker="D", color="black" if row["significant"] else "#888",
+                           zorder=4)
+        ax.axvline(0, color="#c00", lw=0.8, ls=":")
+        ax.set_yticks(range(len(per_metric[metric])),
+                      [plain(f"{r['axis']}={r['level']}") for r in per_metric[metric]])
+        ax.set_ylim(len(per_metric[metric]) - 0.5, -0.5)
+        direction = "lower is better" if per_metric[metric][0]["direction"] == "minimize" else "higher is better"
+        ax.set_xlabel(f"Δ {plain(metric)} ({direction})")
+        ax.grid(axis="x", alpha=0.25)
+    fig.tight_layout()
+    return fig
+
+
+@styled
 def share_plot(label: str, shares: pd.DataFrame) -> str:
     """G's gradient shares over steps as stacked areas (columns step, phase, term, share; mean over seeds): the
     init phase's terms, then the GAN phase's, on one step axis."""

@@ -16,7 +16,17 @@ import pandas as pd
 
 from ablation.outcomes import Outcome
 from ablation.report.data import Axis, M, P, ReportData
-from ablation.report.stats import ALPHA, POWER, Effect, holm, paired_effect
+from ablation.report.stats import (
+    ALPHA,
+    POWER,
+    Effect,
+    holm,
+    holm_first_alpha,
+    min_detectable_effect,
+    paired_effect,
+    pooled_sd,
+    sd_interval,
+)
 from ablation.report.text import diverged_note, fmt
 
 
@@ -50,26 +60,51 @@ def effect_rows(data: ReportData, metrics: list[tuple[str, str]]) -> list[dict[s
                 base, other = _per_seed(done, axis.name, axis.baseline, level, [a.name for a in others], metric)
                 rows.append({"axis": axis.short, "level": level, "baseline": axis.baseline, "metric": metric,
                              "direction": direction, "effect": paired_effect(base, other), "runs": runs})
+    family = sum(1 for r in rows if r["effect"].tested)
+    first_alpha = holm_first_alpha(family)  # what the smallest p must beat for any verdict at all
+    pooled = {m: pooled_sd([r["effect"] for r in rows if r["metric"] == m]) for m, _ in metrics}
     for row, p_holm in zip(rows, holm([r["effect"].p for r in rows]), strict=True):
         effect: Effect = row["effect"]
-        row["p_holm"] = p_holm
+        row["p_holm"], row["family"] = p_holm, family
         row["significant"] = math.isfinite(p_holm) and p_holm < ALPHA
-        row["tone"], row["verdict"] = verdict(effect, row["significant"], row["direction"], row["runs"])
+        same_as = data.merged.get(row["level"], "") if row["axis"] == "arm" else ""
+        row["tone"], row["verdict"] = verdict(effect, row["significant"], row["direction"], row["runs"], same_as)
+        row["mde"] = _mde(effect, *pooled[row["metric"]], first_alpha)
+        better = sum(1 for d in effect.diffs if (d < 0) == (row["direction"] == "minimize") and d != 0)
         row["text"] = {"n": effect.n, "mean": fmt(effect.mean), "p": fmt(effect.p, 3), "p_holm": fmt(p_holm, 3),
-                       "mde": fmt(effect.mde, 3), "diverged": "; ".join(row["runs"].notes()),
+                       "mde": _mde_text(row["mde"]), "diverged": "; ".join(row["runs"].notes()),
+                       "improve": f"{better} of {effect.n}" if effect.n else "–",
+                       "seeds": ", ".join(fmt(d) for d in effect.diffs),
                        "ci": (f"[{fmt(effect.lo)}, {fmt(effect.hi)}]" if effect.has_interval else
-                              "1 seed: no interval" if effect.n == 1 else "no paired seeds")}
+                              "1 seed: no interval" if effect.n == 1 else
+                              "zero variance: no interval" if effect.n and effect.sd == 0 else "no paired seeds")}
     return rows
 
 
-def verdict(effect: Effect, significant: bool, direction: str, runs: Runs) -> tuple[str, str]:
-    """(css tone, text): 'better (2 of 3 seeds; 1 of 3 seeds diverged)', 'no difference detected (n = 3 seeds)'.
+def _mde(effect: Effect, sd: float, df: int, alpha: float) -> tuple[float, float, float]:
+    """(MDE, low, high) at Holm's first-step alpha on this comparison's seeds, from the metric's pooled sd and
+    the ends of that sd's 95 % interval; nan for a comparison that is not tested."""
+    if not effect.tested:
+        return math.nan, math.nan, math.nan
+    low, high = sd_interval(sd, df)
+    return tuple(min_detectable_effect(effect.n, s, alpha) for s in (sd, low, high))  # type: ignore[return-value]
+
+
+def _mde_text(mde: tuple[float, float, float]) -> str:
+    return f"{fmt(mde[0], 3)} ({fmt(mde[1], 3)}–{fmt(mde[2], 3)})" if math.isfinite(mde[0]) else "–"
+
+
+def verdict(effect: Effect, significant: bool, direction: str, runs: Runs, same_as: str = "") -> tuple[str, str]:
+    """(css tone, text): 'better (3 of 4 seeds; 1 of 4 seeds diverged)', 'no difference detected (n = 3 seeds)'.
 
     'No difference detected', not 'does not differ': with 3 seeds only large effects are detectable (the MDE
-    column says how large), so absence of evidence is all a null result shows.
+    column says how large), so absence of evidence is all a null result shows. Fewer than 3 paired seeds or
+    identical differences on every seed give no test and no verdict, only the reason.
     """
-    if effect.n < 2:
-        tone, head = "", "not tested"
+    if same_as:
+        return "", f"identical to {same_as} in this run (no ImageNet file)"
+    if not effect.tested:
+        tone, head = "", f"not tested: {effect.untested}" if effect.untested else "not tested"
     elif significant:
         tone = "better" if (effect.mean < 0) == (direction == "minimize") else "worse"
         head = tone
@@ -125,18 +160,19 @@ def summary_lines(data: ReportData, effects: list[dict[str, Any]], metrics: list
     for row in (r for r in effects if r["significant"]):
         e, t = row["effect"], row["text"]
         lines.append(f"{row['axis']}={row['level']} vs {row['baseline']}: {row['metric']} is "
-                     f"{'higher' if e.mean > 0 else 'lower'} by {fmt(abs(e.mean))} (95% CI {t['ci']}, "
+                     f"{'higher' if e.mean > 0 else 'lower'} by {fmt(abs(e.mean))} (unadjusted 95% CI {t['ci']}, "
                      f"Holm p = {t['p_holm']}): {row['verdict']}.")
-    tested = [r for r in effects if math.isfinite(r["p_holm"])]
+    tested = [r for r in effects if r["effect"].tested]
     if effects and not tested:
-        lines.append("No comparison has two or more paired finished seeds yet: nothing can be tested.")
+        lines.append("No comparison has three or more paired finished seeds with differing differences: nothing "
+                     "can be tested.")
     elif effects and not lines:
         sizes = sorted({r["effect"].n for r in tested})
         n = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
         lines.append(f"No difference detected between any level and its baseline at Holm-adjusted p < {ALPHA} on "
                      f"{', '.join(m for m, _ in metrics)} (n = {n} seeds; {len(tested)} of {len(effects)} "
                      f"comparisons testable). With so few seeds only large effects are detectable: the MDE column "
-                     f"gives, per comparison, the smallest difference detected with {POWER:.0%} power.")
+                     f"gives the smallest |Δ| these seeds detect with {POWER:.0%} power at Holm's first step.")
     if any(r["text"]["ci"] == "1 seed: no interval" for r in effects):
         lines.append("Some comparisons rest on a single seed: they show a difference but no interval or test.")
     diverged = int((data.trials["outcome"] == Outcome.DIVERGED).sum()) if not data.trials.empty else 0

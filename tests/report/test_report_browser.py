@@ -16,6 +16,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run", "--disable-sync"]
 
 pytestmark = pytest.mark.browser
+# the sample grid as laid out: rows, header cells, its width and the content width of its container
+GRID_JS = """t => { const box = getComputedStyle(t.parentElement);
+  return [t.tBodies[0].rows.length, t.tHead.rows[0].cells.length, t.getBoundingClientRect().width,
+          t.parentElement.clientWidth - parseFloat(box.paddingLeft) - parseFloat(box.paddingRight)]; }"""
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +46,7 @@ def test_report_renders_offline(report_path: Path, tmp_path: Path) -> None:
             page.goto(report_path.as_uri(), wait_until="load")
             page.wait_for_function("Array.from(document.images).every(img => img.complete)")
             widths = page.eval_on_selector_all("img", "imgs => imgs.map(img => [img.alt, img.naturalWidth])")
+            grid = page.eval_on_selector("#sample-grid", GRID_JS)
             header = page.locator("#trial-table th").nth(1)  # seed column: sorting must not break the page
             header.click()
             header.click()
@@ -53,6 +58,8 @@ def test_report_renders_offline(report_path: Path, tmp_path: Path) -> None:
     assert not [url for url in requests if url.startswith(("http://", "https://"))], requests
     assert widths and all(width > 0 for _, width in widths), [alt for alt, width in widths if width == 0]
     assert seeds == sorted(seeds, reverse=True)  # second click: descending
+    assert grid[:2] == [8, 4]  # a row per cell and seed; label, 2 photos, the GIF
+    assert grid[2] >= 0.99 * grid[3]  # the grid fills the width it has
     assert not [m for m in console if "Content Security Policy" in m or "Refused to" in m], console
     data = shot.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 50_000

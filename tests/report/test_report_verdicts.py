@@ -7,11 +7,18 @@ import math
 
 import pytest
 import yaml
+from scipy import stats as sps
+from scipy.optimize import brentq
 from test_report import tables_of
+from test_stats import power_at
 
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
+from ablation.report import plots
 from ablation.report.build import build_report
+from ablation.report.stats import paired_effect
+from ablation.report.text import fmt
+from ablation.report.verdicts import Runs, verdict
 from ablation.study.spec import load_study
 from ablation.study.tracking import Tracker
 
@@ -69,23 +76,46 @@ def effect(page: str, level: str, metric: str) -> list[str]:
     return next(r for r in tables_of(page)["effects-table"] if r[1] == level and r[3] == metric)
 
 
-def test_a_gain_on_the_surviving_seeds_names_the_diverged_one(page: str) -> None:
+def test_a_gain_on_two_surviving_seeds_is_shown_but_not_tested(page: str) -> None:
     row = effect(page, "10", "eval/style/kid_rand")
-    # diffs -1.000, -1.001: t = 2001 on 1 df, p = 2 atan(1/2001) / pi = 3.18e-4; Holm over 4 comparisons x4
-    assert row[5] == "2" and float(row[9]) == pytest.approx(3.18e-4, rel=0.01)
-    assert float(row[10]) == pytest.approx(1.27e-3, rel=0.01)
-    assert row[11] == "better (2 of 3 seeds; 1 of 3 seeds diverged)"
-    assert effect(page, "10", "eval/content/ssim_luma_blur")[11] == \
-        "no difference detected (2 of 3 seeds; 1 of 3 seeds diverged)"
-    assert "better (2 of 3 seeds; 1 of 3 seeds diverged).</li>" in page  # the summary line says it too
+    # diffs -1.000, -1.001 on the 2 seeds that finished: shown per seed, with its interval, but 1 df is no test
+    # (it used to read "better" at p = 3.18e-4) and it is not in the Holm family
+    assert row[5] == "2" and row[7] == "[-1.007, -0.9941]" and row[8] == "-1, -1.001" and row[9] == "2 of 2"
+    assert row[10:13] == ["–", "–", "–"]
+    assert row[13] == "not tested: 2 paired seeds, fewer than 3 (2 of 3 seeds; 1 of 3 seeds diverged)"
+    assert effect(page, "10", "eval/content/ssim_luma_blur")[8:10] == ["0.01, -0.01", "1 of 2"]
+
+
+def test_holm_family_is_the_tested_comparisons(page: str) -> None:
+    # 4 comparisons, 2 with a p (style 30): Holm over 2, and the page says 2, not 4
+    assert "Holm correction across the 2 tested comparisons" in page
+    assert float(effect(page, "30", "eval/style/kid_rand")[12]) == pytest.approx(2 * 0.07418, abs=1e-3)
+    assert "rules out" not in page and "rule out" not in page
 
 
 def test_a_null_result_says_no_difference_detected_with_its_mde(page: str) -> None:
     row = effect(page, "30", "eval/style/kid_rand")
-    # diffs 1, 2, 3: CI 2 +- 4.3027 / sqrt 3; MDE 3.2640 x sd 1 (test_stats pins both)
-    assert row[6] == "2" and row[7] == "[-0.4841, 4.484]" and row[8] == "3.26"
-    assert row[11] == "no difference detected (n = 3 seeds)"
+    # diffs 1, 2, 3: unadjusted CI 2 +- 4.3027 / sqrt 3
+    assert row[6] == "2" and row[7] == "[-0.4841, 4.484]" and row[9] == "0 of 3"
+    # MDE at Holm's first step (0.05 / 2) on 3 seeds, from kid_rand's sd pooled over both comparisons
+    # (sd 1 on 2 df, sd 0.000707 on 1 df), with the chi-square 95 % range of that sd on 3 df
+    d = brentq(lambda x: power_at(x, 3, 0.025) - 0.8, 0.5, 100.0)
+    pooled = math.sqrt((2 * 1.0 + 1 * 0.0005 ** 2 * 2) / 3)
+    low, high = (pooled * math.sqrt(3 / sps.chi2.ppf(q, 3)) for q in (0.975, 0.025))
+    assert row[10] == f"{fmt(d * pooled, 3)} ({fmt(d * low, 3)}–{fmt(d * high, 3)})" == "3.78 (2.14–14.1)"
+    assert row[13] == "no difference detected (n = 3 seeds)"
     assert "does not differ" not in page and "No level differs" not in page
+
+
+def test_verdicts_for_untested_merged_and_diverged_comparisons() -> None:
+    runs = Runs("seeds", 4, 4, 1, 4, 0)
+    same = paired_effect({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.5, 1: 2.5, 2: 3.5})  # +0.5 on every seed: used to be p 0
+    assert verdict(same, False, "minimize", Runs("seeds", 3, 3, 0, 3, 0)) == \
+        ("", "not tested: identical differences on every seed (zero variance) (n = 3 seeds)")
+    gain = paired_effect({0: 2.0, 1: 3.0, 2: 4.0}, {0: 1.0, 1: 1.9, 2: 3.1})
+    assert verdict(gain, True, "minimize", runs) == ("better", "better (3 of 4 seeds; 1 of 4 seeds diverged)")
+    assert verdict(paired_effect({}, {}), False, "minimize", Runs("seeds", 3, 0, 0, 3, 0), "exp3") == \
+        ("", "identical to exp3 in this run (no ImageNet file)")
 
 
 def test_pareto_points_carry_their_divergence(page: str) -> None:
@@ -127,3 +157,15 @@ def test_glossary_lists_what_each_metric_responds_to(page: str) -> None:
         assert rows[key][1:] == [metric.direction, metric.description, metric.responds_to or "–"]
     assert registry.METRICS["eval/style/kid_rand"].responds_to  # the registry documents it: the page shows it
     assert "loss/g/adv" not in rows  # losses are not quality metrics: only the ones the tables compare
+
+
+def test_effects_plot_has_a_dot_per_seed(page: str) -> None:
+    rows = [{"axis": "style_weight", "level": level, "metric": metric, "direction": "minimize",
+             "significant": False, "effect": paired_effect({0: 1.0, 1: 2.0, 2: 3.0}, dict(enumerate(values)))}
+            for level, metric, values in (("10", "kid", (1.5, 2.0)), ("30", "kid", (2.0, 2.5, 4.0)),
+                                          ("30", "ssim", (1.0, 2.0, 3.0)))]
+    fig = plots.effects_figure(rows)
+    assert len(fig.axes) == 2  # one panel per metric
+    dots = [c.get_offsets()[:, 0].tolist() for ax in fig.axes for c in ax.collections if len(c.get_offsets()) > 1]
+    assert dots == [[0.5, 0.0], [1.0, 0.5, 1.0], [0.0, 0.0, 0.0]]  # each seed's difference, in seed order
+    assert 'id="effects-plot"' in page

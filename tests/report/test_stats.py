@@ -7,8 +7,21 @@ import warnings
 
 import pytest
 from scipy import stats as sps
+from scipy.optimize import brentq
+from statsmodels.stats.power import TTestPower
 
-from ablation.report.stats import holm, mean_ci, min_detectable_effect, paired_effect, pareto_front, turning_point
+from ablation.report.stats import (
+    Effect,
+    holm,
+    holm_first_alpha,
+    mean_ci,
+    min_detectable_effect,
+    paired_effect,
+    pareto_front,
+    pooled_sd,
+    sd_interval,
+    turning_point,
+)
 
 T_975_DF2 = 4.302653  # t(0.975, df=2), from a table
 T_975_DF1 = 12.706205
@@ -26,9 +39,8 @@ def test_paired_effect_diffs_1_2_3() -> None:
     assert effect.hi == pytest.approx(2.0 + half, abs=1e-5)
     # t = 2 / (1/sqrt 3) = 3.4641 on 2 df: two-sided p = 0.07418
     assert effect.p == pytest.approx(0.07418, abs=1e-4)
-    assert not effect.single_seed and effect.has_interval
-    # 80% power at two-sided 0.05 on 3 pairs needs d = 3.2640 (see test_min_detectable_effect): sd 1 -> 3.264
-    assert effect.mde == pytest.approx(3.26404, abs=1e-4)
+    assert not effect.single_seed and effect.has_interval and effect.tested
+    assert effect.diffs == (1.0, 2.0, 3.0)
 
 
 def test_paired_effect_uses_only_shared_finite_seeds() -> None:
@@ -39,6 +51,8 @@ def test_paired_effect_uses_only_shared_finite_seeds() -> None:
     assert effect.mean == pytest.approx(2.0)
     assert effect.sd == pytest.approx(math.sqrt(2))
     assert effect.hi - effect.mean == pytest.approx(T_975_DF1 * math.sqrt(2) / math.sqrt(2), abs=1e-5)
+    # 2 seeds: an interval, but no test (1 df) and so never a verdict
+    assert math.isnan(effect.p) and effect.untested == "2 paired seeds, fewer than 3"
 
 
 def test_single_seed_marker() -> None:
@@ -55,13 +69,15 @@ def test_identical_differences_give_a_point_interval_without_warnings() -> None:
         warnings.simplefilter("error")  # scipy's precision-loss warning must not reach the report's log
         shifted = paired_effect({0: 1.0, 1: 2.0, 2: 3.0}, {0: 1.5, 1: 2.5, 2: 3.5})
         same = paired_effect({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})
-    assert (shifted.mean, shifted.lo, shifted.hi, shifted.p, shifted.mde) == (0.5, 0.5, 0.5, 0.0, 0.0)
-    assert (same.mean, same.p) == (0.0, 1.0)
+    # identical non-zero differences used to give p = 0, a zero-width CI and a "better" verdict: now flagged
+    assert shifted.mean == 0.5 and shifted.sd == 0.0 and not shifted.tested and not shifted.has_interval
+    assert shifted.untested == "identical differences on every seed (zero variance)"
+    assert same.mean == 0.0 and not same.tested
 
 
-def power_at(d: float, n: int) -> float:
-    """Power of the two-sided paired t-test at alpha 0.05, from the noncentral t (independent of statsmodels)."""
-    crit = sps.t.ppf(0.975, n - 1)
+def power_at(d: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test at alpha, from the noncentral t (independent of statsmodels)."""
+    crit = sps.t.ppf(1 - alpha / 2, n - 1)
     nc = d * math.sqrt(n)
     lower = float(sps.nct.cdf(-crit, n - 1, nc))  # about 1e-11 and below; scipy returns nan for df 1
     return float(sps.nct.sf(crit, n - 1, nc)) + (0.0 if math.isnan(lower) else lower)
@@ -127,3 +143,32 @@ def test_turning_point_ignores_a_noisy_dip() -> None:
     values = [40.0 - s for s in steps]
     values[5] = 0.0  # one bad log point early on, the curve still only falls
     assert turning_point(steps, values, window=9) is None
+
+
+def test_mde_at_holms_first_step() -> None:
+    # the write-up demo's 14 tested comparisons on 3 seeds: a verdict needs p < 0.05/14 first
+    alpha = holm_first_alpha(14)
+    assert alpha == pytest.approx(0.05 / 14) and math.isnan(holm_first_alpha(0))
+    d = brentq(lambda x: power_at(x, 3, alpha) - 0.8, 0.5, 100.0)
+    # statsmodels agrees where its search bound (d <= 10) holds, and returns the bound 10 at alpha/14
+    for n in (3, 5):
+        assert min_detectable_effect(n, 1.0) == pytest.approx(
+            float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=0.05, power=0.8)), rel=1e-4)
+    assert min_detectable_effect(4, 1.0, 0.05 / 4) == pytest.approx(
+        float(TTestPower().solve_power(effect_size=None, nobs=4, alpha=0.05 / 4, power=0.8)), rel=1e-4)
+    assert min_detectable_effect(3, 1.0, alpha) == pytest.approx(d, rel=1e-4)
+    # the issue's figure: 3.75x the unadjusted MDE (and the unadjusted MDE has about 11% power at alpha/14)
+    assert d / min_detectable_effect(3, 1.0) == pytest.approx(3.75, abs=0.01)
+    assert power_at(3.26404, 3, alpha) == pytest.approx(0.11, abs=0.01)
+
+
+def test_pooled_sd_and_its_interval() -> None:
+    def with_sd(n: int, sd: float) -> Effect:
+        return Effect(n, 0.0, sd, -1.0, 1.0, 0.5)
+
+    sd, df = pooled_sd([with_sd(3, 1.0), with_sd(3, 2.0), with_sd(2, 3.0), with_sd(3, 0.0), with_sd(1, math.nan)])
+    assert df == 5 and sd == pytest.approx(math.sqrt((2 * 1 + 2 * 4 + 1 * 9) / 5))
+    low, high = sd_interval(1.0, 2)  # chi-square on 2 df: sigma / s in 0.52..6.3 (95 %)
+    assert low == pytest.approx(math.sqrt(2 / sps.chi2.ppf(0.975, 2))) and low == pytest.approx(0.52, abs=0.01)
+    assert high == pytest.approx(math.sqrt(2 / sps.chi2.ppf(0.025, 2))) and high == pytest.approx(6.28, abs=0.01)
+    assert math.isnan(pooled_sd([])[0]) and pooled_sd([])[1] == 0
