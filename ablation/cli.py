@@ -219,12 +219,14 @@ def stylize_command(
     import tempfile
 
     from ablation.config import RuntimeConfig
+    from ablation.data.media import list_sources
     from ablation.gan.device import resolve_device
     from ablation.gan.inference import load_generator
-    from ablation.gan.stylize import stylize_sources
+    from ablation.gan.stylize import planned_outputs, stylize_sources
     from ablation.study.models import resolve_model
     from ablation.study.tracking import Tracker
 
+    planned_outputs(list_sources(sources), sources, out)  # refuses overwriting or colliding outputs before any work
     target = resolve_device(RuntimeConfig(device=device))
     with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
         weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp))

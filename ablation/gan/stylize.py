@@ -16,6 +16,7 @@ from torch import nn
 
 from ablation.config import RuntimeConfig
 from ablation.data.media import frame_writer, is_video, list_sources, probe, read_frames, read_image, write_image
+from ablation.errors import UserError, problem
 from ablation.gan.inference import stylize
 
 BATCH_CUDA = 8  # video frames per forward pass on a GPU; a CPU gains nothing from batching
@@ -29,17 +30,40 @@ def output_path(source: Path, roots: list[Path], out_dir: Path) -> Path:
     return out_dir / source.name
 
 
+def planned_outputs(files: list[Path], roots: list[Path], out_dir: Path) -> list[Path]:
+    """Each source's output path; refused (one line, nothing written yet) when an output would overwrite an input
+    or two inputs would write one output: both lose a file the user has. Paths are resolved first, so
+    `DIR --out DIR`, `--out ./DIR` and a symlinked folder are all seen."""
+    inputs = {path.resolve(): path for path in files}
+    taken: dict[Path, Path] = {}
+    targets = []
+    for path in files:
+        target = output_path(path, roots, out_dir)
+        # an RGBA image bound for a JPEG is written as a PNG beside it (media.write_image): check that name too
+        for written in {target, target.with_suffix(".png")} if not is_video(path) else {target}:
+            resolved = written.resolve()
+            if resolved in inputs:
+                raise UserError(problem("--out", str(out_dir), "a folder where no output overwrites an input",
+                                        f"<{written} would overwrite the input {inputs[resolved]}>"))
+            if written == target and resolved in taken:
+                raise UserError(problem("--out", str(out_dir), "one output per input",
+                                        f"<{taken[resolved]} and {path} would both write {written}>"))
+        taken[target.resolve()] = path
+        targets.append(target)
+    return targets
+
+
 def stylize_sources(sources: list[Path], generator: nn.Module, device: torch.device, out_dir: Path,
                     side_by_side: bool = False, say: Callable[[str], None] | None = None) -> int:
     """Stylize every image and video found in `sources`; returns the number that failed."""
     say = say or (lambda line: print(line, file=sys.stderr, flush=True))
     files = list_sources(sources)
+    targets = planned_outputs(files, sources, out_dir)
     failed = 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[fps]}"))
     with Progress(*columns) as bar:
-        for path in files:
-            target = output_path(path, sources, out_dir)
+        for path, target in zip(files, targets, strict=True):
             task = bar.add_task(path.name[:40], total=None, fps="")
             try:
                 if is_video(path):
