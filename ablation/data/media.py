@@ -57,7 +57,7 @@ def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
 @dataclass(frozen=True)
 class VideoInfo:
     fps: float
-    size: tuple[int, int]  # (width, height)
+    size: tuple[int, int]  # (width, height) as displayed: a rotated clip's coded sides swapped
     frames: int
     duration_s: float
     has_audio: bool
@@ -78,8 +78,20 @@ def probe(path: Path) -> VideoInfo:
     if video is None:
         raise ValueError(f"no video stream ({header.strip().splitlines()[-1] if header.strip() else 'ffmpeg'})")
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-    return VideoInfo(float(video[3]), (int(video[1]), int(video[2])), frames, seconds,
-                     re.search(r"Stream #.*Audio:", header) is not None)
+    coded = (int(video[1]), int(video[2]))
+    # a phone's portrait clip is coded landscape with a rotation to display it: ffmpeg rotates the decoded frames
+    # (read_frames gets them upright), so the output must take the displayed size, or its rows are sheared
+    size = coded[::-1] if display_rotation(header) % 180 == 90 else coded
+    return VideoInfo(float(video[3]), size, frames, seconds, re.search(r"Stream #.*Audio:", header) is not None)
+
+
+def display_rotation(header: str) -> int:
+    """The first video stream's display rotation in degrees, 0..359, from ffmpeg's report: the display matrix
+    side data (ffmpeg >= 5: `rotation of -90.00 degrees`) or the older `rotate : 90` stream tag."""
+    stream = header[header.find("Video:"):] if "Video:" in header else ""
+    stream = stream[:match.start()] if (match := re.search(r"\n\s*Stream #", stream)) else stream
+    found = re.search(r"rotation of (-?[\d.]+) degrees", stream) or re.search(r"\brotate\s*:\s*(-?[\d.]+)", stream)
+    return round(float(found[1])) % 360 if found else 0
 
 
 def read_frames(path: Path) -> Iterator[np.ndarray]:
