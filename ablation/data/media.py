@@ -36,9 +36,21 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 [H, W, 3] RGB as displayed, uint8 [H, W] alpha or None)."""
-    with Image.open(path) as raw:
+def read_image(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint8 [H, W, 3] RGB as displayed, uint8 [H, W] alpha or None). With `max_pixels`, a larger image is
+    refused from its header, before a pixel is decoded (ValueError naming the limit)."""
+    if max_pixels is not None:
+        # PIL's decompression-bomb check set to the caller's cap, not PIL's default (89 MP warns, 179 MP fails):
+        # Image.open refuses beyond twice the cap from the header, and the check below refuses beyond the cap
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        raw = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ValueError(f"over twice the limit of {max_pixels} pixels (raise it with --max-pixels N)") from None
+    with raw:
+        if max_pixels is not None and raw.width * raw.height > max_pixels:
+            raise ValueError(f"{raw.width}x{raw.height} = {raw.width * raw.height} pixels is over the limit of "
+                             f"{max_pixels} (raise it with --max-pixels N)")
         image = ImageOps.exif_transpose(raw)
         alpha = np.asarray(image.getchannel("A")) if "A" in image.getbands() else None
         return np.asarray(image.convert("RGB")), alpha
