@@ -221,23 +221,33 @@ def stylize_command(
     side_by_side: bool = typer.Option(False, help="write input | output"),
     device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N"),
     tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+    tile: int = typer.Option(1024, min=0, help="run larger images in overlapping tiles of this side (bounds memory; "
+                             "0: whole images)"),
+    max_pixels: int = typer.Option(50_000_000, min=1, help="refuse an image or video frame with more pixels"),
 ) -> None:
     """Stylize images and videos with a trained generator; output sizes, frame rates and audio are kept."""
     import tempfile
 
     from ablation.config import RuntimeConfig
+    from ablation.data.media import list_sources
     from ablation.gan.device import resolve_device
     from ablation.gan.inference import load_generator
-    from ablation.gan.stylize import stylize_sources
+    from ablation.gan.stylize import Bounds, planned_outputs, stylize_sources
     from ablation.study.models import resolve_model
     from ablation.study.tracking import Tracker
 
+    if 0 < tile < 64:  # a tile must hold the generator's padding and context
+        from ablation.errors import UserError, problem
+
+        raise UserError(problem(None, "--tile", "0 (no tiles) or at least 64 pixels", tile))
+    planned_outputs(list_sources(sources), sources, out)  # refuses overwriting or colliding outputs before any work
     target = resolve_device(RuntimeConfig(device=device))
     with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
         weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp))
         generator = load_generator(weights, config, target)
     typer.echo(f"model: {where}; generator {config.model.generator}; device {target}")
-    failed = stylize_sources(sources, generator, target, out, side_by_side)
+    failed = stylize_sources(sources, generator, target, out, side_by_side,
+                             bounds=Bounds(tile=tile, max_pixels=max_pixels))
     typer.echo(f"outputs in {out}" + (f"; {failed} source(s) skipped" if failed else ""))
     raise typer.Exit(1 if failed else 0)
 

@@ -13,9 +13,12 @@ from typing import TextIO
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ablation.errors import UserError, problem
 from ablation.files import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
+# what a run leaves in its folder: any of them means `train --out` points at an earlier run
+RUN_FILES = ("config.yaml", METRICS_FILE, "checkpoint.pt", "generator.pt")
 
 
 def make_progress(transient: bool = False) -> Progress:
@@ -119,8 +122,20 @@ class MetricsFile:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
+def check_run_folder(out_dir: Path, resume: bool) -> None:
+    """Refuse, before any file is opened, to start a new run over an earlier one: its metrics would be truncated
+    and its weights overwritten at the first epoch. `--resume` continues it instead."""
+    if resume:
+        return
+    found = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if found:
+        raise UserError(problem(out_dir, "--out", "a new run folder (or --resume to continue the run in it)",
+                                f"<an earlier run: {', '.join(found)}>"))
+
+
 class TrainConsole:
     def __init__(self, out_dir: Path, resume: bool) -> None:
+        check_run_folder(out_dir, resume)
         self.metrics = MetricsFile(out_dir / METRICS_FILE, resume)
         self.bar = make_progress()
         self.task = self.bar.add_task("train", total=None, info="")

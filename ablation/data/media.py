@@ -36,9 +36,21 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_SUFFIXES
 
 
-def read_image(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 [H, W, 3] RGB as displayed, uint8 [H, W] alpha or None)."""
-    with Image.open(path) as raw:
+def read_image(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uint8 [H, W, 3] RGB as displayed, uint8 [H, W] alpha or None). With `max_pixels`, a larger image is
+    refused from its header, before a pixel is decoded (ValueError naming the limit)."""
+    if max_pixels is not None:
+        # PIL's decompression-bomb check set to the caller's cap, not PIL's default (89 MP warns, 179 MP fails):
+        # Image.open refuses beyond twice the cap from the header, and the check below refuses beyond the cap
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        raw = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ValueError(f"over twice the limit of {max_pixels} pixels (raise it with --max-pixels N)") from None
+    with raw:
+        if max_pixels is not None and raw.width * raw.height > max_pixels:
+            raise ValueError(f"{raw.width}x{raw.height} = {raw.width * raw.height} pixels is over the limit of "
+                             f"{max_pixels} (raise it with --max-pixels N)")
         image = ImageOps.exif_transpose(raw)
         alpha = np.asarray(image.getchannel("A")) if "A" in image.getbands() else None
         return np.asarray(image.convert("RGB")), alpha
@@ -57,7 +69,7 @@ def write_image(path: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> None:
 @dataclass(frozen=True)
 class VideoInfo:
     fps: float
-    size: tuple[int, int]  # (width, height)
+    size: tuple[int, int]  # (width, height) as displayed: a rotated clip's coded sides swapped
     frames: int
     duration_s: float
     has_audio: bool
@@ -78,8 +90,20 @@ def probe(path: Path) -> VideoInfo:
     if video is None:
         raise ValueError(f"no video stream ({header.strip().splitlines()[-1] if header.strip() else 'ffmpeg'})")
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
-    return VideoInfo(float(video[3]), (int(video[1]), int(video[2])), frames, seconds,
-                     re.search(r"Stream #.*Audio:", header) is not None)
+    coded = (int(video[1]), int(video[2]))
+    # a phone's portrait clip is coded landscape with a rotation to display it: ffmpeg rotates the decoded frames
+    # (read_frames gets them upright), so the output must take the displayed size, or its rows are sheared
+    size = coded[::-1] if display_rotation(header) % 180 == 90 else coded
+    return VideoInfo(float(video[3]), size, frames, seconds, re.search(r"Stream #.*Audio:", header) is not None)
+
+
+def display_rotation(header: str) -> int:
+    """The first video stream's display rotation in degrees, 0..359, from ffmpeg's report: the display matrix
+    side data (ffmpeg >= 5: `rotation of -90.00 degrees`) or the older `rotate : 90` stream tag."""
+    stream = header[header.find("Video:"):] if "Video:" in header else ""
+    stream = stream[:match.start()] if (match := re.search(r"\n\s*Stream #", stream)) else stream
+    found = re.search(r"rotation of (-?[\d.]+) degrees", stream) or re.search(r"\brotate\s*:\s*(-?[\d.]+)", stream)
+    return round(float(found[1])) % 360 if found else 0
 
 
 def read_frames(path: Path) -> Iterator[np.ndarray]:

@@ -4,11 +4,15 @@ A downloaded archive is untrusted: before anything is written its member count, 
 compression ratios are capped (a zip bomb is refused in one line), names that escape the folder and
 symlinks are refused, and while extracting the bytes actually inflated are counted against each member's
 declared size, because the header that declares it can lie. Members land in a temporary folder inside DEST
-(same filesystem) and only a complete tree is renamed into place, so a failure leaves DEST as it was.
+(same filesystem) and only a complete tree is renamed into place, so a failure leaves DEST as it was. An entry
+of DEST with the archive's top folder name is never replaced: the same files are kept as they are, other content
+is refused in one line (it may be the user's own folder; only the staging folder it created is ever removed).
 """
 
 from __future__ import annotations
 
+import errno
+import filecmp
 import os
 import re
 import shutil
@@ -190,30 +194,49 @@ def _write_members(zf: zipfile.ZipFile, archive: Path, tree: Path, dest: Path, s
                                         f"<{exc.strerror or exc}>")) from None
 
 
-class _PartlyMoved(UserError):
-    """A move into place failed and could not be undone: the staging folder holds data to keep."""
+def _same_tree(ours: Path, theirs: Path) -> bool:
+    """Whether `theirs` holds exactly the files of `ours`, byte for byte (the dataset fetched before)."""
+    if ours.is_dir() != theirs.is_dir() or theirs.is_symlink():
+        return False
+    if not ours.is_dir():
+        return filecmp.cmp(ours, theirs, shallow=False)
+    names = {p.relative_to(ours) for p in ours.rglob("*")}
+    if names != {p.relative_to(theirs) for p in theirs.rglob("*")}:
+        return False
+    return all(filecmp.cmp(ours / name, theirs / name, shallow=False) for name in names if (ours / name).is_file())
 
 
-def _move_into_place(tree: Path, aside: Path, dest: Path) -> None:
-    """Rename each top-level entry of `tree` into `dest`. A same-named entry already there (an older copy of
-    the dataset) is renamed into `aside` first, not deleted, so that a failed rename can be undone; renames
-    within one filesystem are atomic. Entries of `dest` with other names are never touched."""
+def _check_targets(tree: Path, dest: Path) -> list[Path]:
+    """The top-level entries of `tree` to move into `dest`. One already there with the same files is kept (and
+    not moved again); one with other content is refused: it may be the user's own folder, and this extractor
+    deletes nothing it did not create."""
+    moves = []
+    for entry in sorted(tree.iterdir()):
+        target = dest / entry.name
+        if not os.path.lexists(target):
+            moves.append(entry)
+        elif not _same_tree(entry, target):
+            raise UserError(problem(dest, f"archive folder {entry.name}", f"no {entry.name} in DEST, or the same "
+                                    "files (move or rename yours, or fetch into another DEST)",
+                                    "<an existing entry with other content>"))
+    return moves
+
+
+def _move_into_place(moves: list[Path], dest: Path) -> None:
+    """Rename each entry into `dest` (atomic within one filesystem); a failure moves back those already moved,
+    so DEST is as it was. os.rename of a folder never replaces a non-empty one; a file that appeared since the
+    check is not replaced either."""
     done: list[tuple[Path, Path]] = []
     try:
-        for entry in sorted(tree.iterdir()):
+        for entry in moves:
             target = dest / entry.name
-            if os.path.lexists(target):
-                os.replace(target, aside / entry.name)
-                done.append((target, aside / entry.name))
-            os.replace(entry, target)
+            if os.path.lexists(target):  # created meanwhile: never replaced
+                raise FileExistsError(errno.EEXIST, "appeared during extraction", str(target))
+            os.rename(entry, target)
             done.append((entry, target))
-    except OSError as exc:
-        try:
-            for origin, now in reversed(done):
-                os.replace(now, origin)
-        except OSError:
-            raise _PartlyMoved(problem(dest, "extraction", "the dataset moved into place",
-                                       f"<{exc}; the previous copy is kept in {aside}>")) from None
+    except OSError:
+        for origin, now in reversed(done):
+            os.rename(now, origin)
         raise
 
 
@@ -227,19 +250,14 @@ def extract_zip(archive: Path, dest: Path, source: str, limits: ZipLimits = DEFA
         raise BadArchive(problem(source, "archive members", f"at most {limits.max_members}", count))
     with zipfile.ZipFile(archive) as zf:
         check_members(zf.infolist(), source, limits)
+        # staging holds only what this extraction wrote: removing it never removes anything of the user's
         staging = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest)).resolve()
-        tree, aside = staging / "tree", staging / "replaced"
+        tree = staging / "tree"
         try:
             tree.mkdir()
-            aside.mkdir()
             _write_members(zf, archive, tree, dest, source, limits)
-            _move_into_place(tree, aside, dest)
-        except _PartlyMoved:
-            raise  # staging holds the previous copy: leave it for the user, whom the message tells
+            _move_into_place(_check_targets(tree, dest), dest)
         except OSError as exc:  # a rename into DEST failed (and was undone)
-            shutil.rmtree(staging, ignore_errors=True)
             raise UserError(problem(dest, "extraction", "a writable folder", f"<{exc}>")) from None
-        except BaseException:
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
-    shutil.rmtree(staging)  # success: this drops the older copy that was renamed aside

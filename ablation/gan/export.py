@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ablation.errors import UserError, problem
+from ablation.files import atomic_path
 from ablation.gan.inference import PAD_MULTIPLE
 
 MIN_SIDE = 16  # reflect padding needs pad < side; PAD_MULTIPLE - 1 < 16 keeps it valid for every side >= 16
@@ -107,8 +108,8 @@ def export_generator(generator: nn.Module, fmt: str, out: Path, config_yaml: str
     """Write `generator` (on the CPU, eval mode) as `fmt` to `out`; the trial's config rides along."""
     if fmt not in FORMATS:
         raise UserError(problem("--format", "format", f"one of {', '.join(FORMATS)}", fmt))
-    out.parent.mkdir(parents=True, exist_ok=True)
     model = ExportedStylizer(generator.cpu().float().eval()).eval()
-    with torch.no_grad():
-        FORMATS[fmt](model, out, config_yaml)
+    # written beside `out` and renamed over it only when complete: a failed export leaves the last one intact
+    with torch.no_grad(), atomic_path(out) as partial:
+        FORMATS[fmt](model, partial, config_yaml)
     return out

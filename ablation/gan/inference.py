@@ -52,6 +52,48 @@ def stylize(generator: nn.Module, photos_u8: torch.Tensor, device: torch.device,
     return to_uint8(fake_anime[..., :height, :width].float()).cpu()
 
 
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Offsets of tiles of side `tile` covering [0, size), neighbours sharing at least `overlap` pixels."""
+    if size <= tile:
+        return [0]
+    step = tile - overlap
+    return sorted({*range(0, size - tile, step), size - tile})
+
+
+def _ramp(size: int, start: int, tile: int, overlap: int) -> torch.Tensor:
+    """Blend weight along one axis of a tile: rising over the overlap on the sides that have a neighbour,
+    so overlapping tiles cross-fade instead of meeting at a seam. Never 0: every pixel has a weight."""
+    weight = torch.ones(tile)
+    fade = torch.linspace(0.0, 1.0, overlap + 2)[1:-1]  # strictly inside (0, 1)
+    if start > 0:
+        weight[:overlap] = fade
+    if start + tile < size:
+        weight[-overlap:] = torch.minimum(weight[-overlap:], fade.flip(0))
+    return weight
+
+
+@torch.no_grad()
+def stylize_tiled(generator: nn.Module, photo_u8: torch.Tensor, device: torch.device, tile: int, overlap: int,
+                  runtime: RuntimeConfig | None = None) -> torch.Tensor:
+    """uint8 [1, 3, H, W] -> uint8 [1, 3, H, W], the generator run on overlapping `tile` x `tile` pieces and
+    cross-faded: memory is bounded by the tile, not the photo. The norm layers see one tile's statistics, so the
+    result differs slightly from the whole-image one (tests/test_stylize_tiles.py states by how much)."""
+    height, width = photo_u8.shape[-2:]
+    if height <= tile and width <= tile:
+        return stylize(generator, photo_u8, device, runtime)
+    side_h, side_w = min(tile, height), min(tile, width)
+    total = torch.zeros(3, height, width)  # weighted sum of tile outputs in [-1, 1], float32 on the CPU
+    weights = torch.zeros(1, height, width)
+    for top in tile_starts(height, side_h, overlap):
+        for left in tile_starts(width, side_w, overlap):
+            real_photo, _, _ = padded(to_signed(photo_u8[..., top:top + side_h, left:left + side_w].to(device)))
+            with autocast(device, runtime or RuntimeConfig()):
+                fake_anime = generator(real_photo)[0, :, :side_h, :side_w].float().clamp(-1.0, 1.0).cpu()
+            weight = (_ramp(height, top, side_h, overlap)[:, None] * _ramp(width, left, side_w, overlap)[None, :])
+            total[:, top:top + side_h, left:left + side_w] += fake_anime * weight
+            weights[:, top:top + side_h, left:left + side_w] += weight
+    return to_uint8((total / weights)[None])
+
 
 class ImageStylizer(nn.Module):
     """What the MLflow model holds: float32 [N, H, W, 3] RGB in [0, 1] -> the same, any H and W (the generator's

@@ -244,11 +244,8 @@ def open_member(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Doma
                 progress: ProgressFn | None = None) -> Member:
     """Set up one trial in `out_dir` as the one-trial trainer does (and resume it from its checkpoint)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(to_yaml(config))
     streams = DataStreams(domains, config.schedule.batch_size, config.seed, config.loss.smooth_target, device)
     steps_per_epoch = config.schedule.steps_per_epoch or streams.steps_per_epoch(config.schedule.batch_size)
-    # which weights the content and style losses saw: their scales differ between weights and preprocessings
-    atomic_write_text(out_dir / BACKBONE_INFO, json.dumps(backbone_info))
     models = build_models(config, device)
     # the global RNG as its own run would leave it: its own stream of penalty and dropout draws from here on
     cpu_rng = torch.Generator()
@@ -264,11 +261,15 @@ def open_member(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Doma
                     first_bad=torch.full((), -1, device=device),
                     pools={name: ImagePool(config.optim.pool_size) for name in ("anime", "photo")}
                     if config.optim.pool_size > 0 else {})
-    if evaluator is not None:  # what produced the eval numbers, and the anchors that give the gaps meaning
-        (out_dir / EVAL_INFO).write_text(json.dumps({"info": evaluator.info(), "anchors": evaluator.anchors()}))
     if resume and (state := load_checkpoint(member.ckpt_path)) is not None:
         check_resumable(state, config, precision, member.ckpt_path)
         member.restore(state)
-    # after the resume check: a refused resume leaves the folder describing the run that wrote it
+    # after the resume check: a refused resume leaves the folder describing the run that wrote it (a config.yaml
+    # rewritten beside the old weights would make `stylize` build another generator for them)
+    atomic_write_text(out_dir / "config.yaml", to_yaml(config))
+    # which weights the content and style losses saw: their scales differ between weights and preprocessings
+    atomic_write_text(out_dir / BACKBONE_INFO, json.dumps(backbone_info))
+    if evaluator is not None:  # what produced the eval numbers, and the anchors that give the gaps meaning
+        atomic_write_text(out_dir / EVAL_INFO, json.dumps({"info": evaluator.info(), "anchors": evaluator.anchors()}))
     atomic_write_text(out_dir / RUN_INFO, json.dumps({"precision": precision, "device": device.type}))
     return member

@@ -173,17 +173,55 @@ def test_escaping_member_is_refused_and_leaves_nothing(serve: Serve, tmp_path: P
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_deflated_dataset_replaces_only_its_own_folder(serve: Serve, tmp_path: Path) -> None:
-    """The happy path through the bounded extractor: deflated members and folder entries land in place,
-    the older copy of `dataset/` is swapped out, and unrelated files in DEST are untouched."""
+def _deflated_dataset() -> tuple[bytes, bytes, bytes]:
     photo, style = os.urandom(200_000), os.urandom(150_000)
-    url = serve(_zip([("dataset/", b""), ("dataset/train_photo/", b""), ("dataset/train_photo/0.jpg", photo),
-                      ("dataset/Hayao/style/0.jpg", style), ("dataset/val/0.jpg", b"v" * 5000)]))
+    payload = _zip([("dataset/", b""), ("dataset/train_photo/", b""), ("dataset/train_photo/0.jpg", photo),
+                    ("dataset/Hayao/style/0.jpg", style), ("dataset/val/0.jpg", b"v" * 5000)])
+    return payload, photo, style
+
+
+def test_deflated_dataset_lands_beside_the_users_files(serve: Serve, tmp_path: Path) -> None:
+    """The happy path through the bounded extractor: deflated members and folder entries land in place, and
+    unrelated files in DEST are untouched."""
+    payload, photo, style = _deflated_dataset()
+    url = serve(payload)
     before = _populated(tmp_path)
+    for name in ("dataset/train_photo/old.jpg", "dataset/train_photo", "dataset"):
+        path = tmp_path / name
+        path.unlink() if path.is_file() else path.rmdir()
+        del before[name]
     root = fetch_dataset("animegan", tmp_path, url=url, progress=False)
     assert root == tmp_path / "dataset"
     after = _snapshot(tmp_path)
     assert after["dataset/train_photo/0.jpg"] == photo and after["dataset/Hayao/style/0.jpg"] == style
-    assert after["dataset/val/0.jpg"] == b"v" * 5000 and "dataset/train_photo/old.jpg" not in after
-    assert {k: v for k, v in before.items() if not k.startswith("dataset")} == {
-        k: v for k, v in after.items() if not k.startswith("dataset") and k != ".complete"}
+    assert after["dataset/val/0.jpg"] == b"v" * 5000
+    assert before == {k: v for k, v in after.items() if not k.startswith("dataset") and k != ".complete"}
+
+
+def test_an_existing_folder_of_the_archives_name_is_never_deleted(serve: Serve, tmp_path: Path) -> None:
+    """Issue 24 item 2: a `dataset/` in DEST that the archive did not put there (the user's own style images, an
+    older copy) was renamed aside and deleted. Now: one line, and DEST exactly as it was."""
+    payload, _, _ = _deflated_dataset()
+    url = serve(payload)
+    before = _populated(tmp_path)
+    (tmp_path / "dataset" / "my_style").mkdir()
+    (tmp_path / "dataset" / "my_style" / "mine.png").write_bytes(b"my own work")
+    before = _snapshot(tmp_path)
+    line = _refused(url, tmp_path)
+    assert line == (f"{tmp_path}: archive folder dataset: expected no dataset in DEST, or the same files (move or "
+                    "rename yours, or fetch into another DEST), got <an existing entry with other content>")
+    assert {k: v for k, v in _snapshot(tmp_path).items() if not k.endswith(".part")} == before
+
+
+def test_the_same_dataset_already_in_place_is_kept(serve: Serve, tmp_path: Path) -> None:
+    """A second fetch of the same archive (its marker lost) finds the same files and succeeds without moving
+    or removing them."""
+    payload, photo, _ = _deflated_dataset()
+    url = serve(payload)
+    fetch_dataset("animegan", tmp_path, url=url, progress=False)
+    (tmp_path / ".complete").unlink()
+    inode = (tmp_path / "dataset" / "train_photo" / "0.jpg").stat().st_ino
+    assert fetch_dataset("animegan", tmp_path, url=url, progress=False) == tmp_path / "dataset"
+    assert (tmp_path / "dataset" / "train_photo" / "0.jpg").stat().st_ino == inode  # the very file, kept
+    assert (tmp_path / "dataset" / "train_photo" / "0.jpg").read_bytes() == photo
+    assert not list(tmp_path.glob(".extract-*"))
