@@ -56,6 +56,7 @@ class RunOptions:
     reports_dir: Path = Path("reports")
     quiet: bool = False
     fuse: int | None = None  # trials per array; None = auto (arrays.resolve_fuse)
+    slurm: Any = None  # study.slurm.SlurmOptions: submit the workers as one Slurm job array and exit
 
 
 def resolve_study(path: Path, options: RunOptions) -> Study:
@@ -65,6 +66,13 @@ def resolve_study(path: Path, options: RunOptions) -> Study:
 
 def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     study = resolve_study(path, options)                                  # 1. validate everything first
+    if options.slurm is not None:
+        from ablation.study.slurm import check_shared_storage, dry_run_submission
+
+        check_shared_storage(storage.storage_url(options.storage))
+        if dry_run:
+            print(dry_run_submission(path, study, options))
+            return 0
     if dry_run:
         print("\n".join(dry_run_lines(study, resolve_fuse(options.fuse, study))))
         return 0
@@ -84,7 +92,12 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
         _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
         if options.demo:  # the report's setup names every way the demo differs from the faithful config
             tracker.set_parent_tags(ctx.parent_run_id, {TAG_DEMO: json.dumps(demo_changes(path, study, options))})
-        if options.workers > 1 or options.devices:                        # 5. work
+        if options.slurm is not None:                                     # 5. work: on Slurm, then leave
+            from ablation.study.slurm import submit_array
+
+            submit_array(path, study, options, tracker, ctx.parent_run_id)
+            return 0
+        if options.workers > 1 or options.devices:
             code = run_worker_processes(path, options, url, tracker.uri)
         else:
             code = run_in_process(study, opt, ctx, options)
@@ -131,8 +144,10 @@ def enqueue_study(path: Path, options: RunOptions) -> int:
     return 0
 
 
-def run_worker(path: Path, options: RunOptions) -> int:
-    """`ablate worker`: join a study created by a launcher and work until its queue is empty."""
+def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = None) -> int:
+    """`ablate worker`: join a study created by a launcher and work until its queue is empty.
+
+    `stopped_by` receives the signal that stopped a quiet worker (a Slurm task requeues itself on SIGUSR1)."""
     study = resolve_study(path, options)
     check_data_layout(study)
     tracker, ctx, opt = connect(study, path, options, create=False)
@@ -146,6 +161,8 @@ def run_worker(path: Path, options: RunOptions) -> int:
     if options.quiet:
         with stop_on_signals(ctx.stop):
             work(study, opt, ctx, fuse=resolve_fuse(options.fuse, study))
+        if stopped_by is not None and ctx.stop.signum is not None:
+            stopped_by.append(ctx.stop.signum)
         return 130 if ctx.stop else 0
     return run_in_process(study, opt, ctx, options)
 
