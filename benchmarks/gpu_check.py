@@ -37,8 +37,6 @@ def load(name: str) -> ModuleType:
 
 
 def train_step_variant(bench: ModuleType, generator: str, amp: bool, compiled: bool, repeats: int) -> dict:
-    import torch
-
     from ablation.config import TrainConfig, with_overrides
     from ablation.gan.backbone import build_backbone
     from ablation.gan.device import autocast, effective_precision, prepare_module, resolve_device
@@ -64,15 +62,20 @@ def train_step_variant(bench: ModuleType, generator: str, amp: bool, compiled: b
     row = {"generator": generator, "precision": effective_precision(config.runtime, device), "compile": compiled,
            "gan_step_s": statistics.median(times), "images_per_s": 4 / statistics.median(times),
            "first_steps_s": time.perf_counter() - start - sum(times)}
-    del models, backbone
-    torch.cuda.empty_cache()
-    return row
+    return row  # its models go with this frame; train_steps empties the cache between variants
 
 
 def train_steps(repeats: int = 5) -> list[dict]:
+    import torch
+
     bench = load("train_step")
-    return [train_step_variant(bench, generator, amp, compiled, repeats)
-            for generator in ("v1", "v2") for amp in (False, True) for compiled in (False, True)]
+    rows = []
+    for generator in ("v1", "v2"):
+        for amp in (False, True):
+            for compiled in (False, True):
+                rows.append(train_step_variant(bench, generator, amp, compiled, repeats))
+                torch.cuda.empty_cache()
+    return rows
 
 
 def trial_arrays(folder: Path, ks: tuple[int, ...] = (1, 2, 4, 8)) -> list[dict]:
