@@ -10,6 +10,7 @@ task resumes the trial from its checkpoint. It ends finished, with one finished 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -21,27 +22,35 @@ import pytest
 from scale_helpers import local_options, metrics_rows, write_study
 
 from ablation.data.demo import build_demo_dataset
-from ablation.study.runner import run_study
+from ablation.study.runner import RunOptions, run_study
 from ablation.study.slurm import JOB_TAG, SlurmOptions
 from ablation.study.tracking import Tracker
 
 pytestmark = pytest.mark.slow
 
 
-def test_timed_out_task_is_requeued_and_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_warned_task_is_requeued_and_resumes_its_trial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ABLATE_SLURM_ALLOW_SQLITE", "1")  # one host: the override the launcher names
     data_root = tmp_path / "data"
     build_demo_dataset(data_root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0], "preempt",
-                        schedule={"epochs": 150, "steps_per_epoch": 4, "log_every": 20})
+                        schedule={"epochs": 6, "steps_per_epoch": 2})
     slurm = SlurmOptions(workers=1, folder=tmp_path / "submitit", time_min=30, cluster="local")
     options = local_options(tmp_path)
     assert run_study(study, replace(options, slurm=slurm, quiet=False)) == 0
     assert "submitted 1 workers of study preempt" in capsys.readouterr().out
 
     (controller,) = Tracker(options.tracking_uri).parent_run_of("preempt").data.tags[JOB_TAG].split(",")
+    try:
+        _preempt_and_check(tmp_path, options, int(controller))
+    finally:  # a failed test leaves no task behind: the controller forwards SIGTERM to it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(controller), signal.SIGTERM)
+
+
+def _preempt_and_check(tmp_path: Path, options: RunOptions, controller: int) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and not any(metrics_rows(p) for p in (tmp_path / "trials").glob("*/*")):
         time.sleep(0.5)
