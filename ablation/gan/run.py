@@ -45,8 +45,11 @@ class TrainResult:
         return self.status
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+
 class StopFlag:
-    """Set by SIGINT/SIGTERM (or by a caller) to end the run after the current step with a checkpoint."""
+    """Set by SIGINT/SIGTERM/SIGUSR1 (or by a caller) to end the run after the current step with a checkpoint."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -63,7 +66,8 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
     if threading.current_thread() is not threading.main_thread():
         yield flag  # signal handlers can only live in the main thread
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGUSR1 is Slurm's (and submitit's, as ablate sets it) warning before preemption or the time limit
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s in previous:
         signal.signal(s, lambda signum, _frame: flag.set(signum))
     try:

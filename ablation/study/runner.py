@@ -60,6 +60,7 @@ class RunOptions:
     fuse: int | None = None  # trials per array; None = auto (arrays.resolve_fuse)
     probe: bool = True  # measure each axis's gradient shares before training (study/balance_probe.py)
     strict: bool = False  # refuse a study with a vacuous axis instead of warning
+    slurm: Any = None  # study.slurm.SlurmOptions: submit the workers as one Slurm job array and exit
 
 
 def resolve_study(path: Path, options: RunOptions) -> Study:
@@ -71,6 +72,13 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     study = resolve_study(path, options)                                  # 1. validate everything first
     for line in checks.torchvision_vgg_lines(study.path, [c.config for c in study.cells] or [study.base_config]):
         print(f"warning: {line}", file=sys.stderr, flush=True)
+    if options.slurm is not None:
+        from ablation.study.slurm import check_shared_storage, dry_run_submission
+
+        check_shared_storage(storage.storage_url(options.storage))
+        if dry_run:
+            print(dry_run_submission(path, study, options))
+            return 0
     if dry_run:
         print("\n".join(dry_run_lines(study, resolve_fuse(options.fuse, study))))
         try:
@@ -99,7 +107,12 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
             tracker.set_parent_tags(ctx.parent_run_id, {TAG_PROBE: probe.to_tag(TAG_LIMIT)})
         if options.demo:  # the report's setup names every way the demo differs from the faithful config
             tracker.set_parent_tags(ctx.parent_run_id, {TAG_DEMO: json.dumps(demo_changes(path, study, options))})
-        if options.workers > 1 or options.devices:                        # 5. work
+        if options.slurm is not None:                                     # 5. work: on Slurm, then leave
+            from ablation.study.slurm import submit_array
+
+            submit_array(path, study, options, tracker, ctx.parent_run_id)
+            return 0
+        if options.workers > 1 or options.devices:
             code = run_worker_processes(path, options, url, tracker.uri)
         else:
             code = run_in_process(study, opt, ctx, options)
@@ -118,8 +131,9 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
 
 
 def check_balance(study: Study, options: RunOptions) -> ProbeResult | None:
-    """The vacuous-axis probe: a warning line per flagged axis, or with `strict` a refusal."""
-    if not options.probe:
+    """The vacuous-axis probe: a warning line per flagged axis, or with `strict` a refusal. Not on a Slurm
+    launcher: it trains, and a login node is no place for that (`--dry-run` on a compute node runs it)."""
+    if not options.probe or options.slurm is not None:
         return None
     _say(options, f"study {study.spec.name}: probing each level's loss balance (first GAN step, seed "
                   f"{study.spec.seeds[0]}; the init phases it computes are stored for the trials)")
@@ -162,8 +176,10 @@ def enqueue_study(path: Path, options: RunOptions) -> int:
     return 0
 
 
-def run_worker(path: Path, options: RunOptions) -> int:
-    """`ablate worker`: join a study created by a launcher and work until its queue is empty."""
+def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = None) -> int:
+    """`ablate worker`: join a study created by a launcher and work until its queue is empty.
+
+    `stopped_by` receives the signal that stopped a quiet worker (a Slurm task requeues itself on SIGUSR1)."""
     study = resolve_study(path, options)
     check_data_layout(study)
     tracker, ctx, opt = connect(study, path, options, create=False)
@@ -177,6 +193,8 @@ def run_worker(path: Path, options: RunOptions) -> int:
     if options.quiet:
         with stop_on_signals(ctx.stop):
             work(study, opt, ctx, fuse=resolve_fuse(options.fuse, study))
+        if stopped_by is not None and ctx.stop.signum is not None:
+            stopped_by.append(ctx.stop.signum)
         return 130 if ctx.stop else 0
     return run_in_process(study, opt, ctx, options)
 

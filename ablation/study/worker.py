@@ -2,7 +2,7 @@
 
 Outcomes stay distinct: finished and diverged are COMPLETE (a diverged trial is a result, marked
 infeasible with its step); failed (an exception) is FAIL and re-queued while retries are left;
-interrupted (SIGINT/SIGTERM) is FAIL, re-queued, and the worker stops.
+interrupted (SIGINT/SIGTERM/SIGUSR1) is FAIL, re-queued, and the worker stops.
 """
 
 from __future__ import annotations
