@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import time
 from dataclasses import replace
@@ -24,6 +25,8 @@ from scale_helpers import local_options, metrics_rows, write_study
 from ablation.data.demo import build_demo_dataset
 from ablation.study.runner import RunOptions, run_study
 from ablation.study.slurm import JOB_TAG, SlurmOptions
+from ablation.study.spec import load_study
+from ablation.study.status import study_status
 from ablation.study.tracking import Tracker
 
 pytestmark = pytest.mark.slow
@@ -48,6 +51,11 @@ def test_warned_task_is_requeued_and_resumes_its_trial(tmp_path: Path, monkeypat
     finally:  # a failed test leaves no task behind: the controller forwards SIGTERM to it
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(controller), signal.SIGTERM)
+    capsys.readouterr()
+    assert study_status(load_study(study, {}), options) == 0  # `ablate status`: the queue per cell
+    out = capsys.readouterr().out
+    assert re.search(r"^style_weight=3\s+0\s+0\s+1\s+0$", out, re.M), out
+    assert "live workers (trials with a fresh heartbeat): 0" in out
 
 
 def _preempt_and_check(tmp_path: Path, options: RunOptions, controller: int) -> None:
@@ -66,7 +74,7 @@ def _preempt_and_check(tmp_path: Path, options: RunOptions, controller: int) -> 
     trials = opt.get_trials()
     assert [t.state.name for t in trials if t.state.name == "COMPLETE"] == ["COMPLETE"], logs[-3000:]
     interrupted = [t for t in trials if t.user_attrs.get("outcome") == "interrupted"]
-    assert interrupted, "the time limit came mid-trial"
+    assert interrupted, "the warning came mid-trial: the trial was given back"
     done = next(t for t in trials if t.state.name == "COMPLETE")
     assert done.user_attrs["retries_left"] == trials[0].user_attrs["retries_left"]  # no retry charged
     log = next((tmp_path / "trials" / "preempt").glob("*/train.log")).read_text()
