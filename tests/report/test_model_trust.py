@@ -62,6 +62,11 @@ def test_a_registered_model_is_read_as_weights_unless_its_code_is_trusted(
     assert resolve_model("models:/anime-g/1", tracker, tmp_path / "by-number")[2].endswith(f"(run {run_id}, "
                                                                                           "weights only)")
 
+    (tmp_path / "logged").mkdir()  # the logged model's own URI (a trial run's ablate.model_uri tag)
+    _, _, where = resolve_model(model_uri, tracker, tmp_path / "logged")
+    assert where == f"model {model_uri} (run {run_id}, weights only)"
+    assert not marker.exists()
+
     # the trust boundary, shown: loading the MLflow model itself runs what its pickle says
     (tmp_path / "trusted").mkdir()
     with pytest.raises(Exception):  # noqa: B017, PT011 - the pickle held no model; what matters is the marker
