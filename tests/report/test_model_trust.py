@@ -4,7 +4,6 @@ user asks for it with --trust-model-code. A real `mlflow server` with proxied ar
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def test_a_registered_model_is_read_as_weights_unless_its_code_is_trusted(
     # someone who can write to the server's artifact store replaces the model's pickle
     (pickled,) = [p for p in server.artifacts_dir.rglob("*.pth") if p.is_file()]
     marker = tmp_path / "code-ran"
-    pickled.write_bytes(pickle.dumps(TouchOnLoad(marker)))
+    torch.save(TouchOnLoad(marker), pickled)  # torch's format: what mlflow.pytorch's full unpickler reads
 
     (tmp_path / "plain").mkdir()
     weights, config, where = resolve_model("models:/anime-g@champion", tracker, tmp_path / "plain")
