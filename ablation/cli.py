@@ -78,6 +78,8 @@ def _fuse(text: str) -> int | None:
 
 STORAGE_HELP = "Optuna storage URL (default $ABLATE_STORAGE or sqlite:///optuna.db)"
 TRACKING_HELP = "MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"
+TRUST_HELP = ("models:/ only: load the MLflow model itself (unpickles it and runs its bundled code: trust whoever "
+              "can write to the tracking server); default: the source run's generator.pt, weights only")
 
 
 @app.command()
@@ -286,6 +288,7 @@ def stylize_command(
     tile: int = typer.Option(1024, min=0, help="run larger images in overlapping tiles of this side (bounds memory; "
                              "0: whole images)"),
     max_pixels: int = typer.Option(50_000_000, min=1, help="refuse an image or video frame with more pixels"),
+    trust_model_code: bool = typer.Option(False, "--trust-model-code", help=TRUST_HELP),
 ) -> None:
     """Stylize images and videos with a trained generator; output sizes, frame rates and audio are kept."""
     import tempfile
@@ -305,7 +308,7 @@ def stylize_command(
     planned_outputs(list_sources(sources), sources, out)  # refuses overwriting or colliding outputs before any work
     target = resolve_device(RuntimeConfig(device=device))
     with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
-        weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp))
+        weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp), trust_model_code)
         generator = load_generator(weights, config, target)
     typer.echo(f"model: {where}; generator {config.model.generator}; device {target}")
     failed = stylize_sources(sources, generator, target, out, side_by_side,
@@ -321,6 +324,7 @@ def export_command(
     fmt: str = typer.Option("onnx", "--format", help="onnx (opset 18), pt2 (torch.export) or torchscript (traced)"),
     out: Path = typer.Option(..., help="the file to write"),
     tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP),
+    trust_model_code: bool = typer.Option(False, "--trust-model-code", help=TRUST_HELP),
 ) -> None:
     """Export a trained generator for other runtimes: any batch size, height and width; RGB in [0, 1]."""
     import tempfile
@@ -334,7 +338,7 @@ def export_command(
     from ablation.study.tracking import Tracker
 
     with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
-        weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp))
+        weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp), trust_model_code)
         generator = load_generator(weights, config, torch.device("cpu"))
     export_generator(generator, fmt, out, to_yaml(config))
     typer.echo(f"{out}: {fmt} of {where} (generator {config.model.generator}); input 'image' float32 "

@@ -51,7 +51,8 @@ def load_torch_file(path: Path, field: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = (str(exc).strip().splitlines() or ["unpickling refused"])[0][:200]
-        raise UserError(problem(path, field, f"a {field} of tensors and plain containers (loaded with "
+        noun = "checkpoint" if field == "checkpoint" else "file"
+        raise UserError(problem(path, field, f"a {noun} of tensors and plain containers (loaded with "
                                 "torch.load(weights_only=True))", f"<refused: {detail}>")) from None
     except (EOFError, RuntimeError, OSError) as exc:
         # EOFError: an empty file; RuntimeError or EINVAL: torch's zip reader on a file cut short or damaged.

@@ -25,8 +25,14 @@ EXAMPLE_SIDE = 32  # the input example's side: both generators take it, and MLfl
 FORMS = "a generator .pt file, an MLflow run id, runs:/<run id>/..., STUDY:best or models:/NAME@ALIAS"
 
 
-def resolve_model(ref: str, tracker: Tracker, workdir: Path) -> tuple[Path, TrainConfig, str]:
-    """(weights file, the trial's config, a one-line description of where they came from)."""
+def resolve_model(ref: str, tracker: Tracker, workdir: Path, trust_code: bool = False
+                  ) -> tuple[Path, TrainConfig, str]:
+    """(weights file, the trial's config, a one-line description of where they came from).
+
+    A `models:/` reference is read as its registered version's source run: that run's generator.pt, loaded
+    with torch's weights-only reader, and its config.yaml. Loading the MLflow model itself
+    (`mlflow.pytorch.load_model`) unpickles it and imports the code bundled with it, so anyone who can write
+    to the tracking server could run code here: only with `trust_code` (`--trust-model-code`)."""
     local = Path(ref)
     if local.suffix == ".pt" or local.exists():
         if not local.is_file():
@@ -35,13 +41,21 @@ def resolve_model(ref: str, tracker: Tracker, workdir: Path) -> tuple[Path, Trai
         if config_file.is_file():
             return local, build_config(read_yaml(config_file), config_file), f"{local} (config {config_file})"
         return local, TrainConfig(), f"{local} (no config.yaml beside it: the default v1 generator)"
+    if ref.startswith("models:/") and not trust_code:
+        run_id = tracker.model_source_run(ref)
+        if run_id is None:
+            raise UserError(problem(None, "--model", "a registered model version whose source is a trial run "
+                                    "(or add --trust-model-code to unpickle the model and run its bundled code)",
+                                    ref))
+        return _from_run(tracker, run_id, workdir, f"model {ref} (run {run_id}, weights only)")
     if ref.startswith("models:/"):
         import torch
 
         model = tracker.load_pytorch_model(ref)  # an ablation.gan.inference.ImageStylizer
         (workdir / "config.yaml").write_text(model.config_yaml)
         torch.save(model.generator.state_dict(), workdir / "generator.pt")
-        return (workdir / "generator.pt", build_config(read_yaml(workdir / "config.yaml"), ref), f"model {ref}")
+        return (workdir / "generator.pt", build_config(read_yaml(workdir / "config.yaml"), ref),
+                f"model {ref} (unpickled, its code trusted)")
     if ref.endswith(":best"):
         from ablation.report.best import rank
 

@@ -264,6 +264,27 @@ class Tracker:
         self._retry(lambda: self.client.set_registered_model_alias(name, alias, version.version), "set alias")
         return int(version.version)
 
+    def model_source_run(self, model_uri: str) -> str | None:
+        """The run that produced `models:/NAME@ALIAS`, `models:/NAME/VERSION` (a registered version) or
+        `models:/m-<id>` (a logged model, TAG_MODEL_URI); None when it has none."""
+        found = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))?", model_uri)
+        if found is None:
+            raise UserError(problem(None, "--model", "models:/NAME@ALIAS, models:/NAME/VERSION or models:/m-ID",
+                                    model_uri))
+        name, alias, number = found.groups()
+        if alias is None and number is None:
+            model_id: str | None = name
+        else:
+            version = self._retry(lambda: self.client.get_model_version_by_alias(name, alias) if alias
+                                  else self.client.get_model_version(name, number), "get model version")
+            if version.run_id:
+                return str(version.run_id)
+            model_id = getattr(version, "model_id", None)  # mlflow 3: registered from models:/m-<id>
+        if model_id:
+            logged = self._retry(lambda: self.client.get_logged_model(model_id), "get logged model")
+            return str(logged.source_run_id) if logged.source_run_id else None
+        return None
+
     def load_pytorch_model(self, model_uri: str) -> Any:
         import mlflow
         import mlflow.pytorch

@@ -154,7 +154,7 @@ def test_loading_a_model_leaves_the_import_path_as_it_was(study: tuple[Path, Tra
     slow run's next spawned worker imported that copy and died (No module named 'ablation.gan.backbone')."""
     _, tracker, runs = study
     before = list(sys.path)
-    weights, _, where = resolve_model(runs[0].data.tags[TAG_MODEL_URI], tracker, tmp_path)
+    weights, _, where = resolve_model(runs[0].data.tags[TAG_MODEL_URI], tracker, tmp_path, trust_code=True)
     assert weights.is_file() and where.startswith("model models:/")
     assert sys.path == before
     spawned = subprocess.run([sys.executable, "-c", "import ablation.study.spec, ablation; print(ablation.__file__)"],

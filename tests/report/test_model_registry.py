@@ -108,7 +108,8 @@ def test_stylize_loads_a_registered_model_by_alias(store: tuple[Tracker, Path, d
     work = tmp / "resolve"
     work.mkdir(exist_ok=True)
     path, config, where = resolve_model("models:/anime-g@champion", tracker, work)
-    assert where == "model models:/anime-g@champion" and config.model.generator == "v1"
+    assert where.startswith("model models:/anime-g@champion (run ") and where.endswith(", weights only)")
+    assert config.model.generator == "v1"
     best = [k for k in weights if k.endswith("-s1")]
     state = torch.load(path, weights_only=True)
     assert any(all(torch.equal(state[n], t) for n, t in torch.load(weights[k], weights_only=True).items())
@@ -149,8 +150,9 @@ def test_register_and_load_by_alias_through_a_server(backend: str, mlflow_server
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    path, config, where = resolve_model("models:/anime-g@champion", tracker, tmp_path / "resolve")
+    path, config, where = resolve_model("models:/anime-g@champion", tracker, tmp_path / "resolve", trust_code=True)
     assert list(scratch.iterdir()) == []
-    assert where == "model models:/anime-g@champion" and config.model.generator == "v1"
+    assert where == "model models:/anime-g@champion (unpickled, its code trusted)"
+    assert config.model.generator == "v1"
     state = torch.load(path, weights_only=True)
     assert all(torch.equal(state[n], t) for n, t in torch.load(weights[f"{cell.cell}-s1"], weights_only=True).items())
