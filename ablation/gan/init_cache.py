@@ -22,6 +22,7 @@ missing, partial or corrupt entry, or one of another identity, is recomputed, ne
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -35,12 +36,17 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ablation.config import TrainConfig, get_path
+from ablation.errors import UserError
 from ablation.files import atomic_write, atomic_write_text, remove_stale_temps
+from ablation.gan.device import effective_precision, resolve_device
 
 if TYPE_CHECKING:
     from ablation.gan.member import Member
 
 FORMAT = 1
+# The init step's code version: bump it when a change to the init phase's code changes what it computes, so
+# entries stored by older code are recomputed rather than continued.
+INIT_CODE = 1
 INIT_DIR = "_init"  # under the trials directory
 
 # What the init phase reads (dotted config paths); everything else may differ between trials that share it.
@@ -66,10 +72,49 @@ def shareable(config: TrainConfig) -> bool:
 
 
 def init_identity(config: TrainConfig) -> dict[str, Any]:
-    """The values of every field the init phase reads."""
+    """The values of every field the init phase reads, and what those fields only point at: the device type and
+    precision `runtime` resolves to here (an fp32 CPU entry is not a bf16 GPU worker's), the torch and init-code
+    versions, and the content of the data folder and of a local backbone weights file rather than their paths."""
     dump = config.model_dump(mode="json")
     fields = INIT_FIELDS + (INIT_EVAL_FIELDS if evaluates_in_init(config) else ())
-    return {"format": FORMAT, **{path: get_path(dump, path) for path in fields}}
+    try:
+        device = resolve_device(config.runtime)
+        resolved = {"device": device.type, "precision": effective_precision(config.runtime, device)}
+    except UserError:  # a CUDA config keyed on a host without CUDA (planning, ETA): it can run nothing here
+        resolved = {"device": config.runtime.device, "precision": "unresolved"}
+    weights = config.backbone.weights
+    return {"format": FORMAT, **{path: get_path(dump, path) for path in fields}, **{
+        "resolved": {**resolved, "torch": torch.__version__, "init_code": INIT_CODE},
+        "content": {"data.root": tree_digest(config.data.root),
+                    "backbone.weights": weights if weights in ("imagenet", "random") else file_digest(Path(weights))}}}
+
+
+def tree_digest(root: Path) -> str:
+    """SHA-256 of a folder's file list with each file's size: a dataset edited in place changes it, and a
+    listing costs milliseconds where hashing every image would cost minutes. 'missing' for no folder."""
+    if not root.is_dir():
+        return "missing"
+    listing = sorted(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}" for path in root.rglob("*")
+                     if path.is_file())
+    return hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes ('missing' for none), cached by path, size and mtime: a weights file is hashed
+    once per process, not at every look-up of the key."""
+    if not path.is_file():
+        return "missing"
+    stat = path.stat()
+    return _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def init_key(config: TrainConfig) -> str:

@@ -228,13 +228,20 @@ class Member:
 
 @torch.no_grad()
 def generate_u8(generator: nn.Module, photos_u8: torch.Tensor, member: Member, chunk: int = 16) -> torch.Tensor:
-    """uint8 [N, 3, H, W] photos -> uint8 [N, 3, H, W] generator outputs, in chunks."""
-    outs = []
-    for start in range(0, photos_u8.shape[0], chunk):
-        real_photo = to_signed(photos_u8[start:start + chunk].to(member.device))
-        with autocast(member.device, member.config.runtime):
-            fake_anime = generator(to_device_layout(real_photo, member.device, member.config.runtime))
-        outs.append(to_uint8(fake_anime).cpu())
+    """uint8 [N, 3, H, W] photos -> uint8 [N, 3, H, W] generator outputs, in chunks.
+
+    In eval mode, and back to the mode it found: in train mode a spectral-normed G (`model.generator_sn`) runs a
+    power iteration per forward, so samples and evaluations would change the training run."""
+    outs, training = [], generator.training
+    generator.eval()
+    try:
+        for start in range(0, photos_u8.shape[0], chunk):
+            real_photo = to_signed(photos_u8[start:start + chunk].to(member.device))
+            with autocast(member.device, member.config.runtime):
+                fake_anime = generator(to_device_layout(real_photo, member.device, member.config.runtime))
+            outs.append(to_uint8(fake_anime).cpu())
+    finally:
+        generator.train(training)
     return torch.cat(outs)
 
 

@@ -4,16 +4,19 @@ each init identity once; a corrupt entry is recomputed; a leader that leaves ear
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
+import torch
 from test_array import GRID, Recorder, StubEvaluator, assert_same_losses, run_alone, tiny, tiny_domains
 
 from ablation.config import TrainConfig, with_overrides
 from ablation.data.streams import Domains
 from ablation.gan import array as array_module
+from ablation.gan import init_cache
 from ablation.gan.array import train_array
-from ablation.gan.init_cache import INIT_FIELDS, init_key
+from ablation.gan.init_cache import INIT_FIELDS, InitEntry, init_identity, init_key, load_entry, save_entry
 from ablation.outcomes import Outcome
 
 # Fields the init phase never reads: trials that differ only in these share it. A config field in neither this
@@ -155,3 +158,35 @@ def test_a_leader_that_leaves_in_its_init_phase_hands_the_lead_over(tmp_path: Pa
     want = Recorder()
     train_array([follower], [tmp_path / "alone"], [want], domains=domains, evaluator=StubEvaluator())
     assert_same_losses(logs[1].losses, want.losses, rel=0.0)
+
+
+def test_an_entry_of_another_precision_or_data_content_is_not_continued(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """An fp32 CPU worker and a bf16 GPU worker share the trials volume: neither continues the other's entry."""
+    config = short()
+    entry = InitEntry(step=4, generator={"w": torch.ones(2)}, streams={}, window={}, rows=[(1, {"loss": 1.0})],
+                      frames={}, seconds=1.5)
+    with monkeypatch.context() as gpu:  # as a bf16 CUDA worker keys and stores it (its runtime.amp is on)
+        gpu.setattr(init_cache, "resolve_device", lambda runtime: torch.device("cuda"), raising=False)
+        gpu.setattr(init_cache, "effective_precision", lambda runtime, device: "bf16", raising=False)
+        save_entry(tmp_path, config, entry)
+        assert load_entry(tmp_path, config) is not None
+    assert load_entry(tmp_path, config) is None  # here: CPU fp32, another key; the trial computes its own
+    assert init_identity(config)["resolved"] == {"device": "cpu", "precision": "fp32", "torch": torch.__version__,
+                                                 "init_code": init_cache.INIT_CODE}
+    # the data folder's content, not only its path: a file edited in place changes the key
+    data = tmp_path / "data"
+    (data / "train_photo").mkdir(parents=True)
+    (data / "train_photo" / "a.jpg").write_bytes(b"12345")
+    on_data = with_overrides(config, {"data.root": str(data)})
+    before = init_key(on_data)
+    (data / "train_photo" / "a.jpg").write_bytes(b"123456")
+    assert init_key(on_data) != before
+    # a local weights file: by its bytes
+    weights = tmp_path / "vgg.pth"
+    weights.write_bytes(b"weights-1")
+    local = with_overrides(config, {"backbone.weights": str(weights)})
+    first = init_key(local)
+    weights.write_bytes(b"weights-2")
+    assert init_key(local) != first and init_identity(local)["content"]["backbone.weights"] == \
+        hashlib.sha256(b"weights-2").hexdigest()
