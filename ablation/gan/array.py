@@ -303,8 +303,8 @@ def _after_step(member: Member, domains: Domains, backbone: torch.nn.Module) -> 
         every = config.schedule.eval_every
         evaluates = member.evaluator is not None and (step == member.total_steps or (every > 0 and epoch % every == 0))
         cadence = config.schedule.balance_every > 0 and epoch % config.schedule.balance_every == 0
-        if (evaluates or cadence) and not first_of_phase:
-            member.emit(_grad_shares(member, backbone), step)
+        if (evaluates or cadence) and not first_of_phase and (shares := _grad_shares(member, backbone)):
+            member.emit(shares, step)
         if evaluates:
             # G sees the held-out photos at the training size; the evaluator resizes its outputs
             eval_photos = domains.val[:config.eval.max_images]

@@ -137,7 +137,10 @@ def _d_shares(config: TrainConfig, discriminator: nn.Module, batch: Batch,
 
 
 def value_metrics(config: TrainConfig, logged: Mapping[str, float]) -> dict[str, float]:
-    """The value shares of every phase present in a logged row (`loss/<phase>/<term>` means)."""
+    """The value shares of every phase present in a logged row (`loss/<phase>/<term>` means). None for the cycle
+    objectives: their extra terms are not in PHASE_TERMS, and shares of a partial sum would mislead."""
+    if config.model.objective != "animegan":
+        return {}
     out: dict[str, float] = {}
     for phase, terms in PHASE_TERMS.items():
         raw = {t: logged[f"loss/{phase}/{t}"] for t in terms if f"loss/{phase}/{t}" in logged}
