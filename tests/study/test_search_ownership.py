@@ -215,7 +215,8 @@ def test_a_dead_search_workers_point_is_reaped_after_the_grace_period_and_resume
     # a worker on another host: there its free folder lock says nothing, only the heartbeat and its grace count
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/optuna.db")
     storage.set_trial_user_attr(trial._trial_id, ownership.OWNER_ATTR,
-                                {**trial.user_attrs[ownership.OWNER_ATTR], "host": "elsewhere"})
+                                {**trial.user_attrs[ownership.OWNER_ATTR], "host": "elsewhere",
+                                 "machine": "elsewhere/another-boot"})
     storage.engine.dispose()
 
     elsewhere = tmp_path / "elsewhere"
