@@ -76,7 +76,6 @@ class ProbeResult:
         return text if len(text) <= limit else json.dumps({"flags": self.flags, "unchecked": self.unchecked})
 
 
-
 def terms_of(fields: list[str]) -> tuple[tuple[str, str], ...] | None:
     """The (phase, term) pairs the fields act through; None when one of them is not in FIELD_TERMS."""
     found: list[tuple[str, str]] = []
