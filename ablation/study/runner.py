@@ -21,7 +21,7 @@ from ablation.data.presets import demo_deviations, prepare_demo
 from ablation.errors import UserError, problem
 from ablation.gan.trainer import stop_on_signals
 from ablation.outcomes import Outcome
-from ablation.study import checks, queue, storage
+from ablation.study import checks, queue, storage, stored
 from ablation.study.arrays import resolve_fuse
 from ablation.study.balance_probe import ProbeResult, probe_study
 from ablation.study.dry_run import dry_run_lines, offline_lines
@@ -167,10 +167,13 @@ def connect(study: Study, path: Path, options: RunOptions, create: bool
     return tracker, ctx, opt
 
 
-def enqueue_study(path: Path, options: RunOptions) -> int:
-    """The launcher without work: create the study and parent run once, queue the missing trials."""
+def enqueue_study(path: Path, options: RunOptions, drop_stale: bool = False) -> int:
+    """The launcher without work: create the study and parent run once, queue the missing trials; with
+    `drop_stale`, first fail the waiting trials this study file no longer has (one line each)."""
     study = resolve_study(path, options)
     tracker, ctx, opt = connect(study, path, options, create=True)
+    for line in stored.drop_stale(study, opt) if drop_stale else []:
+        _say(options, line)
     added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
     _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
     return 0
