@@ -23,6 +23,7 @@ import yaml
 from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
+from ablation.report import stale
 from ablation.study.spec import Study, StudySpec, format_value, short_name
 from ablation.study.tracking import (
     TAG_ARRAY,
@@ -68,6 +69,8 @@ class ReportData:
     workdir: Path
     params: list[str] = field(default_factory=list)  # varied param names, in axis order
     merged: dict[str, str] = field(default_factory=dict)  # arm label -> the cell label it equals in this run
+    stale: list[dict[str, Any]] = field(default_factory=list)  # trials of cells the study file no longer has
+    mixed: list[str] = field(default_factory=list)  # without a study file: labels run under several configs
 
     @property
     def cells(self) -> list[str]:
@@ -93,12 +96,18 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
         if column in attempts:
             attempts[column] = attempts[column].astype("Int64")
     trials = newest_per_key(attempts) if runs else attempts
+    # trials of cells the study file no longer has count nowhere but in their own list (report/stale.py)
+    current = stale.current_cells(study)
+    old = stale.is_stale(trials, current)
+    stale_rows = stale.stale_rows(tracker, study, trials[old], workdir) if study is not None and old.any() else []
+    trials, attempts = trials[~old], attempts[~stale.is_stale(attempts, current)]
     axes = _axes(spec, trials)
     trials = _order(trials, axes)
     params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c not in RUN_PARAMS)
     return ReportData(name, spec, study_yaml, dict(parent.data.tags) if parent else {}, trials, attempts,
                       fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params,
-                      dict(study.merged) if study is not None else {})
+                      dict(study.merged) if study is not None else {}, stale_rows,
+                      stale.mixed_labels(trials) if current is None else [])
 
 
 def _not_found(name: str, tracker: Tracker) -> str:
