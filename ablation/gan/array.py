@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ablation.config import RuntimeConfig, TrainConfig
-from ablation.data.streams import Batch, Domains, load_domains
+from ablation.data.streams import Batch, Domains, evaluation_photos, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
 from ablation.gan import balance, cycle_steps
 from ablation.gan.array_rules import backbone_key, check_compatible
@@ -307,7 +307,7 @@ def _after_step(member: Member, domains: Domains, backbone: torch.nn.Module) -> 
             member.emit(shares, step)
         if evaluates:
             # G sees the held-out photos at the training size; the evaluator resizes its outputs
-            eval_photos = domains.val[:config.eval.max_images]
+            eval_photos = evaluation_photos(domains)[:config.eval.max_images]
             metrics = member.evaluator.evaluate(generate_u8(member.models.generator, eval_photos, member))
             member.emit(metrics, step)
             if member.on_eval is not None and member.on_eval(metrics, step):

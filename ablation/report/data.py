@@ -42,6 +42,7 @@ from ablation.study.tracking import (
 P, M = "params.", "metrics."  # column prefixes of the trials frame, as in mlflow.search_runs
 MAX_GIF_BYTES = 6_000_000  # a 101-epoch GIF at 256 px is tens of MB; the page must stay openable
 GAP_TAG = "eval/gap/"
+EVAL_N_TAG = "eval/n/"
 # Params every trial logs that are not study axes: how the run computed (fp32/bf16), and the seed itself.
 # Inferring axes from params must skip them, or a study that mixed precisions would grow a "precision" axis.
 RUN_PARAMS = (P + "seed", P + "precision")
@@ -135,6 +136,9 @@ def run_row(run: Any) -> dict[str, Any]:
         "model_uri": tags.get(TAG_MODEL_URI, ""),  # its generator as an MLflow model (finished trials)
         # why a gap closure is undefined, as the evaluator decided it (tag eval/gap/style/kid_rand -> style/kid_rand)
         "gap_tags": {k[len(GAP_TAG):]: v for k, v in tags.items() if k.startswith(GAP_TAG)},
+        # the evaluator's set sizes (eval/n/outputs -> outputs) and split rule, for the setup's n per metric
+        "eval_n": {k[len(EVAL_N_TAG):]: v for k, v in tags.items() if k.startswith(EVAL_N_TAG)},
+        "eval_split": tags.get("eval/op/split", ""),
     }
     row.update({P + k: v for k, v in run.data.params.items()})
     row.update({M + k: v for k, v in run.data.metrics.items()})
@@ -144,7 +148,8 @@ def run_row(run: Any) -> dict[str, Any]:
 def _row_columns() -> tuple[str, ...]:
     """The columns of a trials frame with no runs yet, so every section can still filter it."""
     return ("run_id", "key", "cell", "label", "seed", "outcome", "status", "diverged_step", "optuna", "steps",
-            "start_ms", "end_ms", "duration_s", "metric_keys", "gap_tags", "array", "init_reused_s", "model_uri")
+            "start_ms", "end_ms", "duration_s", "metric_keys", "gap_tags", "array", "init_reused_s", "model_uri",
+            "eval_n", "eval_split")
 
 
 def _int(text: str | None) -> int | None:

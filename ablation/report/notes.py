@@ -18,6 +18,7 @@ from ablation.evaluation import registry
 from ablation.evaluation.gaps import gap_closure_reason
 from ablation.outcomes import Outcome
 from ablation.report.data import M, P, ReportData
+from ablation.report.sizes import n_per_metric, resolution_sentence
 from ablation.report.text import duration, fmt
 from ablation.study.tracking import TAG_DEMO
 
@@ -51,6 +52,7 @@ def setup_section(data: ReportData) -> dict[str, Any]:
         "init_saved": init_saved(data.attempts),
         "demo": json.loads(tags.get(TAG_DEMO, "[]")),  # how a --demo run deviates from the faithful config
         "warnings": [w for w in (stale_warning(data), precision_warning, images_warning) if w],
+        "eval_n": n_per_metric(data.trials), "resolution": resolution_sentence(cfg),
     }
 
 
