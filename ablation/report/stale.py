@@ -22,10 +22,8 @@ from pydantic import ValidationError
 from ablation.config import TrainConfig
 from ablation.report.text import fmt
 from ablation.study.spec import Cell, Study, TrialSpec
-from ablation.study.stored import first_difference
+from ablation.study.stored import NO_CELL, first_difference
 from ablation.study.tracking import Tracker
-
-NO_CELL = "<no such cell>"
 
 
 def current_cells(study: Study | None) -> set[str] | None:

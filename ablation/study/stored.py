@@ -23,6 +23,8 @@ from ablation.study import queue
 from ablation.study.queue import CONFIG_ATTR
 from ablation.study.spec import Cell, Study, TrialSpec, search_cell
 
+NO_CELL = "<no such cell>"  # a difference's "study file" side when the file lacks the trial's cell
+
 
 def local_cell(study: Study, attrs: dict[str, Any], index: dict[str, Cell] | None = None) -> Cell | None:
     """The cell of this study file that a queued trial names: by key, else by its varied values (arm name and
@@ -83,7 +85,7 @@ def queued_difference(study: Study, attrs: dict[str, Any], index: dict[str, Cell
         return None
     cell = local_cell(study, attrs, index)
     if cell is None:
-        return "cell", attrs.get("label", "?"), "<no such cell>"
+        return "cell", attrs.get("label", "?"), NO_CELL
     return first_difference(stored, TrialSpec.of(cell, int(attrs["seed"])).config.model_dump(mode="json"))
 
 
@@ -147,7 +149,7 @@ def check_agrees(study: Study, opt: optuna.Study) -> None:
             remedy += (f", or, if {study.path} was edited on purpose, drop the waiting trials it no longer has with "
                        f"`ablate enqueue {study.path} --drop-stale` (with this worker's options)")
         field, queued, mine = found
-        if mine == "<no such cell>":
+        if mine == NO_CELL:
             raise UserError(f"{where}: expected a cell of this study file, as the launcher queued it, got <no such "
                             f"cell>; {remedy}")
         raise UserError(f"{where}: {field}: expected {queued!r} (as the launcher queued it), got {mine!r} in this "
