@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from test_array import tiny
 
@@ -38,6 +39,7 @@ def _loss_rows(path: Path) -> list[str]:
             if any(k.startswith("loss/") for k in r)]
 
 
+@pytest.mark.slow  # two 4-step training runs with evaluations (20 min on a 2-core CPU shared with other runs)
 def test_the_eval_cadence_leaves_a_spectral_normed_gs_losses_unchanged(tmp_path: Path) -> None:
     """The same tiny run with `model.generator_sn: true`, evaluated every epoch and only at the end: every loss
     row of metrics.jsonl is the same text. A train-mode G in samples or evaluations would advance its power
