@@ -50,7 +50,7 @@ def log_trials(tracker: Tracker, study: Study, tmp: Path, kid: Any) -> None:
 
 
 @pytest.fixture(scope="module")
-def page(tmp_path_factory: pytest.TempPathFactory) -> str:
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tracker, Path, Study]:
     tmp = tmp_path_factory.mktemp("stale")
     tracker = Tracker(uri=f"sqlite:///{tmp / 'mlflow.db'}", artifact_root=tmp / "mlartifacts")
     path = tmp / "study.yaml"
@@ -59,6 +59,12 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> str:
     # the file as it is now: content weight 2.5, style 30 removed; the effect is 1 + seed
     current = study_file(path, 2.5, [3.0, 10.0])
     log_trials(tracker, current, tmp, lambda style, seed: 1.0 + (style == 10.0) * (1.0 + seed))
+    return tracker, tmp, current
+
+
+@pytest.fixture(scope="module")
+def page(store: tuple[Tracker, Path, Study]) -> str:
+    tracker, tmp, current = store
     return build_report(current.spec.name, tracker, f"sqlite:///{tmp / 'optuna.db'}", tmp / "reports",
                         current).read_text()
 
@@ -81,3 +87,12 @@ def test_stale_trials_are_listed_with_their_differing_field(page: str) -> None:
         ("style_weight=30", "cell", "style_weight=30", "<no such cell>")]
     assert all(r[2] == "finished" for r in rows)
     assert "9 trial(s) ran a config this study file no longer has" in page
+
+
+def test_without_the_study_file_the_report_names_the_labels_that_pool_configs(
+        store: tuple[Tracker, Path, Study]) -> None:
+    tracker, tmp, current = store  # `ablate report NAME`: the current cells are unknown
+    html = build_report(current.spec.name, tracker, f"sqlite:///{tmp / 'optuna.db'}", tmp / "by-name").read_text()
+    assert ("style_weight=3, style_weight=10: each holds trials of more than one config (the study file was edited "
+            "between runs), pooled here; pass the study YAML to `ablate report`") in html
+    assert "stale-table" not in html
