@@ -17,14 +17,17 @@ _FIELD = re.compile(r"(\w+)=(\S*)")
 
 
 def array_tasks(cluster: SlurmCluster, array_id: str) -> dict[str, dict[str, str]]:
-    """`<array>_<i>` -> its `scontrol show job` fields (JobState, Restarts, ExitCode, ...). scontrol, not squeue:
-    squeue leaves finished jobs out, and without accounting there is no sacct."""
+    """`<array>_<i>` (or the job id: submitit submits a batch of one as a plain job) -> its `scontrol show job`
+    fields (JobState, Restarts, ExitCode, ...). scontrol, not squeue: squeue leaves finished jobs out, and
+    without accounting there is no sacct."""
     done = cluster.command("scontrol", "show", "job", "-o", array_id, check=False)
     tasks = {}
     for line in done.stdout.splitlines():
         fields = dict(_FIELD.findall(line))
         if fields.get("ArrayTaskId", "").isdigit():
             tasks[f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"] = fields
+        elif "JobId" in fields:
+            tasks[fields["JobId"]] = fields
     return tasks
 
 
@@ -33,16 +36,16 @@ def task_states(cluster: SlurmCluster, array_id: str) -> dict[str, str]:
 
 
 def task_of_pid(pid: int) -> str | None:
-    """The array task a worker process runs in, from its environment: `<array>_<i>`. The cluster is this host,
-    so the worker pid a trial's owner attr records can be looked up here (a real cluster would need the node)."""
+    """The array task a worker process runs in, from its environment: `<array>_<i>` (a plain job: its id). The
+    cluster is this host, so the worker pid a trial's owner attr records is looked up here (elsewhere: the node)."""
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return None
     env = dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
-    if "SLURM_ARRAY_JOB_ID" not in env:
-        return None
-    return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
 
 
 def preemptible_trial(storage: str, study: str, trials_dir: Path, total_steps: int,

@@ -31,7 +31,10 @@ from slurm_cluster import SlurmCluster
 from slurm_tasks import array_tasks, preemptible_trial, submitit_logs, task_states
 
 from ablation.data.demo import build_demo_dataset
+from ablation.study.runner import RunOptions
 from ablation.study.slurm import JOB_TAG
+from ablation.study.spec import load_study
+from ablation.study.status import study_status
 
 pytestmark = [pytest.mark.slurm, pytest.mark.services, pytest.mark.timeout(900)]
 
@@ -74,19 +77,34 @@ def _env(cluster: SlurmCluster, tracking: str, trials_dir: Path) -> dict[str, st
     return env
 
 
+def _submit(study: Path, workers: int, storage: str, folder: Path, env: dict[str, str]) -> str:
+    """`ablate run --launcher slurm` as a user types it; the array's job id it prints (submitit submits a batch
+    of one as a plain job: then that job's id, without a task index)."""
+    run = _cli(["run", str(study), "--launcher", "slurm", "--workers", str(workers), "--storage", storage,
+                "--submitit-folder", str(folder), "--time", "30", "--fuse", "1"], study.parent, env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    ids = "_0 " + " ".join(rf"\1_{i}" for i in range(1, workers)) if workers > 1 else ""
+    submitted = re.search(rf"submitted {workers} workers of study \S+: (\d+){ids} \(", run.stdout)
+    assert submitted, run.stdout
+    return submitted.group(1)
+
+
+def _status(study: Path, storage: str, tracking: str, capsys: pytest.CaptureFixture[str]) -> str:
+    """What `ablate status` prints, in this process: cheaper than a CLI start while the tasks wait."""
+    capsys.readouterr()
+    assert study_status(load_study(study, {}), RunOptions(storage=storage, tracking_uri=tracking)) == 0
+    return capsys.readouterr().out
+
+
 def test_preempted_array_tasks_resume_and_every_trial_finishes_once(
         tmp_path: Path, data_root: Path, postgres_url: str, tracking_server: MlflowServer,
-        slurm_cluster: SlurmCluster) -> None:
+        slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [1.0, 3.0]}, [0, 1], NAME,
                         schedule={"epochs": EPOCHS, "steps_per_epoch": STEPS_PER_EPOCH})
     trials_dir, folder = tmp_path / "trials", tmp_path / "submitit"
     env = _env(slurm_cluster, tracking_server.url, trials_dir)
-    run = _cli(["run", str(study), "--launcher", "slurm", "--workers", "2", "--storage", postgres_url,
-                "--submitit-folder", str(folder), "--time", "30", "--fuse", "1"], tmp_path, env)
-    assert run.returncode == 0, run.stdout + run.stderr
-    submitted = re.search(rf"submitted 2 workers of study {NAME}: (\d+)_0 \1_1\b", run.stdout)
-    assert submitted, run.stdout
-    array = submitted.group(1)
+    monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])  # the in-process status's squeue
+    array = _submit(study, 2, postgres_url, folder, env)
     tasks = {f"{array}_0", f"{array}_1"}
 
     def logs() -> str:
@@ -101,6 +119,9 @@ def test_preempted_array_tasks_resume_and_every_trial_finishes_once(
 
     warned_key, warned = preempt(tasks, ["scancel", "--batch", "--signal=USR1"])
     requeued_key, requeued = preempt(tasks - {warned}, ["scontrol", "requeue"])
+    held = _status(study, postgres_url, tracking_server.url, capsys)  # both tasks held, two trials given back
+    assert re.search(r"^all\s+[234]\s+0\s+[012]\s+0$", held, re.M), held
+    assert all(re.search(rf"^  {t} PENDING .*BeginTime", held, re.M) for t in tasks), held
     for task in (warned, requeued):  # out of the ~120 s BeginTime hold Slurm gives a requeued job
         slurm_cluster.command("scontrol", "update", f"JobId={task}", "StartTime=now")
     _wait(lambda: set(task_states(slurm_cluster, array).values()) == {"COMPLETED"}, "both tasks COMPLETED", logs,
@@ -127,6 +148,44 @@ def test_preempted_array_tasks_resume_and_every_trial_finishes_once(
     assert re.search(r"^all\s+0\s+0\s+4\s+0$", status.stdout, re.M), status.stdout
     assert "live workers (trials with a fresh heartbeat): 0" in status.stdout
     assert f"slurm {array}:" in status.stdout, status.stdout
+
+
+def test_cancelled_array_gives_its_trial_back_and_a_new_submission_finishes_it(
+        tmp_path: Path, data_root: Path, postgres_url: str, tracking_server: MlflowServer,
+        slurm_cluster: SlurmCluster, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/slurm.md: `scancel <array>` loses no trial (SIGTERM: the running one is given back with its
+    checkpoint), and submitting again finishes it from there."""
+    name = "slurm-cancel"
+    study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [3.0]}, [0], name,
+                        schedule={"epochs": EPOCHS, "steps_per_epoch": STEPS_PER_EPOCH})
+    trials_dir, folder = tmp_path / "trials", tmp_path / "submitit"
+    env = _env(slurm_cluster, tracking_server.url, trials_dir)
+    monkeypatch.setenv("SLURM_CONF", env["SLURM_CONF"])
+    first = _submit(study, 1, postgres_url, folder, env)
+
+    def logs() -> str:
+        return f"{submitit_logs(folder)}\n{slurm_cluster.logs()}"
+
+    key, _ = _wait(lambda: preemptible_trial(postgres_url, name, trials_dir, TOTAL_STEPS, {first}),
+                   "a trial mid-way", logs)
+    slurm_cluster.command("scancel", first)
+    _wait(lambda: task_states(slurm_cluster, first) == {first: "CANCELLED"}, "the task CANCELLED", logs)
+    (given_back,) = [t for t in optuna_trials(postgres_url, name) if t.state.name == "FAIL"]
+    assert given_back.user_attrs["outcome"] == "interrupted", given_back.user_attrs  # not crashed: no retry spent
+    waiting = _status(study, postgres_url, tracking_server.url, capsys)
+    assert re.search(r"^style_weight=3\s+1\s+0\s+0\s+0$", waiting, re.M), waiting
+    assert "no task queued or running" in waiting, waiting
+
+    second = _submit(study, 1, postgres_url, folder, env)
+    _wait(lambda: task_states(slurm_cluster, second) == {second: "COMPLETED"}, "the new task COMPLETED",
+          logs, timeout=480)
+    trials = optuna_trials(postgres_url, name)
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"], [(t.number, t.user_attrs) for t in trials]
+    assert trials[1].user_attrs["retries_left"] == trials[0].user_attrs["retries_left"]
+    log = (trials_dir / name / key / "train.log").read_text()
+    stopped = re.findall(rf"interrupted after (\d+)/{TOTAL_STEPS} steps", log)
+    assert stopped and re.findall(r"resume from step (\d+)", log) == stopped and int(stopped[0]) > 0, log
+    assert log.rstrip().endswith(f"finished after {TOTAL_STEPS}/{TOTAL_STEPS} steps"), log
 
 
 def _wait(predicate: Callable[[], Any], what: str, logs: Callable[[], str], timeout: float = 300) -> Any:
