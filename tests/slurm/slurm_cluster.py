@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -138,23 +139,22 @@ class SlurmCluster:
                                f"--key-file={m / 'munge.key'}", f"--pid-file={m / 'munged.pid'}",
                                f"--log-file={m / 'munged.log'}", f"--seed-file={m / 'munged.seed'}"],
                     user=munge.pw_name)
-        self._wait(lambda: (m / "munge.socket").exists(), 20, "munged's socket", "munged")
+        self._wait(lambda: (m / "munge.socket").exists(), 20, "munged's socket")
         self.conf.write_text(self.slurm_conf(free_port(), free_port()))
         self._spawn("slurmctld", [find_binary("slurmctld") or "slurmctld", "-D", "-f", str(self.conf)])
         self._spawn("slurmd", [find_binary("slurmd") or "slurmd", "-D", "-N", self.node, "-f", str(self.conf)])
-        self._wait(lambda: self.node_state() == "idle", timeout, "the node to be idle", "slurmctld")
+        self._wait(lambda: self.node_state() == "idle", timeout, "the node to be idle")
 
     def node_state(self) -> str:
         done = self.command("sinfo", "-h", "-N", "-o", "%T", check=False)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    def _wait(self, ready: object, timeout: float, what: str, log: str) -> None:
+    def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ready():  # type: ignore[operator]
+            if ready():
                 return
-            dead = [n for n, p in self._procs.items() if p.poll() is not None]
-            if dead:
+            if any(p.poll() is not None for p in self._procs.values()):  # a daemon died: its log says why
                 break
             time.sleep(0.25)
         raise RuntimeError(f"Slurm test cluster: no {what} after {timeout:.0f}s\n{self.logs()}")

@@ -5,8 +5,9 @@ an `mlflow server` (on PostgreSQL) as the tracking store, the way docs/slurm.md 
 warned mid-trial with `scancel --batch --signal=USR1` (what a site sends before preemption or the time limit):
 it checkpoints, gives the trial back uncharged and requeues itself through submitit. The other is preempted
 mid-trial with `scontrol requeue` (SIGTERM, then Slurm requeues it): the same give-back. Slurm holds a requeued
-task back for about two minutes (its BeginTime); the test releases both at once with `StartTime=now`. The
-tasks come back, resume the given-back trials from their checkpoints, and every trial finishes exactly once.
+task back for about two minutes (its BeginTime); the test holds each longer, until both were preempted, then
+releases both at once with `StartTime=now`. The tasks come back, resume the given-back trials from their
+checkpoints, and every trial finishes exactly once. A second test cancels an array (`scancel`) and submits again.
 
 Every process is real and runs this checkout's code: the launcher through PYTHONPATH, and the array tasks
 because Slurm hands the launcher's environment to them (sbatch's default `--export=ALL`).
@@ -115,6 +116,9 @@ def test_preempted_array_tasks_resume_and_every_trial_finishes_once(
                           f"a trial mid-way in one of {sorted(candidates)}", logs)
         slurm_cluster.command(*how, task)
         _wait(lambda: task_states(slurm_cluster, array).get(task) == "PENDING", f"{task} requeued", logs)
+        # held until released below: on a busy machine the other preemption may take longer than the ~120 s
+        # hold Slurm gives a requeued task, and a task back early would change which task trains what
+        slurm_cluster.command("scontrol", "update", f"JobId={task}", "StartTime=now+3600")
         return key, task
 
     warned_key, warned = preempt(tasks, ["scancel", "--batch", "--signal=USR1"])
@@ -122,7 +126,7 @@ def test_preempted_array_tasks_resume_and_every_trial_finishes_once(
     held = _status(study, postgres_url, tracking_server.url, capsys)  # both tasks held, two trials given back
     assert re.search(r"^all\s+[234]\s+0\s+[012]\s+0$", held, re.M), held
     assert all(re.search(rf"^  {t} PENDING .*BeginTime", held, re.M) for t in tasks), held
-    for task in (warned, requeued):  # out of the ~120 s BeginTime hold Slurm gives a requeued job
+    for task in (warned, requeued):  # released at once: both come back, each to trials given back by either
         slurm_cluster.command("scontrol", "update", f"JobId={task}", "StartTime=now")
     _wait(lambda: set(task_states(slurm_cluster, array).values()) == {"COMPLETED"}, "both tasks COMPLETED", logs,
           timeout=480)
