@@ -58,7 +58,9 @@ def tracking_server(postgres_server: PostgresServer, tmp_path_factory: pytest.Te
                     ) -> Iterator[MlflowServer]:
     """The study's `mlflow server`, on a database of the session's PostgreSQL (what compute nodes would reach)."""
     root = tmp_path_factory.mktemp("slurm-mlflow")
-    server = MlflowServer(postgres_server.create_database("slurm_mlflow"), root / "artifacts", root / "server.log")
+    # a generous start-up wait: on a shared machine its first start (schema migrations) took over 180 s
+    server = MlflowServer(postgres_server.create_database("slurm_mlflow"), root / "artifacts", root / "server.log",
+                          startup_timeout=600)
     try:
         server.start()
         yield server
