@@ -466,6 +466,7 @@ def test_ci_run_is_strict_bash_and_runs_the_readme_command() -> None:
     if readme.exists():  # the README is the source of truth for how tests run
         assert README_TEST_COMMAND in readme.read_text()
     assert "apt-get install -y" in text and "postgresql" in text and "chromium" in text
+    assert "missing+=(slurmctld slurmd slurm-client munge)" in text  # the slurm tier's cluster
 
 
 @pytest.mark.parametrize("pytest_rc", [0, 1, 5])
@@ -490,7 +491,8 @@ def test_ci_run_propagates_pytest_exit_code(tmp_path: Path, pytest_rc: int) -> N
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     proc = subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == pytest_rc, proc.stdout + proc.stderr
-    slow = ["python3 -m pytest -x -q -m slow"] if pytest_rc == 0 else []  # only after the default run passed
+    # the slow tier, then the slurm tier: only after the default run passed
+    slow = ["python3 -m pytest -x -q -m slow", "python3 -m pytest -x -q -m slurm"] if pytest_rc == 0 else []
     assert log.read_text().splitlines() == [
         "python3 -m pip install -e .[test]",
         "python3 -m ruff check",

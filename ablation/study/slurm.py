@@ -63,18 +63,27 @@ def check_shared_storage(url: str) -> None:
                                 "user:pass@host/db) for --launcher slurm", url))
 
 
+def signal_delay_s(limit_min: int) -> int:
+    """How long before the time limit a task is warned: SIGNAL_DELAY_S, at most a quarter of a short limit. A lead
+    as long as the limit warns the task as it starts (Slurm checks about every 30 s), and a task warned before its
+    first step requeues itself without training, again and again until submitit's requeues run out."""
+    return min(SIGNAL_DELAY_S, limit_min * 60 // 4)
+
+
 def sbatch_parameters(study: Study, slurm: SlurmOptions) -> dict[str, Any]:
     """The sbatch options of the array, in submitit's Slurm names (also what --dry-run shows)."""
+    limit_min = max(1, round(slurm.time_min))  # Slurm gets whole minutes
+    delay_s = signal_delay_s(limit_min)
     params: dict[str, Any] = {
         "job_name": f"ablate-{study.spec.name}",
-        "time": max(1, round(slurm.time_min)),
+        "time": limit_min,
         "nodes": 1,
         "ntasks_per_node": 1,
         "array_parallelism": slurm.array_parallelism or slurm.workers,
-        "signal_delay_s": SIGNAL_DELAY_S,
+        "signal_delay_s": delay_s,
         "use_srun": False,  # the worker is the batch script's own process: `scancel --batch` signals reach it
         # B: signals the batch shell, which is the worker (exec); requeue lets Slurm preemption requeue it
-        "additional_parameters": {"signal": f"B:{PREEMPT_SIGNAL}@{SIGNAL_DELAY_S}", "requeue": True,
+        "additional_parameters": {"signal": f"B:{PREEMPT_SIGNAL}@{delay_s}", "requeue": True,
                                   **dict(slurm.extra)},
     }
     if slurm.partition:

@@ -46,6 +46,18 @@ def test_one_gpu_per_task_is_bound_through_gres(study_file: Path, tmp_path: Path
     assert "gpus" not in cpu and "gres" not in cpu
 
 
+def test_a_short_time_limit_leaves_time_to_work_before_the_warning(study_file: Path) -> None:
+    """A warning lead as long as the limit comes as the task starts (on the real test cluster a 1-minute job with
+    --signal=B:USR1@120 was warned 27 s in): the task would requeue itself before its first step, again and again.
+    The lead is at most a quarter of the limit."""
+    study = load_study(study_file, {})
+    for minutes, lead in ((240, 120), (8, 120), (4, 60), (2, 30), (1, 15), (0.4, 15)):
+        params = sbatch_parameters(study, SlurmOptions(time_min=minutes))
+        assert params["signal_delay_s"] == lead, minutes
+        assert params["additional_parameters"]["signal"] == f"B:USR1@{lead}", minutes
+    assert "#SBATCH --signal=B:USR1@30" in sbatch_script(study, SlurmOptions(time_min=2)).splitlines()
+
+
 @pytest.mark.slow  # a CLI process: about 30 s on the shared CI machine
 def test_sqlite_is_refused_in_one_line_naming_postgresql(study_file: Path, tmp_path: Path) -> None:
     done = _cli(["run", str(study_file), "--launcher", "slurm", "--workers", "2", "--storage",
