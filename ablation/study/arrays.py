@@ -7,32 +7,26 @@ conditional UPDATE of `queue.claim_waiting`: Optuna's own pop can hand one trial
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import optuna
 import torch
-from optuna.trial import FrozenTrial, Trial, TrialState
+from optuna.trial import FrozenTrial, Trial
 
 from ablation.config import TrainConfig
 from ablation.gan.array_rules import array_key
 from ablation.gan.device import resolve_device
-from ablation.outcomes import Outcome
-from ablation.study import ownership, queue
-from ablation.study.ownership import FolderLock
-from ablation.study.recovery import give_back, reap_dead
+from ablation.study import queue
+from ablation.study.lease import SOLO, Lease, Shift
+from ablation.study.recovery import reap_dead
 from ablation.study.spec import Study, TrialSpec
-from ablation.study.storage import Beat, give_up_line, heartbeat_of
+from ablation.study.storage import heartbeat_of
 from ablation.study.stored import trial_spec
-from ablation.study.trial import TrialContext, TrialOutcome, TrialRequest, run_trials
+from ablation.study.trial import TrialRequest, run_trials
 
-OnTrialEnd = Callable[[FrozenTrial | None], None]
 CELL_ID_MAX = 2**48  # cell hashes are 12 hex digits
 SEED_MAX = 2**31 - 1
-SOLO = "solo"  # user attr: this trial trains alone (its array failed once)
-ARRAY_FAILURE = "array_failure"  # user attr: failed as part of an array, not (yet) on its own
 ALONE = "alone:"  # group key prefix of a trial that trains in an array of its own
 
 
@@ -103,74 +97,42 @@ def group_of(study: Study) -> Callable[[FrozenTrial], str]:
     return key
 
 
-def run_grid(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_trial_end: OnTrialEnd | None,
-             max_trials: int | None, record: Callable[[Trial, TrialSpec, TrialOutcome], None]) -> int:
+def run_grid(shift: Shift, fuse: int, max_trials: int | None) -> int:
     """Claim, train, record until the queue is empty (or `max_trials` ran, or a stop was requested).
 
     Each array claims up to `fuse` compatible trials and, as members leave early, claims more of its group for
-    the free slots; each trial is recorded the moment it ends, with a heartbeat kept while it trains. A trial
-    trains only while this process holds its folder's lock (study.ownership): one whose folder another process
-    still writes to goes back to the queue. A trial whose claim was lost (no heartbeat recorded for the grace
-    period: `Storage.lost_trials`) is stopped with a checkpoint and left unrecorded, for a reaper to re-queue."""
+    the free slots; each trial is a lease (study.lease), recorded the moment it ends, with a heartbeat kept while
+    it trains. A trial trains only while this process holds its folder's lock (study.ownership): one whose
+    folder another process still writes to goes back to the queue. A trial whose claim was lost (no heartbeat
+    recorded for the grace period: `Storage.lost_trials`) is stopped with a checkpoint and given up."""
+    study, opt, ctx = shift.study, shift.opt, shift.ctx
     claimed_total = 0
     group = group_of(study)
-    held: dict[int, tuple[FolderLock, Beat]] = {}  # trial id -> what this process holds for it
-
-    def folder(trial: FrozenTrial | Trial) -> Path:
-        return ctx.trials_dir / ctx.study_name / str(trial.user_attrs.get("trial_key"))
+    leases: list[Lease] = []  # what this process holds (released ones are dropped as the loop goes)
 
     def busy(frozen: FrozenTrial) -> bool:
-        return "trial_key" in frozen.user_attrs and ownership.folder_held(folder(frozen))
-
-    def request(trial: Trial) -> TrialRequest | None:
-        nonlocal claimed_total
-        lock = ownership.take(folder(trial), trial.number)
-        if lock is None:  # another process owns the folder (claimed between our check and our claim)
-            queue.unclaim(opt, trial._trial_id)
-            return None
-        trial.set_user_attr(ownership.OWNER_ATTR, ownership.owner_attr([lock]))
-        claimed_total += 1
-        beat = Beat(opt, trial._trial_id).start()
-        held[trial._trial_id] = (lock, beat)
-        spec = _spec(study, trial)
-
-        def on_end(outcome: TrialOutcome) -> None:
-            if beat.lost:  # it may be re-queued by now: never told here, its checkpoint waits for the next owner
-                ctx.stop.given_up.append(trial.number)
-                print(give_up_line(opt, trial.number, spec.key, beat.silent_s), file=sys.stderr, flush=True)
-                beat.stop(wait=False)  # its last heartbeat call may hang in the unreachable database
-                lock.release()
-                held.pop(trial._trial_id, None)
-                return
-            beat.stop()
-            if outcome.infra is not None:  # the machine failed, not the trial: back to the queue at once
-                give_back(opt, opt._storage.get_trial(trial._trial_id), ctx.tracker,
-                          f"infrastructure error: {outcome.infra}", outcome.tracking_down)
-                lock.release()
-                held.pop(trial._trial_id, None)
-                return
-            if outcome.array_failed:
-                # one exception fails the whole fused model: re-run each member alone, retries untouched, so a
-                # member is never charged for a neighbour's fault
-                trial.set_user_attr(SOLO, True)
-                trial.set_user_attr(ARRAY_FAILURE, True)
-            record(trial, spec, outcome)
-            lock.release()  # after the record: a free lock naming a RUNNING trial means its owner died
-            held.pop(trial._trial_id, None)
-            if on_trial_end is not None:
-                on_trial_end(opt._storage.get_trial(trial._trial_id))
-
-        return TrialRequest(spec, trial.number, dict(spec.cell.varied), on_end=on_end,
-                            on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        return "trial_key" in frozen.user_attrs and shift.busy([str(frozen.user_attrs["trial_key"])])
 
     def requests(trials: list[Trial]) -> list[TrialRequest]:
-        return [r for r in map(request, trials) if r is not None]
+        nonlocal claimed_total
+        claimed = []
+        for trial in trials:
+            lease = Lease.take(shift, trial, [str(trial.user_attrs.get("trial_key"))])
+            if lease is None:
+                continue
+            claimed_total += 1
+            leases.append(lease)
+            spec = _spec(study, trial)
+            lease.hold([spec], dict(spec.cell.varied))
+            claimed.append(lease.request(0))
+        return claimed
 
     def budget(slots: int) -> int:
         return slots if max_trials is None else max(0, min(slots, max_trials - claimed_total))
 
     try:
         while not ctx.stop and budget(1):
+            leases[:] = [lease for lease in leases if lease.held]
             reap_dead(opt, ctx.tracker)  # dead workers' trials go back to the queue first
             trials = queue.claim_waiting(opt, budget(fuse), group, busy=busy)
             claimed = requests(trials)
@@ -190,9 +152,8 @@ def run_grid(study: Study, opt: optuna.Study, ctx: TrialContext, fuse: int, on_t
 
             run_trials(ctx, claimed, refill=refill if fuse > 1 else None)
     finally:  # an error on the way out (the database gone): nothing of ours stays locked in this process
-        for lock, beat in held.values():
-            beat.stop(wait=False)
-            lock.release()
+        for lease in leases:
+            lease.release()
     return claimed_total
 
 
@@ -201,28 +162,3 @@ def _spec(study: Study, trial: Trial) -> TrialSpec:
     trial.suggest_int("cell_id", 0, CELL_ID_MAX)  # the enqueued (fixed) params: identity in the Optuna UI
     seed = trial.suggest_int("seed", 0, SEED_MAX)
     return trial_spec(study, trial.user_attrs, seed)  # the config the launcher queued, not a rebuild
-
-
-def failed_line(ctx: TrialContext, spec: TrialSpec, outcome: TrialOutcome) -> str:
-    error = (outcome.error or "").strip()
-    last_line = error.splitlines()[-1:] or ["?"]
-    where = "traceback" if error.startswith("Traceback") else "log"  # an unmeasured objective raised nothing
-    return (f"ablate: trial {spec.run_name} [{spec.key}] failed: {last_line[0][:300]} "
-            f"({where} in {ctx.trials_dir / ctx.study_name / spec.key / 'train.log'})")
-
-
-def tell(opt: optuna.Study, trial: Trial, spec: TrialSpec, outcome: TrialOutcome, ctx: TrialContext,
-         values: list[float]) -> None:
-    """Record one member's end in Optuna, the way `Study.optimize` would have from the objective."""
-    trial.set_user_attr("outcome", outcome.outcome)
-    if outcome.outcome is Outcome.FAILED:
-        trial.set_user_attr("error", (outcome.error or "")[-2000:])
-        print(failed_line(ctx, spec, outcome), file=sys.stderr)
-    if outcome.outcome in (Outcome.FAILED, Outcome.INTERRUPTED):
-        opt.tell(trial, state=TrialState.FAIL)
-        return
-    if outcome.outcome is Outcome.DIVERGED and outcome.result is not None:
-        trial.set_user_attr("diverged_step", outcome.result.diverged_step)
-    if hasattr(trial, "set_constraint"):  # Optuna 5: infeasible, so samplers learn to avoid it
-        trial.set_constraint("diverged", 1.0 if outcome.outcome is Outcome.DIVERGED else -1.0)
-    opt.tell(trial, values)

@@ -10,35 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError
-from ablation.outcomes import Outcome
-from ablation.study import arrays, queue, storage
-from ablation.study.objectives import checked, objective_values
+from ablation.study import storage
+from ablation.study.arrays import run_grid
+from ablation.study.lease import Shift
 from ablation.study.outages import database_outage
 from ablation.study.searching import run_search
-from ablation.study.spec import Study, TrialSpec
-from ablation.study.trial import TrialContext, TrialOutcome
-
-
-def after_trial(study: Study, stop_requested: Callable[[], bool]) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """Bounded automatic retry of failures; interrupted trials go back to the queue."""
-
-    def callback(opt: optuna.Study, trial: FrozenTrial) -> None:
-        outcome = trial.user_attrs.get("outcome")
-        if trial.state != TrialState.FAIL or trial.user_attrs.get("trial_key") is None:
-            return
-        if outcome == Outcome.INTERRUPTED:
-            queue.requeue(opt, trial, "interrupted", consume_retry=False)
-        elif outcome == Outcome.FAILED and trial.user_attrs.get(arrays.ARRAY_FAILURE):
-            queue.requeue(opt, trial, "its array failed: retry alone", consume_retry=False)
-        elif outcome == Outcome.FAILED and trial.user_attrs.get("retries_left", 0) > 0:
-            queue.requeue(opt, trial, "failed: automatic retry", consume_retry=True)
-        if stop_requested() and opt._thread_local.in_optimize_loop:  # stop() outside optimize() raises
-            opt.stop()
-
-    return callback
+from ablation.study.spec import Study
+from ablation.study.trial import TrialContext
 
 
 def work(study: Study, opt: optuna.Study, ctx: TrialContext,
@@ -71,14 +52,6 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext,
 
 def _work(study: Study, opt: optuna.Study, ctx: TrialContext, on_trial_end: Callable[[FrozenTrial | None], None]
           | None, max_trials: int | None, fuse: int) -> int:
-    if study.spec.method == "grid":
-        retry = after_trial(study, lambda: bool(ctx.stop))
-
-        def record(trial: optuna.Trial, spec: TrialSpec, outcome: TrialOutcome) -> None:
-            outcome = checked(study, ctx, outcome)
-            arrays.tell(opt, trial, spec, outcome, ctx, objective_values(study, outcome))
-            retry(opt, opt._storage.get_trial(trial._trial_id))
-
-        return arrays.run_grid(study, opt, ctx, fuse, on_trial_end, max_trials, record)
-    return run_search(study, opt, ctx, fuse, on_trial_end, max_trials,
-                      lambda outcome: objective_values(study, outcome), after_trial(study, lambda: bool(ctx.stop)))
+    shift = Shift(study, opt, ctx, on_trial_end)
+    loop = run_grid if study.spec.method == "grid" else run_search
+    return loop(shift, fuse, max_trials)
