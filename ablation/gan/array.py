@@ -1,6 +1,6 @@
 """Train K compatible trials as one fused model on one device; each member stays a trial of its own.
 
-    results = train_array(configs, out_dirs, logs, domains=domains)   # one TrainResult per config
+    results = train_array([Joiner(config, out_dir, log), ...], domains=domains)   # one TrainResult each
 
 Members must share `array_key(config)`: the generator and discriminator architecture, the backbone, the dataset
 and image size, the batch size and the schedule lengths, and the runtime. They may differ in everything else:
@@ -93,29 +93,22 @@ class Array:
     backbone_infos: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def train_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: Sequence[LogFn], *,
-                domains: Domains | None = None, resume: bool = False, stop: StopFlag | None = None,
-                evaluator: TrialEvaluator | None = None, progress: Sequence[ProgressFn | None] | None = None,
-                on_eval: Sequence[EvalHook | None] | None = None, on_end: Sequence[EndHook | None] | None = None,
-                refill: Refill | None = None, init_cache: Path | None = None,
-                fuse: FuseMode | None = None) -> list[TrainResult]:
-    """Train every config into its out_dir as one array; `logs`, `progress`, `on_eval`, `on_end` are per member.
-    `domains` and `evaluator` (shared by all members) may be passed in to decode the data and compute the
-    evaluation references once; without an evaluator each distinct `eval` section builds its own. `refill`
-    fills the slots of members that left early (diverged, pruned, resumed near their end) with more trials of
-    the same `array_key`. `init_cache`: a folder of stored init phases (gan/init_cache.py): members whose init
-    phase is stored, or computed by another member of the array, continue from it. `fuse`: how G and D run
-    (gan/fused.py): "looped" (bit for bit each trial's own run) or "grouped"; by default `default_mode(device)`.
-    Returns one result per member, in the order they joined."""
-    if not configs:
-        raise ValueError("train_array: no configs")
-    count = len(configs)
-    if len(out_dirs) != count or len(logs) != count:
-        raise ValueError(f"train_array: {count} configs, {len(out_dirs)} out_dirs, {len(logs)} logs")
+def train_array(joiners: Sequence[Joiner], *, domains: Domains | None = None, resume: bool = False,
+                stop: StopFlag | None = None, evaluator: TrialEvaluator | None = None, refill: Refill | None = None,
+                init_cache: Path | None = None, fuse: FuseMode | None = None) -> list[TrainResult]:
+    """Train every joiner's config into its out_dir as one array, each with its own log, progress, `on_eval`
+    and `on_end`. `domains` and `evaluator` (shared by all members) may be passed in to decode the data and
+    compute the evaluation references once; without an evaluator each distinct `eval` section builds its own.
+    `refill` fills the slots of members that left early (diverged, pruned, resumed near their end) with more
+    trials of the same `array_key`. `init_cache`: a folder of stored init phases (gan/init_cache.py): members
+    whose init phase is stored, or computed by another member of the array, continue from it. `fuse`: how G and
+    D run (gan/fused.py): "looped" (bit for bit each trial's own run) or "grouped"; by default
+    `default_mode(device)`. Returns one result per member, in the order they joined."""
+    if not joiners:
+        raise ValueError("train_array: no joiners")
+    count = len(joiners)
+    configs = [joiner.config for joiner in joiners]
     check_compatible(configs)
-    joiners = [Joiner(config, Path(out_dirs[i]), logs[i], on_eval[i] if on_eval is not None else None,
-                      progress[i] if progress is not None else None, on_end[i] if on_end is not None else None)
-               for i, config in enumerate(configs)]
     domains = domains if domains is not None else load_domains(configs[0].data)
     array = new_array(configs[0].runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
     stop = stop if stop is not None else StopFlag()
@@ -232,13 +225,13 @@ def join(array: Array, joiner: Joiner) -> Member:
     return member
 
 
-def open_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: Sequence[LogFn], *, domains: Domains,
-               resume: bool = False, evaluator: TrialEvaluator | None = None, fuse: FuseMode | None = None) -> Array:
-    """An array with every config joined (no step yet): for benchmarks and tests that drive `step_array`."""
-    check_compatible(configs)
-    array = new_array(configs[0].runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
-    for config, out_dir, log in zip(configs, out_dirs, logs, strict=True):
-        join(array, Joiner(config, Path(out_dir), log))
+def open_array(joiners: Sequence[Joiner], *, domains: Domains, resume: bool = False,
+               evaluator: TrialEvaluator | None = None, fuse: FuseMode | None = None) -> Array:
+    """An array with every joiner joined (no step yet): for benchmarks and tests that drive `step_array`."""
+    check_compatible([joiner.config for joiner in joiners])
+    array = new_array(joiners[0].config.runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
+    for joiner in joiners:
+        join(array, joiner)
     return array
 
 

@@ -56,13 +56,13 @@ def _cuda_fuse(config: TrainConfig, device: torch.device) -> int:
     import tempfile
 
     from ablation.config import with_overrides
-    from ablation.gan.array import train_array
+    from ablation.gan.array import Joiner, train_array
 
     probe = with_overrides(config, {"schedule.epochs": 2, "schedule.init_epochs": 1, "schedule.steps_per_epoch": 2,
                                     "eval.enabled": False})
     torch.cuda.reset_peak_memory_stats(device)
     with tempfile.TemporaryDirectory() as out:
-        train_array([probe], [Path(out)], [lambda metrics, step: None])
+        train_array([Joiner(probe, Path(out), lambda metrics, step: None)])
     peak = torch.cuda.max_memory_allocated(device)
     free, _ = torch.cuda.mem_get_info(device)
     return max(1, min(CUDA_MAX_FUSE, int(CUDA_MEMORY_SHARE * free // max(peak, 1))))

@@ -198,13 +198,10 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
         handed.extend(refill(free) if refill is not None else [])
         return [joiner(i) for i in range(start, len(handed))]
 
-    configs = [r.spec.config for r in requests]
+    config = requests[0].spec.config
     try:
-        first = [joiner(i) for i in range(len(requests))]
-        train_array(configs, [j.out_dir for j in first], [j.log for j in first], domains=ctx.domains(configs[0].data),
-                    resume=True, stop=ctx.stop, evaluator=ctx.evaluator(configs[0]),
-                    on_eval=[j.on_eval for j in first], progress=[j.progress for j in first],
-                    on_end=[j.on_end for j in first], refill=more if refill is not None else None,
+        train_array([joiner(i) for i in range(len(requests))], domains=ctx.domains(config.data), resume=True,
+                    stop=ctx.stop, evaluator=ctx.evaluator(config), refill=more if refill is not None else None,
                     init_cache=ctx.trials_dir / INIT_DIR)
     except Exception as exc:
         if unrecorded:
