@@ -221,8 +221,8 @@ def report(
 ) -> None:
     """Render reports/<study>/index.html from MLflow and the Optuna storage (no training)."""
     from ablation.report.build import build_report
+    from ablation.study.queue import storage_url
     from ablation.study.runner import RunOptions, resolve_study
-    from ablation.study.storage import storage_url
     from ablation.study.tracking import Tracker
 
     spec = None

@@ -45,3 +45,52 @@ def test_every_role_is_a_subpackage() -> None:
     top = sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists())
     assert {"gan", "data", "evaluation", "study", "report", "cli.py", "config.py"} <= set(top)
     assert len([p for p in top if p.endswith(".py")]) <= 8, top  # the top level stays small
+
+
+QUEUE = "study/queue/"  # Optuna as the work queue: the one subpackage that may use Optuna's internals
+
+
+def optuna_private_names() -> set[str]:
+    """The private attributes of the Optuna objects ablate holds: a study, its trials, its (cached) RDB storage."""
+    import optuna
+
+    rdb = optuna.storages.RDBStorage("sqlite:///:memory:")
+    study = optuna.create_study(storage=rdb)  # wraps the RDB storage in Optuna's cache, as ablate's studies are
+    trial = study.ask()
+    study.tell(trial, 0.0)
+    held = [study, trial, study.trials[0], study._storage, rdb]
+    return {name for obj in held for name in {*vars(obj), *dir(type(obj))}
+            if name.startswith("_") and not name.startswith("__")}
+
+
+def test_optuna_internals_only_in_the_queue() -> None:
+    names = optuna_private_names()
+    assert {"_storage", "_trial_id", "_study_id", "_thread_local", "_backend"} <= names
+    uses = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = str(path.relative_to(PACKAGE))
+        if name.startswith(QUEUE):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr in names
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):
+                uses.append(f"ablation/{name}:{node.lineno} .{node.attr}")
+    assert uses == [], uses
+
+
+def test_the_queue_names_its_public_surface() -> None:
+    from ablation.study import queue
+
+    assert queue.__all__ and all(hasattr(queue, name) for name in queue.__all__)
+    inside = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if str(path.relative_to(PACKAGE)).startswith(QUEUE):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "ablation.study.queue":
+                inside += [f"{path.name}: {a.name}" for a in node.names if a.name not in queue.__all__]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ablation.study.queue."):
+                inside.append(f"{path.name}: {node.module}")
+            elif isinstance(node, ast.Import):
+                inside += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("ablation.study.queue.")]
+    assert inside == [], f"import the queue through ablation.study.queue's __all__: {inside}"

@@ -18,10 +18,8 @@ from ablation.config import TrainConfig
 from ablation.gan.array_rules import array_key
 from ablation.gan.device import resolve_device
 from ablation.study import queue
-from ablation.study.lease import SOLO, Lease, Shift
-from ablation.study.recovery import reap_dead
+from ablation.study.queue import SOLO, Lease, Shift, heartbeat_of, reap_dead
 from ablation.study.spec import Study, TrialSpec
-from ablation.study.storage import heartbeat_of
 from ablation.study.stored import trial_spec
 from ablation.study.trial import TrialRequest, run_trials
 

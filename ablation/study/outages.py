@@ -139,3 +139,13 @@ def one_line(error: BaseException) -> str:
         return f"{errno.errorcode.get(error.errno, 'OSError')}: {error.strerror}{where}"
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url

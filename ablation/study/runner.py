@@ -21,14 +21,12 @@ from ablation.data.presets import demo_deviations, prepare_demo
 from ablation.errors import UserError, problem
 from ablation.gan.trainer import stop_on_signals
 from ablation.outcomes import Outcome
-from ablation.study import checks, queue, storage
+from ablation.study import checks, queue
 from ablation.study.arrays import resolve_fuse
 from ablation.study.balance_probe import ProbeResult, probe_study
 from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
-from ablation.study.lock import LocalLock, launcher_lock_path
 from ablation.study.note import EXPERIMENT_KIND, experiment_note
-from ablation.study.recovery import open_queue, reap_orphans
 from ablation.study.spec import Study, load_study
 from ablation.study.stored import check_agrees
 from ablation.study.tracking import TAG_DEMO, TAG_PROBE, Tracker
@@ -75,7 +73,7 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     if options.slurm is not None:
         from ablation.study.slurm import check_shared_storage, dry_run_submission
 
-        check_shared_storage(storage.storage_url(options.storage))
+        check_shared_storage(queue.storage_url(options.storage))
         if dry_run:
             print(dry_run_submission(path, study, options))
             return 0
@@ -92,15 +90,15 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     preflight_backbones(study)
     probe = check_balance(study, options)                                 # 3. every varied term acts
     started = time.time()
-    url = storage.storage_url(options.storage)
-    lock_path = launcher_lock_path(url, study.spec.name)
-    lock = LocalLock(lock_path) if lock_path is not None else None
+    url = queue.storage_url(options.storage)
+    lock_path = queue.launcher_lock_path(url, study.spec.name)
+    lock = queue.LocalLock(lock_path) if lock_path is not None else None
     if lock is not None and not lock.acquire():
         raise UserError(problem(lock.path, "lock", "no other `ablate run` of this study on this database (join "
                                 "it with `ablate worker`)", "<held by a running process>"))
     try:
         tracker, ctx, opt = connect(study, path, options, create=True)    # 3. tracking + queue, once
-        reap_orphans(opt, tracker)                                        # 4. trials of dead processes
+        queue.reap_orphans(opt, tracker)                                        # 4. trials of dead processes
         added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
         _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
         if probe is not None:  # the report's summary repeats the flags
@@ -156,13 +154,13 @@ def demo_changes(path: Path, study: Study, options: RunOptions) -> list[str]:
 def connect(study: Study, path: Path, options: RunOptions, create: bool
             ) -> tuple[Tracker, TrialContext, optuna.Study]:
     """The study's MLflow experiment and parent run, and its Optuna queue (created by launchers only)."""
-    url = storage.storage_url(options.storage)
+    url = queue.storage_url(options.storage)
     tracker = Tracker(options.tracking_uri, options.artifact_root)
     experiment_id = tracker.experiment_id(study.spec.name, {"mlflow.experimentKind": EXPERIMENT_KIND,
                                                             "mlflow.note.content": experiment_note(study)})
     parent_id = tracker.parent_run(experiment_id, study.spec.name, path, _provenance())
-    opt = queue.open_study(study, open_queue(url, tracker), create=create)
-    storage.settle_heartbeat(opt, storage.Heartbeat.from_env(), storage.Heartbeat.env_given())
+    opt = queue.open_study(study, queue.open_queue(url, tracker), create=create)
+    queue.settle_heartbeat(opt, queue.Heartbeat.from_env(), queue.Heartbeat.env_given())
     ctx = TrialContext(study.spec.name, tracker, experiment_id, parent_id, options.trials_dir)
     return tracker, ctx, opt
 

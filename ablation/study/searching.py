@@ -19,11 +19,8 @@ from ablation.config import TrainConfig
 from ablation.gan.array_rules import array_key
 from ablation.gan.trainer import EvalHook
 from ablation.study import queue
-from ablation.study.lease import SOLO, Lease, Shift
-from ablation.study.queue import CONFIG_ATTR
-from ablation.study.recovery import reap_dead
+from ablation.study.queue import CONFIG_ATTR, SOLO, Lease, Shift, heartbeat_of, new_trial, reap_dead, sampler_for
 from ablation.study.spec import Cell, Study, TrialSpec, search_cell
-from ablation.study.storage import heartbeat_of
 from ablation.study.stored import with_local_runtime
 from ablation.study.trial import TrialContext, run_trials
 
@@ -97,13 +94,10 @@ def _new_point(study: Study, opt: optuna.Study) -> Trial:
 
     Made as `Study.ask` makes one, except that it never pops a WAITING trial: Optuna's pop is a read-then-write
     (two processes can both take a trial on SQLite) and knows nothing of `busy`, so a re-queued point whose
-    folder another process still held was popped instead of a new point being asked, put back by `_own`, and
+    folder another process still held was popped instead of a new point being asked, put back by its lease, and
     popped again: the search stood still until that folder was released. Re-queued points are taken by
     `queue.claim_waiting` alone."""
-    opt._thread_local.cached_all_trials = None  # as `ask` does: the sampler reads the trials as they are now
-    trial_id = opt._storage.create_new_trial(opt._study_id)
-    opt.sampler = queue.sampler_for(study, opt._storage.get_trial_number_from_id(trial_id))
-    trial = optuna.Trial(opt, trial_id)
+    trial = new_trial(opt, lambda number: sampler_for(study, number))
     search_params(study, trial)  # drawn now, by this trial's sampler (`_open_point` reads them back)
     return trial
 

@@ -28,8 +28,7 @@ from mlflow.exceptions import MlflowException
 import ablation
 from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
-from ablation.study.outages import TRANSIENT_HTTP_STATUS, one_line, tracking_outage
-from ablation.study.storage import redact
+from ablation.study.outages import TRANSIENT_HTTP_STATUS, one_line, redact, tracking_outage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TAG_ROLE, TAG_STUDY, TAG_CELL, TAG_SEED = "ablate.role", "ablate.study", "ablate.cell", "ablate.seed"

@@ -13,10 +13,10 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError
-from ablation.study import storage
+from ablation.study import queue
 from ablation.study.arrays import run_grid
-from ablation.study.lease import Shift
 from ablation.study.outages import database_outage
+from ablation.study.queue import Shift
 from ablation.study.searching import run_search
 from ablation.study.spec import Study
 from ablation.study.trial import TrialContext
@@ -33,7 +33,7 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext,
     recorded for longer than the grace period) stops it with a checkpoint and leaves it unrecorded, for a
     reaper to re-queue (itself, once the database answers again); if the database stays away, it stops with
     one line."""
-    ctx.stop.watch(storage.backend_of(opt))
+    ctx.stop.watch(queue.backend_of(opt))
     try:
         ran = _work(study, opt, ctx, on_trial_end, max_trials, fuse)
     except Exception as exc:
@@ -41,8 +41,8 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext,
         if (cause := database_outage(exc)) is None:
             raise
         if ctx.stop.given_up:
-            raise storage.claims_lost(opt, ctx.stop.given_up) from None
-        raise storage.storage_down(opt, cause) from None
+            raise queue.claims_lost(opt, ctx.stop.given_up) from None
+        raise queue.storage_down(opt, cause) from None
     if ctx.stop.halted is not None:
         # every worker on a full disk or a dead GPU would otherwise fail the whole queue in minutes
         raise UserError(f"worker stopped by an infrastructure error: {ctx.stop.halted}; its trial went "

@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from scale_helpers import race_processes, write_study
 
 from ablation.outcomes import Outcome
-from ablation.study import queue, storage
+from ablation.study import queue
+from ablation.study.queue import storage
 from ablation.study.spec import Study, load_study
 
 pytestmark = pytest.mark.slow

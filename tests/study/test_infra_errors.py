@@ -152,7 +152,7 @@ def test_an_error_while_recording_an_ended_trial_is_not_swallowed(tmp_path: Path
     def tell_with_a_bug(*args: object) -> None:
         raise RuntimeError("a bug while recording")
 
-    monkeypatch.setattr("ablation.study.lease.tell", tell_with_a_bug)
+    monkeypatch.setattr("ablation.study.queue.lease.tell", tell_with_a_bug)
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [6.0]}, [0], "record")
     with pytest.raises(RuntimeError, match="^a bug while recording$"):
         run_study(study, local_options(tmp_path, fuse=1))

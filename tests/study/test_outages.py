@@ -20,7 +20,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_
 
 from ablation.study import tracking
 from ablation.study.outages import DATABASE_OUTAGES, NETWORK_OUTAGES, database_outage, tracking_outage
-from ablation.study.storage import Storage
+from ablation.study.queue.storage import Storage
 from ablation.study.tracking import Tracker, mlflow_unavailable
 
 

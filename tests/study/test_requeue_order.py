@@ -16,7 +16,8 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from services import MlflowServer
 
-from ablation.study import ownership, queue, recovery, tracking
+from ablation.study import queue, tracking
+from ablation.study.queue import ownership, recovery
 from ablation.study.tracking import Tracker
 
 pytestmark = pytest.mark.services

@@ -11,8 +11,9 @@ import pytest
 from optuna.trial import TrialState
 from scale_helpers import write_study
 
-from ablation.study import queue, storage
+from ablation.study import queue
 from ablation.study.arrays import CELL_ID_MAX, _spec
+from ablation.study.queue import storage
 from ablation.study.spec import load_study
 
 

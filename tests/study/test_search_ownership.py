@@ -38,8 +38,8 @@ from scale_helpers import (
 )
 
 from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ablation.study import ownership, queue
-from ablation.study.recovery import open_queue
+from ablation.study import queue
+from ablation.study.queue import open_queue, ownership
 from ablation.study.runner import connect, enqueue_study, resolve_study, run_study
 from ablation.study.searching import ask_points, search_params
 from ablation.study.spec import TrialSpec, search_cell

@@ -17,7 +17,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError, problem
-from ablation.study.outages import database_outage
+from ablation.study.outages import database_outage, redact
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_ENV, GRACE_ENV = "ABLATE_HEARTBEAT_S", "ABLATE_GRACE_S"
@@ -213,16 +213,6 @@ def settle_heartbeat(opt: optuna.Study, wanted: Heartbeat, env_given: bool) -> H
     backend = backend_of(opt)
     backend.heartbeat_interval, backend.grace_period = settled.interval, settled.grace
     return settled
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
 
 
 def url_of(opt: optuna.Study) -> str:

@@ -274,6 +274,16 @@ def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial
     return claimed
 
 
+def new_trial(opt: optuna.Study, sampler_of: Callable[[int], optuna.samplers.BaseSampler]) -> optuna.Trial:
+    """A new RUNNING trial whose point the sampler `sampler_of(its number)` draws (study.searching).
+
+    Made as `Study.ask` makes one, except that it never pops a WAITING trial (see `claim_waiting`)."""
+    opt._thread_local.cached_all_trials = None  # as `ask` does: the sampler reads the trials as they are now
+    trial_id = opt._storage.create_new_trial(opt._study_id)
+    opt.sampler = sampler_of(opt._storage.get_trial_number_from_id(trial_id))
+    return optuna.Trial(opt, trial_id)
+
+
 def _claim(opt: optuna.Study, trial_id: int) -> bool:
     """WAITING -> RUNNING as one `UPDATE ... WHERE state = 'WAITING'`: atomic on every SQL database.
 

@@ -28,12 +28,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.gan.trainer import EvalHook
 from ablation.outcomes import Outcome
-from ablation.study import ownership, queue
 from ablation.study.objectives import checked, objective_values
-from ablation.study.ownership import FolderLock
-from ablation.study.recovery import give_back
+from ablation.study.queue import ownership, trials
+from ablation.study.queue.ownership import FolderLock
+from ablation.study.queue.recovery import give_back
+from ablation.study.queue.storage import Beat, give_up_line
 from ablation.study.spec import Study, TrialSpec
-from ablation.study.storage import Beat, give_up_line
 from ablation.study.trial import TrialContext, TrialOutcome, TrialRequest
 
 OnTrialEnd = Callable[[FrozenTrial | None], None]  # a trial this worker ended (for progress lines and the ETA)
@@ -104,7 +104,7 @@ class Lease:
             if lock is None:
                 for other in taken:
                     other.release()
-                queue.unclaim(shift.opt, trial._trial_id)
+                trials.unclaim(shift.opt, trial._trial_id)
                 return None
             taken.append(lock)
         trial.set_user_attr(ownership.OWNER_ATTR, ownership.owner_attr(taken))
@@ -210,9 +210,9 @@ def retry(opt: optuna.Study, trial: FrozenTrial) -> None:
     if record is None or record.retry is None:
         return
     if record.counted and trial.user_attrs.get(ARRAY_FAILURE):
-        queue.requeue(opt, trial, ARRAY_RETRY, consume_retry=False)
+        trials.requeue(opt, trial, ARRAY_RETRY, consume_retry=False)
     elif not record.counted or trial.user_attrs.get("retries_left", 0) > 0:
-        queue.requeue(opt, trial, record.retry, consume_retry=record.counted)
+        trials.requeue(opt, trial, record.retry, consume_retry=record.counted)
 
 
 def failed_line(ctx: TrialContext, spec: TrialSpec, outcome: TrialOutcome) -> str:
