@@ -32,7 +32,7 @@ def train(
     from ablation.config import load_train_config, parse_set_options, to_yaml
     from ablation.console import TrainConsole
     from ablation.data.presets import prepare_demo
-    from ablation.gan.trainer import train as run_training
+    from ablation.gan import train as run_training
     from ablation.outcomes import Outcome
 
     overrides = parse_set_options(set_)
@@ -295,9 +295,7 @@ def stylize_command(
 
     from ablation.config import RuntimeConfig
     from ablation.data.media import list_sources
-    from ablation.gan.device import resolve_device
-    from ablation.gan.inference import load_generator
-    from ablation.gan.stylize import Bounds, planned_outputs, stylize_sources
+    from ablation.gan import Bounds, load_generator, planned_outputs, resolve_device, stylize_sources
     from ablation.study.models import resolve_model
     from ablation.study.tracking import Tracker
 
@@ -332,8 +330,7 @@ def export_command(
     import torch
 
     from ablation.config import to_yaml
-    from ablation.gan.export import export_generator
-    from ablation.gan.inference import load_generator
+    from ablation.gan import export_generator, load_generator
     from ablation.study.models import resolve_model
     from ablation.study.tracking import Tracker
 
@@ -406,7 +403,7 @@ def weights_convert(
     width: float = typer.Option(1.3, help="width multiplier (Keras alpha) the file was trained at"),
 ) -> None:
     """Convert a published weights file into one `backbone.weights` loads (with its numerics)."""
-    from ablation.gan.keras_weights import convert_weights
+    from ablation.gan import convert_weights
 
     typer.echo(convert_weights(converter, source, out, width))
 

@@ -94,3 +94,12 @@ def test_the_queue_names_its_public_surface() -> None:
             elif isinstance(node, ast.Import):
                 inside += [f"{path.name}: {a.name}" for a in node.names if a.name.startswith("ablation.study.queue.")]
     assert inside == [], f"import the queue through ablation.study.queue's __all__: {inside}"
+
+
+def test_the_harness_uses_the_engine_through_its_surface() -> None:
+    from ablation import gan
+
+    assert gan.__all__ and all(hasattr(gan, name) for name in gan.__all__)
+    inside = sorted(f"{name}: {m}" for name, found in modules().items() if name.startswith("study/") for m in found
+                    if m.startswith("ablation.gan.") and m.removeprefix("ablation.gan.") not in gan.__all__)
+    assert inside == [], f"study/ imports the engine through ablation.gan's __all__ only: {inside}"

@@ -16,7 +16,6 @@ model computed, and `describe()` records them (`numerics`, `source_sha256`). Pla
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +28,13 @@ from torchvision.models import MobileNet_V2_Weights, VGG19_Weights
 
 from ablation.config import BackboneConfig
 from ablation.errors import UserError, problem
+from ablation.evaluation.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
 from ablation.gan.caffe_weights import CAFFE_FORMAT
 from ablation.gan.keras_weights import KERAS_BN_EPS, KERAS_FORMAT, TF_SAME, keras_init, use_keras_numerics
 from ablation.gan.lite_trunk import PackagedWeights, build_lite1_trunk
 
 FIELD = "backbone.weights"
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-
-
 def _vgg19_trunk(cfg: BackboneConfig) -> nn.Module:
     # Build on the meta device: the 120M-parameter classifier would cost ~1.4 s of RNG draws only to be dropped.
     with torch.device("meta"):
@@ -107,16 +103,6 @@ def _affine_for(preprocess: str) -> tuple[bool, torch.Tensor, torch.Tensor]:
     if preprocess == "effnet":  # ((x+1)·127.5 − 127)/128  =  x·127.5/128 + 0.5/128 (the Lite models' convention)
         return False, torch.full((3,), 127.5 / 128), torch.full((3,), 0.5 / 128)
     raise ValueError(f"unknown preprocess {preprocess!r}")
-
-
-def state_hash(module: nn.Module) -> str:
-    """sha256[:12] over the state dict (names, dtypes, shapes, bytes): which weights a run really used."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:12]
 
 
 class FrozenBackbone(nn.Module):

@@ -15,8 +15,7 @@ import torch
 from optuna.trial import FrozenTrial, Trial
 
 from ablation.config import TrainConfig
-from ablation.gan.array_rules import array_key
-from ablation.gan.device import resolve_device
+from ablation.gan import array_key, resolve_device
 from ablation.study import queue
 from ablation.study.queue import SOLO, Lease, Shift, heartbeat_of, reap_dead
 from ablation.study.spec import Study, TrialSpec
@@ -54,7 +53,7 @@ def _cuda_fuse(config: TrainConfig, device: torch.device) -> int:
     import tempfile
 
     from ablation.config import with_overrides
-    from ablation.gan.array import Joiner, train_array
+    from ablation.gan import Joiner, train_array
 
     probe = with_overrides(config, {"schedule.epochs": 2, "schedule.init_epochs": 1, "schedule.steps_per_epoch": 2,
                                     "eval.enabled": False})

@@ -19,9 +19,7 @@ from pathlib import Path
 
 from ablation.config import TrainConfig, with_overrides
 from ablation.data.streams import Domains, load_domains
-from ablation.gan.balance import metric_name
-from ablation.gan.init_cache import INIT_DIR
-from ablation.gan.trainer import StopFlag, train
+from ablation.gan import INIT_DIR, StopFlag, metric_name, train
 from ablation.study.spec import Cell, Study, format_value
 
 VACUOUS_SHARE = 1e-3  # below this at every level, a term cannot change the outcome

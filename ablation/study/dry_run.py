@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from ablation.config import TrainConfig
-from ablation.gan.init_cache import init_key, shareable
+from ablation.gan import init_key, shareable
 from ablation.study.arrays import planned_arrays
 from ablation.study.spec import Study
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 
 from ablation.config import TrainConfig, with_overrides
-from ablation.gan.init_cache import INIT_DIR, init_key, shareable
+from ablation.gan import INIT_DIR, init_key, shareable
 from ablation.study import queue
 from ablation.study.spec import Study
 

@@ -92,7 +92,7 @@ def log_generator(tracker: Tracker, run_id: str, weights: Path, config_file: Pat
     import numpy as np
     import torch
 
-    from ablation.gan.inference import ImageStylizer, load_generator
+    from ablation.gan import ImageStylizer, load_generator
 
     config = build_config(read_yaml(config_file), config_file)
     model = ImageStylizer(load_generator(weights, config, torch.device("cpu")), config_file.read_text())

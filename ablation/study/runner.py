@@ -19,7 +19,7 @@ import optuna
 
 from ablation.data.presets import demo_deviations, prepare_demo
 from ablation.errors import UserError, problem
-from ablation.gan.trainer import stop_on_signals
+from ablation.gan import stop_on_signals
 from ablation.outcomes import Outcome
 from ablation.study import checks, queue
 from ablation.study.arrays import resolve_fuse
@@ -200,7 +200,7 @@ def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = N
 def preflight_backbones(study: Study) -> None:
     """Load every non-random backbone once before any training: a missing weights file (or a download that
     cannot happen offline) is an error in the study, not a failed trial per cell."""
-    from ablation.gan.backbone import build_backbone
+    from ablation.gan import build_backbone
 
     configs = [c.config.backbone for c in study.cells] or [study.base_config.backbone]
     seen = set()

@@ -16,8 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial
 
 from ablation.config import TrainConfig
-from ablation.gan.array_rules import array_key
-from ablation.gan.trainer import EvalHook
+from ablation.gan import EvalHook, array_key
 from ablation.study import queue
 from ablation.study.queue import CONFIG_ATTR, SOLO, Lease, Shift, heartbeat_of, new_trial, reap_dead, sampler_for
 from ablation.study.spec import Cell, Study, TrialSpec, search_cell

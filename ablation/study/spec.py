@@ -27,7 +27,7 @@ from ablation.config import (
 )
 from ablation.errors import UserError, from_validation_error, problem
 from ablation.evaluation import registry
-from ablation.gan.backbone import imagenet_on_disk
+from ablation.gan import imagenet_on_disk
 from ablation.study import checks
 
 

@@ -21,11 +21,21 @@ from ablation.config import DataConfig, TrainConfig, to_yaml
 from ablation.console import METRICS_FILE, MetricsFile, read_metrics
 from ablation.data.streams import Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
-from ablation.gan.array import Joiner, train_array
-from ablation.gan.checkpoint import CHECKPOINT_NAME, TruncatedFile, load_checkpoint
-from ablation.gan.device import effective_precision, resolve_device
-from ablation.gan.init_cache import INIT_DIR
-from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator
+from ablation.gan import (
+    CHECKPOINT_NAME,
+    EVAL_INFO,
+    INIT_DIR,
+    EvalHook,
+    Joiner,
+    StopFlag,
+    TrainResult,
+    TruncatedFile,
+    build_evaluator,
+    effective_precision,
+    load_checkpoint,
+    resolve_device,
+    train_array,
+)
 from ablation.outcomes import Outcome
 from ablation.study.models import log_trial_model
 from ablation.study.outages import infrastructure_error, one_line, tracking_outage

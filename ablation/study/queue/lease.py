@@ -26,7 +26,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ablation.gan.trainer import EvalHook
+from ablation.gan import EvalHook
 from ablation.outcomes import Outcome
 from ablation.study.objectives import checked, objective_values
 from ablation.study.queue import ownership, trials
