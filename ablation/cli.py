@@ -66,14 +66,10 @@ FUSE_HELP = "trials trained together as one fused model: a count, or auto (CUDA:
 
 
 def _fuse(text: str) -> int | None:
-    """`--fuse 4` -> 4, `--fuse auto` -> None (decided per device by the runner)."""
-    from ablation.errors import UserError, problem
+    """`--fuse 4` -> 4, `--fuse auto` -> None: parsed here once, then passed on as is (study.arrays)."""
+    from ablation.study.arrays import parse_fuse
 
-    if text == "auto":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise UserError(problem(None, "--fuse", "a positive integer or auto", text))
-    return int(text)
+    return parse_fuse(text)
 
 
 STORAGE_HELP = "Optuna storage URL (default $ABLATE_STORAGE or sqlite:///optuna.db)"

@@ -15,6 +15,7 @@ import torch
 from optuna.trial import FrozenTrial, Trial
 
 from ablation.config import TrainConfig
+from ablation.errors import UserError, problem
 from ablation.gan import array_key, resolve_device
 from ablation.study import queue
 from ablation.study.queue import SOLO, Lease, Shift, heartbeat_of, reap_dead
@@ -32,13 +33,38 @@ ALONE = "alone:"  # group key prefix of a trial that trains in an array of its o
 # random backbone (about 1.1x at K = 9 in benchmarks/trial_arrays.py), and it lost end to end: the demo study
 # took 622 s with K = 4 and less with K = 1 (same machine, same results bit for bit); the shared init phase
 # (gan/init_cache.py) works at any K.
+AUTO = "auto"
 CPU_AUTO_FUSE = 1
 CUDA_MAX_FUSE = 16
 CUDA_MEMORY_SHARE = 0.8  # of the free memory at start: room for the evaluator and allocator slack
 
 
+def parse_fuse(text: str) -> int | None:
+    """`--fuse 4` -> 4, `--fuse auto` -> None: auto is resolved by each worker (`resolve_fuse`)."""
+    if text == AUTO:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(problem(None, "--fuse", "a positive integer or auto", text))
+    return int(text)
+
+
+def fuse_text(fuse: int | None) -> str:
+    """The `--fuse` a child worker process is started with: `parse_fuse` reads it back."""
+    return AUTO if fuse is None else str(fuse)
+
+
+def planned_fuse(fuse: int | None, study: Study) -> int | None:
+    """The trials per array a dry run can tell without training: None for auto on CUDA, where only the worker
+    that claims an array measures it (`resolve_fuse` trains a probe)."""
+    if fuse is not None:
+        return fuse
+    config = study.cells[0].config if study.cells else study.base_config
+    return None if resolve_device(config.runtime).type == "cuda" else CPU_AUTO_FUSE
+
+
 def resolve_fuse(fuse: int | None, study: Study) -> int:
-    """The trials per array: `fuse` when given; auto = by measured memory on CUDA, CPU_AUTO_FUSE on a CPU."""
+    """The trials per array: `fuse` when given; auto = by measured memory on CUDA, CPU_AUTO_FUSE on a CPU.
+    Called by the worker that claims the arrays (it trains a probe on CUDA), never by a launcher or dry run."""
     if fuse is not None:
         return fuse
     config = study.cells[0].config if study.cells else study.base_config

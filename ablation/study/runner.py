@@ -22,7 +22,7 @@ from ablation.errors import UserError, problem
 from ablation.gan import stop_on_signals
 from ablation.outcomes import Outcome
 from ablation.study import checks, queue
-from ablation.study.arrays import resolve_fuse
+from ablation.study.arrays import fuse_text, planned_fuse, resolve_fuse
 from ablation.study.balance_probe import ProbeResult, probe_study
 from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
@@ -78,7 +78,7 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
             print(dry_run_submission(path, study, options))
             return 0
     if dry_run:
-        print("\n".join(dry_run_lines(study, resolve_fuse(options.fuse, study))))
+        print("\n".join(dry_run_lines(study, planned_fuse(options.fuse, study))))  # never trains
         try:
             check_data_layout(study)
         except UserError as exc:  # a dry run lists the trials without data; only the probe needs it
@@ -190,7 +190,7 @@ def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = N
             torch.cuda.set_per_process_memory_fraction(float(fraction))
     if options.quiet:
         with stop_on_signals(ctx.stop):
-            work(study, opt, ctx, fuse=resolve_fuse(options.fuse, study))
+            work(study, opt, ctx, fuse=options.fuse)
         if stopped_by is not None and ctx.stop.signum is not None:
             stopped_by.append(ctx.stop.signum)
         return 130 if ctx.stop else 0
@@ -231,7 +231,7 @@ def check_data_layout(study: Study) -> None:
 def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: RunOptions) -> int:
     from ablation.console import study_progress
 
-    fuse = resolve_fuse(options.fuse, study)
+    fuse = resolve_fuse(options.fuse, study)  # this process is the worker that claims the arrays
     eta = study_eta(study, opt, ctx.trials_dir, fuse)
     # bars on a terminal; one plain line per finished trial in a file or pipe, where bars show nothing
     with study_progress(study.spec.name, _total(study, opt), _done(opt), lambda: format_eta(eta.remaining_s())) \
@@ -289,7 +289,7 @@ def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking
         cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path),
                "--trials-dir", str(options.trials_dir), "--quiet"]
         cmd += ["--demo"] if options.demo else []
-        cmd += ["--fuse", str(options.fuse) if options.fuse is not None else "auto"]
+        cmd += ["--fuse", fuse_text(options.fuse)]  # each child resolves auto on its own device
         cmd += [arg for k, v in options.overrides for arg in ("--set", f"{k}={v}")]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]

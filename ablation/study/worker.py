@@ -14,7 +14,7 @@ from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError
 from ablation.study import queue
-from ablation.study.arrays import run_grid
+from ablation.study.arrays import resolve_fuse, run_grid
 from ablation.study.outages import database_outage
 from ablation.study.queue import Shift
 from ablation.study.searching import run_search
@@ -24,18 +24,20 @@ from ablation.study.trial import TrialContext
 
 def work(study: Study, opt: optuna.Study, ctx: TrialContext,
          on_trial_end: Callable[[FrozenTrial | None], None] | None = None, max_trials: int | None = None,
-         fuse: int = 1) -> int:
+         fuse: int | None = 1) -> int:
     """Run trials until none is left (grid) or the budget is spent (search). Returns trials run.
 
     Grids train up to `fuse` compatible trials at once as one array (study/arrays.py); searches ask for
-    `fuse // len(seeds)` points at once and train their seed replicates as arrays (study/searching.py).
+    `fuse // len(seeds)` points at once and train their seed replicates as arrays (study/searching.py); `fuse`
+    None is auto: measured here, by the worker that claims the arrays (`arrays.resolve_fuse`).
     `on_trial_end` gets each trial this worker ended. A worker that lost its claim on a trial (no heartbeat
     recorded for longer than the grace period) stops it with a checkpoint and leaves it unrecorded, for a
     reaper to re-queue (itself, once the database answers again); if the database stays away, it stops with
     one line."""
+    size = resolve_fuse(fuse, study)
     ctx.stop.watch(queue.backend_of(opt))
     try:
-        ran = _work(study, opt, ctx, on_trial_end, max_trials, fuse)
+        ran = _work(study, opt, ctx, on_trial_end, max_trials, size)
     except Exception as exc:
         # the database went away: one clear line, not Optuna's traceback (its own error handling fails too)
         if (cause := database_outage(exc)) is None:
