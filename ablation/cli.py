@@ -145,11 +145,11 @@ def status(
     reports_dir: Path = typer.Option(Path("reports"), "--out", help="reports folder (with --wait)"),
 ) -> None:
     """Where a study stands: the queue per cell, live workers, and the Slurm array's tasks."""
-    from ablation.study.runner import resolve_study
+    from ablation.study.spec import resolve_study
     from ablation.study.status import study_status
 
     options = _run_options(demo, [], storage, tracking_uri, None, reports_dir=reports_dir)
-    raise typer.Exit(study_status(resolve_study(study, options), options, wait=wait))
+    raise typer.Exit(study_status(resolve_study(study, options.demo, options.overrides), options, wait=wait))
 
 
 @app.command("k8s-manifest")
@@ -164,9 +164,9 @@ def k8s_manifest(
 ) -> None:
     """Print a Kubernetes Indexed Job of N workers (preemption is not counted as a failure)."""
     from ablation.study.k8s import indexed_job, manifest_text
-    from ablation.study.runner import resolve_study
+    from ablation.study.spec import resolve_study
 
-    resolved = resolve_study(study, _run_options(demo, [], None, None, None))
+    resolved = resolve_study(study, demo)
     typer.echo(manifest_text(indexed_job(resolved.spec.name, str(study), workers, image, secret, claim,
                                          gpus_per_worker, ("--demo",) if demo else ())), nl=False)
 
@@ -218,13 +218,13 @@ def report(
     """Render reports/<study>/index.html from MLflow and the Optuna storage (no training)."""
     from ablation.report.build import build_report
     from ablation.study.queue import storage_url
-    from ablation.study.runner import RunOptions, resolve_study
+    from ablation.study.spec import resolve_study
     from ablation.study.tracking import Tracker
 
     spec = None
     name = study
     if study.endswith((".yaml", ".yml")):
-        spec = resolve_study(Path(study), RunOptions(demo=demo))
+        spec = resolve_study(Path(study), demo)
         name = spec.spec.name
     elif demo:
         name = f"{study}-demo"
@@ -249,12 +249,12 @@ def best(
     import json
 
     from ablation.report.best import as_json, rank, table_lines
-    from ablation.study.runner import RunOptions, resolve_study
+    from ablation.study.spec import resolve_study
     from ablation.study.tracking import Tracker
 
     spec, name = None, f"{study}-demo" if demo else study
     if study.endswith((".yaml", ".yml")):
-        resolved = resolve_study(Path(study), RunOptions(demo=demo))
+        resolved = resolve_study(Path(study), demo)
         spec, name = resolved.spec, resolved.spec.name
     tracker = Tracker(tracking_uri)
     chosen, direction, cells = rank(tracker, name, spec, metric, top)
@@ -292,7 +292,7 @@ def stylize_command(
     from ablation.config import RuntimeConfig
     from ablation.data.media import list_sources
     from ablation.gan import Bounds, load_generator, planned_outputs, resolve_device, stylize_sources
-    from ablation.study.models import resolve_model
+    from ablation.report.model_ref import resolve_model
     from ablation.study.tracking import Tracker
 
     if 0 < tile < 64:  # a tile must hold the generator's padding and context
@@ -327,7 +327,7 @@ def export_command(
 
     from ablation.config import to_yaml
     from ablation.gan import export_generator, load_generator
-    from ablation.study.models import resolve_model
+    from ablation.report.model_ref import resolve_model
     from ablation.study.tracking import Tracker
 
     with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:

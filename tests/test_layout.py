@@ -103,3 +103,13 @@ def test_the_harness_uses_the_engine_through_its_surface() -> None:
     inside = sorted(f"{name}: {m}" for name, found in modules().items() if name.startswith("study/") for m in found
                     if m.startswith("ablation.gan.") and m.removeprefix("ablation.gan.") not in gan.__all__)
     assert inside == [], f"study/ imports the engine through ablation.gan's __all__ only: {inside}"
+
+
+def test_no_arrow_points_up() -> None:
+    """cli > report > study > gan > data/evaluation: no module imports a floor above its own, lazily or not; the
+    one exception is a launcher rendering the report of the study it just ran (report.build)."""
+    above = {"study": ("ablation.report", "ablation.cli"), "evaluation": ("ablation.gan",), "data": ("ablation.gan",)}
+    for name, found in modules().items():
+        banned = sorted(m for m in found if m.startswith(above.get(name.split("/")[0], ("-",)))
+                        and not m.startswith("ablation.report.build"))
+        assert not banned, f"ablation/{name} imports {banned}"

@@ -1,41 +1,41 @@
 """The AnimeGAN engine: networks, the training loop (one trial or an array of K fused trials), and using a trained
 generator (inference, stylize, export). Plain torch: usable in a notebook without the study harness.
 
-This is its public surface (`__all__`): the study harness and the CLI import the engine from here only
-(tests/test_layout.py); the modules behind it are the engine's own business.
+Its public surface is `__all__`: the study harness and the CLI import the engine from here only
+(tests/test_layout.py); the modules behind it are the engine's own business. Each name is loaded from its module
+when first used, not at `import ablation.gan`: importing one engine module (the generator an MLflow model carries,
+study.models.package_files) must not import every other.
 """
 
-from ablation.gan.array import EndHook, Joiner, Refill, train_array
-from ablation.gan.array_rules import array_key
-from ablation.gan.backbone import build_backbone, imagenet_on_disk
-from ablation.gan.balance import metric_name
-from ablation.gan.checkpoint import CHECKPOINT_NAME, TruncatedFile, load_checkpoint
-from ablation.gan.device import effective_precision, resolve_device
-from ablation.gan.export import export_generator
-from ablation.gan.inference import ImageStylizer, load_generator
-from ablation.gan.init_cache import INIT_DIR, init_key, shareable
-from ablation.gan.keras_weights import convert_weights
-from ablation.gan.member import build_evaluator, build_models
-from ablation.gan.run import (
-    BACKBONE_INFO,
-    EVAL_INFO,
-    RUN_INFO,
-    EvalHook,
-    LogFn,
-    MetricWindow,
-    ProgressFn,
-    StopFlag,
-    TrainResult,
-    stop_on_signals,
-)
-from ablation.gan.stylize import Bounds, planned_outputs, stylize_sources
-from ablation.gan.trainer import train
+from __future__ import annotations
 
-__all__ = [
-    "BACKBONE_INFO", "CHECKPOINT_NAME", "EVAL_INFO", "INIT_DIR", "RUN_INFO", "Bounds", "EndHook", "EvalHook",
-    "ImageStylizer", "Joiner", "LogFn", "MetricWindow", "ProgressFn", "Refill", "StopFlag", "TrainResult",
-    "TruncatedFile", "array_key", "build_backbone", "build_evaluator", "build_models", "convert_weights",
-    "effective_precision", "export_generator", "imagenet_on_disk", "init_key", "load_checkpoint", "load_generator",
-    "metric_name", "planned_outputs", "resolve_device", "shareable", "stop_on_signals", "stylize_sources", "train",
-    "train_array",
-]
+import importlib
+from typing import Any
+
+# public name -> the engine module that defines it
+_HOMES: dict[str, str] = {
+    "EndHook": "array", "Joiner": "array", "Refill": "array", "train_array": "array",
+    "array_key": "array_rules",
+    "build_backbone": "backbone", "imagenet_on_disk": "backbone",
+    "metric_name": "balance",
+    "CHECKPOINT_NAME": "checkpoint", "TruncatedFile": "checkpoint", "load_checkpoint": "checkpoint",
+    "effective_precision": "device", "resolve_device": "device",
+    "export_generator": "export",
+    "ImageStylizer": "inference", "load_generator": "inference",
+    "INIT_DIR": "init_cache", "init_key": "init_cache", "shareable": "init_cache",
+    "convert_weights": "keras_weights",
+    "build_evaluator": "member", "build_models": "member",
+    "BACKBONE_INFO": "run", "EVAL_INFO": "run", "RUN_INFO": "run", "EvalHook": "run", "LogFn": "run",
+    "MetricWindow": "run", "ProgressFn": "run", "StopFlag": "run", "TrainResult": "run", "stop_on_signals": "run",
+    "Bounds": "stylize", "planned_outputs": "stylize", "stylize_sources": "stylize",
+    "train": "trainer",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:  # also how `from ablation.gan import balance` finds the submodule instead
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+    globals()[name] = value  # once: later lookups find it here
+    return value

@@ -17,7 +17,7 @@ from typing import Any
 
 import optuna
 
-from ablation.data.presets import demo_deviations, prepare_demo
+from ablation.data.presets import demo_deviations
 from ablation.errors import UserError, problem
 from ablation.gan import stop_on_signals
 from ablation.outcomes import Outcome
@@ -27,7 +27,7 @@ from ablation.study.balance_probe import ProbeResult, probe_study
 from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
 from ablation.study.note import EXPERIMENT_KIND, experiment_note
-from ablation.study.spec import Study, load_study
+from ablation.study.spec import Study, load_study, resolve_study
 from ablation.study.stored import check_agrees
 from ablation.study.tracking import TAG_DEMO, TAG_PROBE, Tracker
 from ablation.study.trial import TrialContext
@@ -61,13 +61,8 @@ class RunOptions:
     slurm: Any = None  # study.slurm.SlurmOptions: submit the workers as one Slurm job array and exit
 
 
-def resolve_study(path: Path, options: RunOptions) -> Study:
-    overrides = {**(prepare_demo() if options.demo else {}), **dict(options.overrides)}
-    return load_study(path, overrides, name_suffix="-demo" if options.demo else "", offline=options.demo)
-
-
 def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
-    study = resolve_study(path, options)                                  # 1. validate everything first
+    study = resolve_study(path, options.demo, options.overrides)          # 1. validate everything first
     for line in checks.torchvision_vgg_lines(study.path, [c.config for c in study.cells] or [study.base_config]):
         print(f"warning: {line}", file=sys.stderr, flush=True)
     if options.slurm is not None:
@@ -167,7 +162,7 @@ def connect(study: Study, path: Path, options: RunOptions, create: bool
 
 def enqueue_study(path: Path, options: RunOptions) -> int:
     """The launcher without work: create the study and parent run once, queue the missing trials."""
-    study = resolve_study(path, options)
+    study = resolve_study(path, options.demo, options.overrides)
     tracker, ctx, opt = connect(study, path, options, create=True)
     added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
     _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
@@ -178,7 +173,7 @@ def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = N
     """`ablate worker`: join a study created by a launcher and work until its queue is empty.
 
     `stopped_by` receives the signal that stopped a quiet worker (a Slurm task requeues itself on SIGUSR1)."""
-    study = resolve_study(path, options)
+    study = resolve_study(path, options.demo, options.overrides)
     check_data_layout(study)
     tracker, ctx, opt = connect(study, path, options, create=False)
     if os.environ.get(LAUNCHER_ENV) != str(os.getppid()):  # a child of `ablate run` has the launcher's file

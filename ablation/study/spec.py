@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from ablation.config import (
     read_yaml,
     with_overrides,
 )
+from ablation.data.presets import prepare_demo
 from ablation.errors import UserError, from_validation_error, problem
 from ablation.evaluation import registry
 from ablation.gan import imagenet_on_disk
@@ -202,6 +204,13 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def resolve_study(path: Path, demo: bool = False, overrides: Iterable[tuple[str, Any]] = ()) -> Study:
+    """The study at `path` as every command reads it: with the demo preset (`--demo`: demo data, a short CPU
+    schedule, offline) and then the `--set` overrides."""
+    merged = {**(prepare_demo() if demo else {}), **dict(overrides)}
+    return load_study(path, merged, name_suffix="-demo" if demo else "", offline=demo)
 
 
 def load_study(path: Path, extra_overrides: dict[str, Any] | None = None, name_suffix: str = "",

@@ -24,7 +24,8 @@ from ablation.gan.generator import build_generator
 from ablation.gan.inference import ImageStylizer, load_generator
 from ablation.report.best import as_json, rank, register_best
 from ablation.report.build import build_report
-from ablation.study.models import log_trial_model, resolve_model
+from ablation.report.model_ref import resolve_model
+from ablation.study.models import log_trial_model
 from ablation.study.outages import infrastructure_error
 from ablation.study.runner import run_study
 from ablation.study.spec import load_study

@@ -20,7 +20,8 @@ from ablation.gan.generator import build_generator
 from ablation.gan.inference import ImageStylizer, load_generator
 from ablation.outcomes import Outcome
 from ablation.report.best import register_best
-from ablation.study.models import log_generator, resolve_model
+from ablation.report.model_ref import resolve_model
+from ablation.study.models import log_generator
 from ablation.study.spec import load_study
 from ablation.study.tracking import TAG_MODEL_URI, Tracker
 

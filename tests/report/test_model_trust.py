@@ -14,7 +14,8 @@ from services import MlflowServer
 from ablation.config import TrainConfig, to_yaml
 from ablation.gan.generator import build_generator
 from ablation.outcomes import Outcome
-from ablation.study.models import log_generator, resolve_model
+from ablation.report.model_ref import resolve_model
+from ablation.study.models import log_generator
 from ablation.study.tracking import Tracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]  # a server, a logged model, two loads: ~1 min
