@@ -66,8 +66,8 @@ FUSE_HELP = "trials trained together as one fused model: a count, or auto (CUDA:
 
 
 def _fuse(text: str) -> int | None:
-    """`--fuse 4` -> 4, `--fuse auto` -> None: parsed here once, then passed on as is (study.arrays)."""
-    from ablation.study.arrays import parse_fuse
+    """`--fuse 4` -> 4, `--fuse auto` -> None: parsed here once, then passed on as is (study.work.grid)."""
+    from ablation.study.work.grid import parse_fuse
 
     return parse_fuse(text)
 
@@ -145,7 +145,7 @@ def status(
     reports_dir: Path = typer.Option(Path("reports"), "--out", help="reports folder (with --wait)"),
 ) -> None:
     """Where a study stands: the queue per cell, live workers, and the Slurm array's tasks."""
-    from ablation.study.spec import resolve_study
+    from ablation.study.spec.schema import resolve_study
     from ablation.study.status import study_status
 
     options = _run_options(demo, [], storage, tracking_uri, None, reports_dir=reports_dir)
@@ -164,7 +164,7 @@ def k8s_manifest(
 ) -> None:
     """Print a Kubernetes Indexed Job of N workers (preemption is not counted as a failure)."""
     from ablation.study.k8s import indexed_job, manifest_text
-    from ablation.study.spec import resolve_study
+    from ablation.study.spec.schema import resolve_study
 
     resolved = resolve_study(study, demo)
     typer.echo(manifest_text(indexed_job(resolved.spec.name, str(study), workers, image, secret, claim,
@@ -218,8 +218,8 @@ def report(
     """Render reports/<study>/index.html from MLflow and the Optuna storage (no training)."""
     from ablation.report.build import build_report
     from ablation.study.queue import storage_url
-    from ablation.study.spec import resolve_study
-    from ablation.study.tracking import Tracker
+    from ablation.study.spec.schema import resolve_study
+    from ablation.study.tracking.client import Tracker
 
     spec = None
     name = study
@@ -249,8 +249,8 @@ def best(
     import json
 
     from ablation.report.best import as_json, rank, table_lines
-    from ablation.study.spec import resolve_study
-    from ablation.study.tracking import Tracker
+    from ablation.study.spec.schema import resolve_study
+    from ablation.study.tracking.client import Tracker
 
     spec, name = None, f"{study}-demo" if demo else study
     if study.endswith((".yaml", ".yml")):
@@ -293,7 +293,7 @@ def stylize_command(
     from ablation.data.media import list_sources
     from ablation.gan import Bounds, load_generator, planned_outputs, resolve_device, stylize_sources
     from ablation.report.model_ref import resolve_model
-    from ablation.study.tracking import Tracker
+    from ablation.study.tracking.client import Tracker
 
     if 0 < tile < 64:  # a tile must hold the generator's padding and context
         from ablation.errors import UserError, problem
@@ -328,7 +328,7 @@ def export_command(
     from ablation.config import to_yaml
     from ablation.gan import export_generator, load_generator
     from ablation.report.model_ref import resolve_model
-    from ablation.study.tracking import Tracker
+    from ablation.study.tracking.client import Tracker
 
     with tempfile.TemporaryDirectory(prefix="ablate-model-") as tmp:
         weights, config, where = resolve_model(model, Tracker(tracking_uri), Path(tmp), trust_model_code)
@@ -344,14 +344,14 @@ def ui(tracking_uri: str | None = typer.Option(None, help=TRACKING_HELP), port: 
     import os
     import subprocess
 
-    from ablation.study.tracking import tracking_uri as resolve
+    from ablation.study.tracking.client import tracking_uri as resolve
 
     # the store's URL may carry a password: through the environment (readable by this user only), never on a
     # command line (/proc/PID/cmdline and `ps` show it to every user of the machine)
     store = resolve(tracking_uri)
     environment = {**os.environ, "MLFLOW_BACKEND_STORE_URI": store, "MLFLOW_TRACKING_URI": store}
     command = [sys.executable, "-m", "mlflow", "ui", "--port", str(port)]
-    # the UI opens in its GenAI view unless told otherwise (ablation/study/note.py runs_page)
+    # the UI opens in its GenAI view unless told otherwise (ablation/study/tracking/experiment_note.py runs_page)
     typer.echo(f"MLflow UI: http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning "
                "(the 'Model training' switch at the top left; open a study's experiment, expand its parent run)")
     raise typer.Exit(subprocess.call(command, env=environment))

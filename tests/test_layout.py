@@ -37,7 +37,7 @@ def test_core_never_imports_the_harness() -> None:
 
 
 def test_one_home_per_side_effect() -> None:
-    assert importers("mlflow") == ["study/tracking.py"]
+    assert importers("mlflow") == ["study/tracking/client.py"]
     assert importers("typer") == ["cli.py"]
 
 

@@ -4,7 +4,7 @@ generator (inference, stylize, export). Plain torch: usable in a notebook withou
 Its public surface is `__all__`: the study harness and the CLI import the engine from here only
 (tests/test_layout.py); the modules behind it are the engine's own business. Each name is loaded from its module
 when first used, not at `import ablation.gan`: importing one engine module (the generator an MLflow model carries,
-study.models.package_files) must not import every other.
+study.tracking.logged_models.package_files) must not import every other.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ _HOMES: dict[str, str] = {
     "INIT_DIR": "init_cache", "init_key": "init_cache", "shareable": "init_cache",
     "convert_weights": "keras_weights",
     "build_evaluator": "member", "build_models": "member",
-    "BACKBONE_INFO": "run", "EVAL_INFO": "run", "RUN_INFO": "run", "EvalHook": "run", "LogFn": "run",
-    "MetricWindow": "run", "ProgressFn": "run", "StopFlag": "run", "TrainResult": "run", "stop_on_signals": "run",
+    "BACKBONE_INFO": "run_contract", "EVAL_INFO": "run_contract", "RUN_INFO": "run_contract",
+    "EvalHook": "run_contract", "LogFn": "run_contract",
+    "MetricWindow": "run_contract", "ProgressFn": "run_contract", "StopFlag": "run_contract",
+    "TrainResult": "run_contract", "stop_on_signals": "run_contract",
     "Bounds": "stylize", "planned_outputs": "stylize", "stylize_sources": "stylize",
     "train": "trainer",
 }

@@ -48,7 +48,7 @@ from ablation.gan.device import (
 from ablation.gan.fused import FusedNet, FuseMode, default_mode
 from ablation.gan.init_cache import REMOTE_POLL_S, InitSharing
 from ablation.gan.member import Member, build_evaluator, generate_u8, open_member
-from ablation.gan.run import EvalHook, LogFn, ProgressFn, StopFlag, TrainResult, stop_on_signals
+from ablation.gan.run_contract import EvalHook, LogFn, ProgressFn, StopFlag, TrainResult, stop_on_signals
 from ablation.gan.steps import Targets, learning_rates, set_gan_lr
 from ablation.outcomes import Outcome
 

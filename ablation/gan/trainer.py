@@ -21,7 +21,7 @@ from ablation.data.streams import Domains
 from ablation.evaluation.protocol import TrialEvaluator
 from ablation.gan.array import Joiner, train_array
 from ablation.gan.member import build_evaluator, build_models
-from ablation.gan.run import (
+from ablation.gan.run_contract import (
     BACKBONE_INFO,
     EVAL_INFO,
     RUN_INFO,

@@ -15,11 +15,11 @@ from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.report.data import M, newest_per_key, parse_spec, retried_after_divergence, run_row, study_yaml_text
 from ablation.report.stats import mean_ci, paired_effect
-from ablation.study.models import log_generator, trial_files
-from ablation.study.spec import StudySpec
-from ablation.study.tracking import TAG_MODEL_URI, Tracker
+from ablation.study.spec.schema import StudySpec
+from ablation.study.tracking.client import TAG_MODEL_URI, Tracker
+from ablation.study.tracking.logged_models import log_generator, trial_files
 
-WEIGHTS = "model/generator.pt"  # the artifact every finished trial logs (study/trial.py)
+WEIGHTS = "model/generator.pt"  # the artifact every finished trial logs (study/work/trial.py)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import yaml
 from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
-from ablation.study.spec import Study, StudySpec, format_value, short_name
-from ablation.study.tracking import (
+from ablation.study.spec.schema import Study, StudySpec, format_value, short_name
+from ablation.study.tracking.client import (
     TAG_ARRAY,
     TAG_CELL,
     TAG_INIT_REUSED,

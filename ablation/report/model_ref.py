@@ -15,8 +15,8 @@ from pathlib import Path
 from ablation.config import TrainConfig, build_config, read_yaml
 from ablation.errors import UserError, problem
 from ablation.report.best import rank
-from ablation.study.models import trial_files
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
+from ablation.study.tracking.logged_models import trial_files
 
 FORMS = "a generator .pt file, an MLflow run id, runs:/<run id>/..., STUDY:best or models:/NAME@ALIAS"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from ablation.report import plots
 from ablation.report.data import ReportData
-from ablation.study.spec import StudySpec
+from ablation.study.spec.schema import StudySpec
 
 
 def search_section(data: ReportData, storage_url: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ The type that says "outage" is rarely the one caught. MLflow raises `MlflowExcep
 requests error (`__context__`), Optuna raises `StorageInternalError from` the SQLAlchemy error, SQLAlchemy
 keeps the driver's error: so the whole chain (`__cause__` and `__context__`) is searched.
 
-Only ablation.study.tracking imports mlflow; it passes the MLflow-specific test in as `unavailable`.
+Only ablation.study.tracking.client imports mlflow; it passes the MLflow-specific test in as `unavailable`.
 """
 
 from __future__ import annotations

@@ -21,20 +21,21 @@ from ablation.data.presets import demo_deviations
 from ablation.errors import UserError, problem
 from ablation.gan import stop_on_signals
 from ablation.outcomes import Outcome
-from ablation.study import checks, queue
-from ablation.study.arrays import fuse_text, planned_fuse, resolve_fuse
+from ablation.study import queue
 from ablation.study.balance_probe import ProbeResult, probe_study
-from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
-from ablation.study.note import EXPERIMENT_KIND, experiment_note
-from ablation.study.spec import Study, load_study, resolve_study
-from ablation.study.stored import check_agrees
-from ablation.study.tracking import TAG_DEMO, TAG_PROBE, Tracker
-from ablation.study.trial import TrialContext
-from ablation.study.worker import work
+from ablation.study.spec import checks
+from ablation.study.spec.dry_run import dry_run_lines, offline_lines
+from ablation.study.spec.queued import check_agrees
+from ablation.study.spec.schema import Study, load_study, resolve_study
+from ablation.study.tracking.client import TAG_DEMO, TAG_PROBE, Tracker
+from ablation.study.tracking.experiment_note import EXPERIMENT_KIND, experiment_note
+from ablation.study.work.grid import fuse_text, planned_fuse, resolve_fuse
+from ablation.study.work.trial import TrialContext
+from ablation.study.work.worker import work
 
 # set by `ablate run` for its `--workers` children: they resolve the launcher's own study file, so the check
-# that a worker's file agrees with the queue (study.stored) is the launcher's to make, not theirs
+# that a worker's file agrees with the queue (study.spec.queued) is the launcher's to make, not theirs
 LAUNCHER_ENV = "ABLATE_LAUNCHER_PID"
 TAG_LIMIT = 5000  # the longest tag value every MLflow backend keeps
 

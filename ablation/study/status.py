@@ -18,7 +18,7 @@ from ablation.outcomes import Outcome
 from ablation.study import queue
 from ablation.study.queue import open_queue, silent_numbers, storage_url
 from ablation.study.slurm import JOB_TAG
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 COLUMNS = ("waiting", "running", "finished", "failed")
 

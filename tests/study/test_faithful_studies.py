@@ -15,9 +15,9 @@ from ablation.config import _string_choices as string_choices
 from ablation.data.presets import DEMO_OVERRIDES
 from ablation.errors import UserError
 from ablation.evaluation.seeds import evaluator_stream_seed
-from ablation.study.dry_run import dry_run_lines
 from ablation.study.runner import preflight_backbones
-from ablation.study.spec import load_study, resolve_study
+from ablation.study.spec.dry_run import dry_run_lines
+from ablation.study.spec.schema import load_study, resolve_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -160,7 +160,7 @@ def test_an_eval_objective_needs_evaluation(tmp_path: Path) -> None:
 
 
 def test_a_faithful_study_on_torchvisions_vgg19_is_warned_in_one_line(tmp_path: Path) -> None:
-    from ablation.study import checks
+    from ablation.study.spec import checks
 
     study = load_study(STUDIES / "style_weight.yaml")
     lines = checks.torchvision_vgg_lines(study.path, [c.config for c in study.cells])

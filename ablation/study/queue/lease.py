@@ -28,13 +28,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.gan import EvalHook
 from ablation.outcomes import Outcome
-from ablation.study.objectives import checked, objective_values
 from ablation.study.queue import ownership, trials
 from ablation.study.queue.ownership import FolderLock
 from ablation.study.queue.recovery import give_back
 from ablation.study.queue.storage import Beat, give_up_line
-from ablation.study.spec import Study, TrialSpec
-from ablation.study.trial import TrialContext, TrialOutcome, TrialRequest
+from ablation.study.spec.schema import Study, TrialSpec
+from ablation.study.work.objectives import checked, objective_values
+from ablation.study.work.trial import TrialContext, TrialOutcome, TrialRequest
 
 OnTrialEnd = Callable[[FrozenTrial | None], None]  # a trial this worker ended (for progress lines and the ETA)
 SOLO = "solo"  # user attr: this trial trains alone (its array failed once)
@@ -76,7 +76,7 @@ class Shift:
         return self.ctx.trials_dir / self.ctx.study_name / key
 
     def busy(self, keys: Sequence[str]) -> bool:
-        """Whether another process still writes to one of these trial folders (study.ownership)."""
+        """Whether another process still writes to one of these trial folders (study.queue.ownership)."""
         return any(ownership.folder_held(self.folder(key)) for key in keys)
 
 
@@ -149,7 +149,7 @@ class Lease:
             self.shift.on_trial_end(frozen)
 
     def give_back(self, reason: str, tracking_down: bool = False) -> None:
-        """End it FAIL and re-queue it with its retries untouched (study.recovery.give_back), then release."""
+        """End it FAIL and re-queue it with its retries untouched (study.queue.recovery.give_back), then release."""
         self.beat.stop()
         give_back(self.shift.opt, self.frozen(), self.shift.ctx.tracker, reason, tracking_down)
         self.end = "given back"

@@ -24,7 +24,7 @@ class LocalLock:
 
     It only keeps two launchers of one study from running at once (join a running one with `ablate worker`).
     It says nothing about which trials are alive: workers and the children of `--workers` do not hold it and
-    may outlive the launcher. Trials are reaped by heartbeat and trial-folder locks (study.recovery).
+    may outlive the launcher. Trials are reaped by heartbeat and trial-folder locks (study.queue.recovery).
     """
 
     def __init__(self, path: Path) -> None:

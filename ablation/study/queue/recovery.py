@@ -15,7 +15,7 @@ import sqlalchemy
 
 from ablation.study.outages import tracking_outage
 from ablation.study.queue import ownership, storage, trials
-from ablation.study.tracking import Tracker, mlflow_unavailable
+from ablation.study.tracking.client import Tracker, mlflow_unavailable
 
 
 def open_queue(url: str, tracker: Tracker) -> Any:
@@ -43,7 +43,7 @@ def reap_dead(opt: optuna.Study, tracker: Tracker) -> list[int]:
 
     Dead = silent: no heartbeat for longer than the study's grace period (none at all, and claimed that long
     ago), which holds for every process on every host; or gone: the owner claimed it on this host and none of
-    its trial-folder locks is held any more (study.ownership), known at once. Which process runs the reaping
+    its trial-folder locks is held any more (study.queue.ownership), known at once. Which process runs the reaping
     (a launcher, `ablate worker`, a child of `--workers`) does not matter: a live owner keeps both its
     heartbeat and its locks, so its trial is never taken from it.
     """

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
-from ablation.study.spec import Study
+from ablation.study.spec.schema import Study
 
 
 def directions(study: Study) -> list[str]:
@@ -125,7 +125,7 @@ def enqueue_missing(study: Study, opt: optuna.Study, rerun_failed: bool = False,
             # `rerun_of` names the attempt this one supersedes, as `retry_of` does for a requeue: a
             # requeue of that attempt racing this rerun sees it and adds no second one
             lineage = {"rerun_of": previous.number} if previous is not None else {}
-            # the resolved config travels with the trial: a worker trains exactly this (study.stored)
+            # the resolved config travels with the trial: a worker trains exactly this (study.spec.queued)
             opt.enqueue_trial({"cell_id": int(trial.cell.key, 16), "seed": trial.seed}, user_attrs={
                 "trial_key": trial.key, "cell": trial.cell.key, "seed": trial.seed, "label": trial.cell.label,
                 "overrides": dict(trial.cell.varied), CONFIG_ATTR: trial.config.model_dump(mode="json"),
@@ -258,7 +258,7 @@ def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial
     Each claim is one conditional UPDATE (`_claim`): a trial another worker took in between is skipped, so no
     trial is ever claimed twice, on SQLite as on PostgreSQL. The group is `group` when given (an array that
     refills its free slots), else the first claimed trial's. A trial `busy` says another process still writes
-    to (its folder is locked: study.ownership) is left for later.
+    to (its folder is locked: study.queue.ownership) is left for later.
     """
     claimed: list[optuna.Trial] = []
     for frozen in sorted(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
@@ -275,7 +275,7 @@ def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial
 
 
 def new_trial(opt: optuna.Study, sampler_of: Callable[[int], optuna.samplers.BaseSampler]) -> optuna.Trial:
-    """A new RUNNING trial whose point the sampler `sampler_of(its number)` draws (study.searching).
+    """A new RUNNING trial whose point the sampler `sampler_of(its number)` draws (study.work.search).
 
     Made as `Study.ask` makes one, except that it never pops a WAITING trial (see `claim_waiting`)."""
     opt._thread_local.cached_all_trials = None  # as `ask` does: the sampler reads the trials as they are now

@@ -37,10 +37,10 @@ from ablation.gan import (
     train_array,
 )
 from ablation.outcomes import Outcome
-from ablation.study.models import log_trial_model
 from ablation.study.outages import infrastructure_error, one_line, tracking_outage
-from ablation.study.spec import TrialSpec
-from ablation.study.tracking import TAG_ARRAY, TAG_INIT_REUSED, Tracker, mlflow_unavailable
+from ablation.study.spec.schema import TrialSpec
+from ablation.study.tracking.client import TAG_ARRAY, TAG_INIT_REUSED, Tracker, mlflow_unavailable
+from ablation.study.tracking.logged_models import log_trial_model
 
 TRAIN_LOG = "train.log"
 
@@ -49,7 +49,7 @@ class WorkerStop(StopFlag):
     """A worker's stop flag, read after every training step: set by SIGINT/SIGTERM, and also up while a trial
     of this worker has gone without a recorded heartbeat for longer than the grace period (`watch`): another
     worker may re-queue it by now, so the trainer stops it with a checkpoint. The worker leaves such a trial
-    unrecorded (`given_up`; study.arrays, study.searching) and goes on once the database answers again.
+    unrecorded (`given_up`; study.work.grid, study.work.search) and goes on once the database answers again.
     `halt` stops the worker for good: the machine or a service failed (study.outages.infrastructure_error)."""
 
     def __init__(self) -> None:
@@ -216,7 +216,7 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
     except Exception as exc:
         if unrecorded:
             # recording an ended trial failed (the database away, a bug): not a training failure to pin on the
-            # other members, and never swallowed: the worker's own handling (study.worker.work) decides
+            # other members, and never swallowed: the worker's own handling (study.work.worker.work) decides
             raise unrecorded[0]  # noqa: B904 (its own traceback and chain are the ones that explain it)
         error = "".join(traceback.format_exception(exc))
         cause = infrastructure_error(exc, mlflow_unavailable)
@@ -281,7 +281,7 @@ def _ended_by(ctx: TrialContext, member: _Open | None, exc: Exception, error: st
     """A member's outcome when its array raised. Recording it must not raise in turn (the disk that is full,
     MLflow away): the outcome has to reach the queue, so such a second error is kept in the text instead."""
     run_id = member.run_id if member is not None else ""
-    if cause is not None:  # its run is marked when the trial is given back (study.recovery.give_back)
+    if cause is not None:  # its run is marked when the trial is given back (study.queue.recovery.give_back)
         tracking_down = tracking_outage(exc, mlflow_unavailable) is not None
         if member is not None:
             with contextlib.suppress(Exception):

@@ -30,7 +30,7 @@ from ablation.data.presets import prepare_demo
 from ablation.errors import UserError, from_validation_error, problem
 from ablation.evaluation import registry
 from ablation.gan import imagenet_on_disk
-from ablation.study import checks
+from ablation.study.spec import checks
 
 
 def _objective_entry(metric: Any) -> registry.Metric | None:

@@ -19,9 +19,9 @@ from ablation.config import TrainConfig
 from ablation.gan import EvalHook, array_key
 from ablation.study import queue
 from ablation.study.queue import CONFIG_ATTR, SOLO, Lease, Shift, heartbeat_of, new_trial, reap_dead, sampler_for
-from ablation.study.spec import Cell, Study, TrialSpec, search_cell
-from ablation.study.stored import with_local_runtime
-from ablation.study.trial import TrialContext, run_trials
+from ablation.study.spec.queued import with_local_runtime
+from ablation.study.spec.schema import Cell, Study, TrialSpec, search_cell
+from ablation.study.work.trial import TrialContext, run_trials
 
 
 def search_params(study: Study, trial: Trial) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def search_params(study: Study, trial: Trial) -> dict[str, Any]:
 def run_search(shift: Shift, fuse: int, max_trials: int | None) -> int:
     """Ask, train, tell until the budget is spent (or `max_trials` points ran, or a stop was requested).
 
-    As for grids (study.arrays): each point is a lease (study.lease), trained only while this process holds
+    As for grids (study.work.grid): each point is a lease (study.queue.lease), trained only while this process holds
     the locks of its seeds' folders, and a point whose claim was lost (no heartbeat recorded for the grace
     period) is given up, untold."""
     study, opt, ctx = shift.study, shift.opt, shift.ctx
@@ -106,7 +106,7 @@ def _open_point(study: Study, trial: Trial) -> tuple[list[TrialSpec], dict[str, 
     params = search_params(study, trial)
     cell = search_cell(study, params)
     stored = trial.user_attrs.get(CONFIG_ATTR)
-    if stored is not None:  # a re-queued point trains the config it was first asked with (study.stored)
+    if stored is not None:  # a re-queued point trains the config it was first asked with (study.spec.queued)
         cell = Cell(trial.user_attrs.get("cell", cell.key), cell.label, cell.varied,
                     with_local_runtime(study, TrainConfig.model_validate(stored)))
     else:

@@ -19,9 +19,9 @@ from ablation.errors import UserError, problem
 from ablation.gan import array_key, resolve_device
 from ablation.study import queue
 from ablation.study.queue import SOLO, Lease, Shift, heartbeat_of, reap_dead
-from ablation.study.spec import Study, TrialSpec
-from ablation.study.stored import trial_spec
-from ablation.study.trial import TrialRequest, run_trials
+from ablation.study.spec.queued import trial_spec
+from ablation.study.spec.schema import Study, TrialSpec
+from ablation.study.work.trial import TrialRequest, run_trials
 
 CELL_ID_MAX = 2**48  # cell hashes are 12 hex digits
 SEED_MAX = 2**31 - 1
@@ -124,8 +124,8 @@ def run_grid(shift: Shift, fuse: int, max_trials: int | None) -> int:
     """Claim, train, record until the queue is empty (or `max_trials` ran, or a stop was requested).
 
     Each array claims up to `fuse` compatible trials and, as members leave early, claims more of its group for
-    the free slots; each trial is a lease (study.lease), recorded the moment it ends, with a heartbeat kept while
-    it trains. A trial trains only while this process holds its folder's lock (study.ownership): one whose
+    the free slots; each trial is a lease (study.queue.lease), recorded the moment it ends, with a heartbeat kept while
+    it trains. A trial trains only while this process holds its folder's lock (study.queue.ownership): one whose
     folder another process still writes to goes back to the queue. A trial whose claim was lost (no heartbeat
     recorded for the grace period: `Storage.lost_trials`) is stopped with a checkpoint and given up."""
     study, opt, ctx = shift.study, shift.opt, shift.ctx

@@ -14,12 +14,12 @@ from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError
 from ablation.study import queue
-from ablation.study.arrays import resolve_fuse, run_grid
 from ablation.study.outages import database_outage
 from ablation.study.queue import Shift
-from ablation.study.searching import run_search
-from ablation.study.spec import Study
-from ablation.study.trial import TrialContext
+from ablation.study.spec.schema import Study
+from ablation.study.work.grid import resolve_fuse, run_grid
+from ablation.study.work.search import run_search
+from ablation.study.work.trial import TrialContext
 
 
 def work(study: Study, opt: optuna.Study, ctx: TrialContext,
@@ -27,8 +27,8 @@ def work(study: Study, opt: optuna.Study, ctx: TrialContext,
          fuse: int | None = 1) -> int:
     """Run trials until none is left (grid) or the budget is spent (search). Returns trials run.
 
-    Grids train up to `fuse` compatible trials at once as one array (study/arrays.py); searches ask for
-    `fuse // len(seeds)` points at once and train their seed replicates as arrays (study/searching.py); `fuse`
+    Grids train up to `fuse` compatible trials at once as one array (study/work/grid.py); searches ask for
+    `fuse // len(seeds)` points at once and train their seed replicates as arrays (study/work/search.py); `fuse`
     None is auto: measured here, by the worker that claims the arrays (`arrays.resolve_fuse`).
     `on_trial_end` gets each trial this worker ended. A worker that lost its claim on a trial (no heartbeat
     recorded for longer than the grace period) stops it with a checkpoint and leaves it unrecorded, for a

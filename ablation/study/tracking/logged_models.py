@@ -14,9 +14,9 @@ import ablation
 from ablation.config import TrainConfig, build_config, read_yaml
 from ablation.errors import UserError, problem
 from ablation.study.outages import infrastructure_error, one_line
-from ablation.study.tracking import TAG_MODEL_ERROR, Tracker, mlflow_unavailable
+from ablation.study.tracking.client import TAG_MODEL_ERROR, Tracker, mlflow_unavailable
 
-WEIGHTS, CONFIG = "model/generator.pt", "config/config.yaml"  # a trial run's artifacts (study/trial.py)
+WEIGHTS, CONFIG = "model/generator.pt", "config/config.yaml"  # a trial run's artifacts (study/work/trial.py)
 EXAMPLE_SIDE = 32  # the input example's side: both generators take it, and MLflow's JSON round trip of it is cheap
 
 
@@ -81,7 +81,7 @@ def log_trial_model(tracker: Tracker, run_id: str, weights: Path, config_file: P
     """`log_generator` for a trial that just finished: the tags its run ends with. A model that cannot be built
     or logged does not cost the trained trial: the reason becomes tag ablate.model_error. The machine's or a
     service's failure (MLflow away past the tracker's bound, a full disk) is raised, as when any other record
-    of the trial fails: the trial goes back to the queue (study.trial)."""
+    of the trial fails: the trial goes back to the queue (study.work.trial)."""
     try:
         log_generator(tracker, run_id, weights, config_file)
         return {}

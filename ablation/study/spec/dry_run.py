@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ablation.config import TrainConfig
 from ablation.gan import init_key, shareable
-from ablation.study.arrays import planned_arrays
-from ablation.study.spec import Study
+from ablation.study.spec.schema import Study
+from ablation.study.work.grid import planned_arrays
 
 
 def dry_run_lines(study: Study, fuse: int | None = 1) -> list[str]:
