@@ -46,17 +46,17 @@ def run_one(overrides: dict[str, Any], style_weight: float) -> dict[str, Any]:
     config = load_train_config(None, {**prepare_demo(), **overrides, "loss.style_weight": style_weight})
     rows: list[tuple[int, dict[str, float]]] = []
     domains = load_domains(config.data)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory(prefix="ablate-bench-") as scratch:
         train(config, Path(scratch) / "run", lambda metrics, step: rows.append((step, metrics)), domains=domains)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started  # CPU time: robust to a shared machine
     init_steps = config.schedule.init_epochs * (config.schedule.steps_per_epoch or 1)
     gan = [(step, m) for step, m in rows if step > init_steps and "balance/g/grad/style" in m]
     shares = {t: [m.get(f"balance/g/grad/{t}", 0.0) for _, m in gan] for t in TERMS}
     steps = [m["perf/step_s"] for step, m in rows if step > init_steps and "perf/step_s" in m]
     ssim = next((m["eval/content/ssim_luma_blur"] for _, m in reversed(rows) if "eval/content/ssim_luma_blur" in m),
                 float("nan"))
-    return {"style_weight": style_weight, "wall_s": round(wall, 1),
+    return {"style_weight": style_weight, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
             "gan_step_s": round(statistics.median(steps), 3) if steps else None, "ssim_luma_blur": ssim,
             "measured_at": [step for step, _ in gan],
             **{f"{t}_mean": statistics.fmean(v) if v else None for t, v in shares.items()},
@@ -73,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = []
     print(f"{'candidate':40s} {'style w':>7s} {'content':>9s} {'style':>9s} {'colour':>9s} {'adv':>9s} "
-          f"{'GAN s/step':>10s} {'wall s':>7s} {'SSIM':>5s}")
+          f"{'GAN s/step':>10s} {'wall s':>7s} {'cpu s':>7s} {'SSIM':>5s}")
     for name in args.candidates:
         for weight in [3.0, *(args.style_weights if name == args.axis_for else [])]:
             row = {"candidate": name, **run_one(CANDIDATES[name], weight)}
@@ -85,7 +85,7 @@ def main() -> None:
 
             print(f"{name:40s} {weight:7g} {pct('content_mean'):>9s} {pct('style_mean'):>9s} "
                   f"{pct('color_mean'):>9s} {pct('adv_mean'):>9s} {row['gan_step_s'] or 0:10.3f} "
-                  f"{row['wall_s']:7.0f} {row['ssim_luma_blur']:5.2f}", flush=True)
+                  f"{row['wall_s']:7.0f} {row['cpu_s']:7.0f} {row['ssim_luma_blur']:5.2f}", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                    "torch": torch.__version__, "threads": torch.get_num_threads(),
