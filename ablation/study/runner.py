@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,17 +20,18 @@ from ablation.data.presets import demo_deviations
 from ablation.errors import UserError, problem
 from ablation.gan import stop_on_signals
 from ablation.outcomes import Outcome
-from ablation.study import queue
+from ablation.study import counts, queue
 from ablation.study.balance_probe import ProbeResult, probe_study
 from ablation.study.eta import format_eta, study_eta, update_eta
 from ablation.study.spec import checks
 from ablation.study.spec.dry_run import dry_run_lines, offline_lines
+from ablation.study.spec.preflight import check_data_layout, preflight_backbones
 from ablation.study.spec.queued import check_agrees
 from ablation.study.spec.schema import Study, load_study, resolve_study
 from ablation.study.tracking.client import TAG_DEMO, TAG_PROBE, Tracker
 from ablation.study.tracking.experiment_note import EXPERIMENT_KIND, experiment_note
+from ablation.study.work.context import TrialContext
 from ablation.study.work.grid import fuse_text, planned_fuse, resolve_fuse
-from ablation.study.work.trial import TrialContext
 from ablation.study.work.worker import work
 
 # set by `ablate run` for its `--workers` children: they resolve the launcher's own study file, so the check
@@ -96,7 +96,7 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
         tracker, ctx, opt = connect(study, path, options, create=True)    # 3. tracking + queue, once
         queue.reap_orphans(opt, tracker)                                        # 4. trials of dead processes
         added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
-        _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+        _say(options, f"study {study.spec.name}: {counts.count_line(study, opt)}; queued {len(added)} new")
         if probe is not None:  # the report's summary repeats the flags
             tracker.set_parent_tags(ctx.parent_run_id, {TAG_PROBE: probe.to_tag(TAG_LIMIT)})
         if options.demo:  # the report's setup names every way the demo differs from the faithful config
@@ -110,9 +110,9 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
             code = run_worker_processes(path, options, url, tracker.uri)
         else:
             code = run_in_process(study, opt, ctx, options)
-        tracker.set_parent_tags(ctx.parent_run_id, {**_summary_tags(opt),
+        tracker.set_parent_tags(ctx.parent_run_id, {**counts.summary_tags(opt),
                                                     "ablate.wall_s_last": f"{time.time() - started:.0f}"})
-        _say(options, f"study {study.spec.name}: {_count_line(study, opt)}")
+        _say(options, f"study {study.spec.name}: {counts.count_line(study, opt)}")
     finally:
         if lock is not None:
             lock.release()
@@ -166,7 +166,7 @@ def enqueue_study(path: Path, options: RunOptions) -> int:
     study = resolve_study(path, options.demo, options.overrides)
     tracker, ctx, opt = connect(study, path, options, create=True)
     added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
-    _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+    _say(options, f"study {study.spec.name}: {counts.count_line(study, opt)}; queued {len(added)} new")
     return 0
 
 
@@ -193,45 +193,14 @@ def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = N
     return run_in_process(study, opt, ctx, options)
 
 
-def preflight_backbones(study: Study) -> None:
-    """Load every non-random backbone once before any training: a missing weights file (or a download that
-    cannot happen offline) is an error in the study, not a failed trial per cell."""
-    from ablation.gan import build_backbone
-
-    configs = [c.config.backbone for c in study.cells] or [study.base_config.backbone]
-    seen = set()
-    for backbone in configs:
-        if backbone.weights == "random" or backbone.model_dump_json() in seen:
-            continue
-        seen.add(backbone.model_dump_json())
-        try:
-            build_backbone(backbone, 0)
-        except UserError as exc:
-            raise UserError(*(f"{study.path}: {line}" for line in exc.lines)) from None
-
-
-def check_data_layout(study: Study) -> None:
-    """Fail before any training when a dataset folder is missing, saying where and how to get it."""
-    seen = set()
-    for data in ([t.config.data for t in study.cells] if study.cells else [study.base_config.data]):
-        if data.model_dump_json() in seen:
-            continue
-        seen.add(data.model_dump_json())
-        for folder in (data.root / "train_photo", data.root / data.style / "style", data.root / "val"):
-            if not folder.is_dir() or not any(folder.iterdir()):
-                raise UserError(problem(study.path, "base.data.root", f"a dataset folder {folder} with images "
-                                        "(get one with `ablate data fetch animegan DEST` or run with --demo)",
-                                        str(data.root)))
-
-
 def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: RunOptions) -> int:
     from ablation.console import study_progress
 
     fuse = resolve_fuse(options.fuse, study)  # this process is the worker that claims the arrays
     eta = study_eta(study, opt, ctx.trials_dir, fuse)
     # bars on a terminal; one plain line per finished trial in a file or pipe, where bars show nothing
-    with study_progress(study.spec.name, _total(study, opt), _done(opt), lambda: format_eta(eta.remaining_s())) \
-            as progress, stop_on_signals(ctx.stop):
+    with study_progress(study.spec.name, counts.total(study, opt), counts.done(opt),
+                        lambda: format_eta(eta.remaining_s())) as progress, stop_on_signals(ctx.stop):
 
         def on_progress(key: str, step: int, steps: int) -> None:
             if eta.followed is None or eta.followed_key != key:
@@ -244,7 +213,8 @@ def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: 
             if real and (key := queue.key_of(trial)) is not None:
                 eta.ended(key)
             update_eta(eta, study, opt, ctx.trials_dir)
-            progress.trial_done(trial_line(study, trial) if real else None, _done(opt), _total(study, opt))
+            progress.trial_done(trial_line(study, trial) if real else None, counts.done(opt),
+                                counts.total(study, opt))
 
         ctx.on_progress = on_progress
         work(study, opt, ctx, on_trial_end=on_trial_end, fuse=fuse)
@@ -290,30 +260,6 @@ def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     return next((c for c in codes if c != 0), 0)
-
-
-def _total(study: Study, opt: optuna.Study) -> int:
-    if study.spec.method == "search" and study.spec.search is not None:
-        return study.spec.search.n_trials
-    return len(study.trials)
-
-
-def _outcomes(opt: optuna.Study) -> Counter[Outcome]:
-    """How each trial key stands now (its newest attempt)."""
-    return Counter(queue.outcome_of(t) for t in queue.latest_by_key(opt).values())
-
-
-def _done(opt: optuna.Study) -> int:
-    return sum(n for outcome, n in _outcomes(opt).items() if outcome.done)
-
-
-def _count_line(study: Study, opt: optuna.Study) -> str:
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(_outcomes(opt).items())) or "nothing run yet"
-    return f"{_total(study, opt)} trials ({parts})"
-
-
-def _summary_tags(opt: optuna.Study) -> dict[str, str]:
-    return {f"ablate.trials_{k}": str(n) for k, n in _outcomes(opt).items()}
 
 
 def _provenance() -> dict[str, str]:

@@ -43,8 +43,8 @@ from ablation.study.queue import open_queue, ownership
 from ablation.study.runner import connect, enqueue_study, run_study
 from ablation.study.spec.schema import TrialSpec, resolve_study, search_cell
 from ablation.study.tracking.client import Tracker
+from ablation.study.work.context import TrialContext
 from ablation.study.work.search import ask_points, search_params
-from ablation.study.work.trial import TrialContext
 
 N_TRIALS = 3
 SPACE = {"loss.style_weight": {"low": 0.5, "high": 20.0, "log": True}}

@@ -11,7 +11,7 @@ Everything outside imports from here (`__all__`), never Optuna's private attribu
 """
 
 from ablation.study.queue.lease import ARRAY_FAILURE, RECORDS, SOLO, Lease, OnTrialEnd, Record, Shift
-from ablation.study.queue.lock import LocalLock, launcher_lock_path
+from ablation.study.queue.lock import LocalLock, enqueue_lock, launcher_lock_path
 from ablation.study.queue.ownership import OWNER_ATTR
 from ablation.study.queue.recovery import open_queue, reap_dead, reap_orphans, silent_numbers
 from ablation.study.queue.storage import (
@@ -28,7 +28,6 @@ from ablation.study.queue.trials import (
     CONFIG_ATTR,
     claim_waiting,
     directions,
-    enqueue_lock,
     enqueue_missing,
     has_running,
     has_waiting,

@@ -33,8 +33,9 @@ from ablation.study.queue.ownership import FolderLock
 from ablation.study.queue.recovery import give_back
 from ablation.study.queue.storage import Beat, give_up_line
 from ablation.study.spec.schema import Study, TrialSpec
+from ablation.study.work.context import TrialContext, TrialOutcome
 from ablation.study.work.objectives import checked, objective_values
-from ablation.study.work.trial import TrialContext, TrialOutcome, TrialRequest
+from ablation.study.work.trial import TrialRequest
 
 OnTrialEnd = Callable[[FrozenTrial | None], None]  # a trial this worker ended (for progress lines and the ETA)
 SOLO = "solo"  # user attr: this trial trains alone (its array failed once)

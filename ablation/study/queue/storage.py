@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError, problem
 from ablation.study.outages import database_outage, redact
+from ablation.study.queue.lock import enqueue_lock
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_ENV, GRACE_ENV = "ABLATE_HEARTBEAT_S", "ABLATE_GRACE_S"
@@ -197,8 +198,6 @@ def settle_heartbeat(opt: optuna.Study, wanted: Heartbeat, env_given: bool) -> H
     one, so that no two processes judge a silent trial differently (a worker with a shorter grace period would
     re-queue trials that a worker with a longer heartbeat interval is still training). A process whose
     environment asks for other values says so in one line and uses the stored ones."""
-    from ablation.study.queue import enqueue_lock  # queue imports the study schema; storage stays light
-
     with enqueue_lock(opt):  # two first processes: the second reads what the first stored
         stored = opt.user_attrs.get(HEARTBEAT_ATTR)
         if stored is None:

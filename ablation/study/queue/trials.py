@@ -8,13 +8,8 @@ never in GridSampler positions. A trial whose worker died is failed and re-queue
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -24,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
+from ablation.study.queue.lock import engine_of, enqueue_lock
 from ablation.study.spec.schema import Study
 
 
@@ -177,63 +173,6 @@ def successor(opt: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
                  and trial.number in (t.user_attrs.get("retry_of"), t.user_attrs.get("rerun_of"))), None)
 
 
-# Namespace of our PostgreSQL advisory locks ("ablt"): the (namespace, study id) pair cannot collide with the
-# single-key locks or the other namespaces that another application on the same server may use.
-_PG_LOCK_NAMESPACE = 0x61626C74
-_IN_PROCESS_LOCK = threading.Lock()  # in-memory storages live in one process: a thread lock is enough
-
-
-@contextlib.contextmanager
-def enqueue_lock(opt: optuna.Study) -> Iterator[None]:
-    """Held across "read the queue, then add to it", so that processes adding to one study take turns.
-
-    Optuna reads and inserts through its own pooled connections, so no transaction of ours can span its
-    read and its insert. A unique key in a table of our own could not be written in the same transaction as
-    Optuna's trial either: a launcher killed between the two would leave a key marked queued with no trial,
-    never queued again. So the read-then-insert runs under a lock that its holder's death releases:
-    - PostgreSQL: a transaction-level advisory lock, per study, on a connection of our own; it ends with that
-      transaction, or with the connection when the process dies.
-    - SQLite: an exclusive flock on a file beside the database. SQLite is local only (it breaks on network
-      file systems), so every process using the database sees this file; the kernel drops the lock when the
-      process dies. (A `BEGIN IMMEDIATE` on our own connection would block Optuna's inserts, made on another
-      connection, until they time out.)
-    - in-memory storage: one process, a thread lock. Other databases (MySQL): no lock, one launcher at a time.
-    """
-    engine = _engine_of(opt)
-    if engine is None:
-        with _IN_PROCESS_LOCK:
-            yield
-    elif engine.dialect.name == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:namespace, :study_id)"),
-                               {"namespace": _PG_LOCK_NAMESPACE, "study_id": opt._study_id})
-            yield
-    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        with _file_lock(Path(f"{engine.url.database}-ablate.lock")):
-            yield
-    elif engine.dialect.name == "sqlite":  # an in-memory database belongs to one process
-        with _IN_PROCESS_LOCK:
-            yield
-    else:
-        yield
-
-
-def _engine_of(opt: optuna.Study) -> sqlalchemy.engine.Engine | None:
-    backend = getattr(opt._storage, "_backend", opt._storage)  # optuna wraps RDBStorage in a cache
-    return getattr(backend, "engine", None)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # never deleted: removing a lock file another process has open would let a third lock a new file
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file, so threads of one process take turns as well
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def has_waiting(opt: optuna.Study) -> bool:
     return bool(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -305,7 +244,7 @@ def _claim(opt: optuna.Study, trial_id: int) -> bool:
 def unclaim(opt: optuna.Study, trial_id: int) -> bool:
     """RUNNING -> WAITING for a trial this worker claimed but may not train (another process owns its folder),
     as one conditional UPDATE like `_claim`; the trial keeps its number, params and attrs."""
-    engine = _engine_of(opt)
+    engine = engine_of(opt)
     if engine is None:  # in-memory storage: one process, whose own folders are never busy to it
         return False
     with engine.begin() as connection:

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from ablation.outcomes import Outcome
 from ablation.study.spec.schema import Study
-from ablation.study.work.trial import TrialContext, TrialOutcome
+from ablation.study.work.context import TrialContext, TrialOutcome
 
 
 def objective_values(study: Study, outcome: TrialOutcome) -> list[float]:

@@ -21,7 +21,8 @@ from ablation.study import queue
 from ablation.study.queue import CONFIG_ATTR, SOLO, Lease, Shift, heartbeat_of, new_trial, reap_dead, sampler_for
 from ablation.study.spec.queued import with_local_runtime
 from ablation.study.spec.schema import Cell, Study, TrialSpec, search_cell
-from ablation.study.work.trial import TrialContext, run_trials
+from ablation.study.work.context import TrialContext
+from ablation.study.work.trial import run_trials
 
 
 def search_params(study: Study, trial: Trial) -> dict[str, Any]:
