@@ -20,7 +20,7 @@ def report(
     """Render reports/<study>/index.html from MLflow and the Optuna storage (no training)."""
     from ablation.report.build import build_report
     from ablation.study.queue import storage_url
-    from ablation.study.spec.schema import resolve_study
+    from ablation.study.spec.study import resolve_study
     from ablation.study.tracking.client import Tracker
 
     spec = None
@@ -51,7 +51,7 @@ def best(
     import json
 
     from ablation.report.best import as_json, rank, table_lines
-    from ablation.study.spec.schema import resolve_study
+    from ablation.study.spec.study import resolve_study
     from ablation.study.tracking.client import Tracker
 
     spec, name = None, f"{study}-demo" if demo else study

@@ -76,7 +76,7 @@ def status(
     reports_dir: Path = typer.Option(Path("reports"), "--out", help="reports folder (with --wait)"),
 ) -> None:
     """Where a study stands: the queue per cell, live workers, and the Slurm array's tasks."""
-    from ablation.study.spec.schema import resolve_study
+    from ablation.study.spec.study import resolve_study
     from ablation.study.status import study_status
 
     options = _run_options(demo, [], storage, tracking_uri, None, reports_dir=reports_dir)
@@ -95,7 +95,7 @@ def k8s_manifest(
 ) -> None:
     """Print a Kubernetes Indexed Job of N workers (preemption is not counted as a failure)."""
     from ablation.study.k8s import indexed_job, manifest_text
-    from ablation.study.spec.schema import resolve_study
+    from ablation.study.spec.study import resolve_study
 
     resolved = resolve_study(study, demo)
     typer.echo(manifest_text(indexed_job(resolved.spec.name, str(study), workers, image, secret, claim,

@@ -35,7 +35,7 @@ from ablation.report.search import search_section
 from ablation.report.stats import mean_ci, pareto_front, turning_point
 from ablation.report.text import duration, fmt
 from ablation.report.verdicts import cell_divergence, effect_rows, summary_lines
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 from ablation.study.tracking.client import Tracker
 
 # Trial-table columns shown whenever logged (tests check them against the metric registry).

@@ -23,7 +23,8 @@ import yaml
 from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
-from ablation.study.spec.schema import Study, StudySpec, format_value, short_name
+from ablation.study.spec.schema import StudySpec
+from ablation.study.spec.study import Study, format_value, short_name
 from ablation.study.tracking.client import (
     TAG_ARRAY,
     TAG_CELL,

@@ -8,7 +8,7 @@ import optuna
 
 from ablation.outcomes import Outcome
 from ablation.study import queue
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 
 
 def total(study: Study, opt: optuna.Study) -> int:

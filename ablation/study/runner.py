@@ -27,7 +27,7 @@ from ablation.study.spec import checks
 from ablation.study.spec.dry_run import dry_run_lines, offline_lines
 from ablation.study.spec.preflight import check_data_layout, preflight_backbones
 from ablation.study.spec.queued import check_agrees
-from ablation.study.spec.schema import Study, load_study, resolve_study
+from ablation.study.spec.study import Study, load_study, resolve_study
 from ablation.study.tracking.client import TAG_DEMO, TAG_PROBE, Tracker
 from ablation.study.tracking.experiment_note import EXPERIMENT_KIND, experiment_note
 from ablation.study.work.context import TrialContext

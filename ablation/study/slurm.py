@@ -21,7 +21,7 @@ from typing import Any
 
 from ablation.errors import UserError, problem
 from ablation.study.queue import storage_url
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 
 # submitit reads this when it is imported (here and in every task): its preemption and timeout signal
 PREEMPT_SIGNAL = "USR1"

@@ -20,7 +20,8 @@ from ablation.gan.generator import build_generator
 from ablation.outcomes import Outcome
 from ablation.report.best import rank, register_best, table_lines
 from ablation.report.build import build_report
-from ablation.study.spec.schema import StudySpec, load_study
+from ablation.study.spec.schema import StudySpec
+from ablation.study.spec.study import load_study
 from ablation.study.tracking.client import Tracker
 
 

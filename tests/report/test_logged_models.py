@@ -27,7 +27,7 @@ from ablation.report.build import build_report
 from ablation.report.model_ref import resolve_model
 from ablation.study.outages import infrastructure_error
 from ablation.study.runner import run_study
-from ablation.study.spec.schema import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.tracking.client import TAG_MODEL_ERROR, TAG_MODEL_URI, Tracker, mlflow_unavailable
 from ablation.study.tracking.logged_models import log_trial_model
 

@@ -21,7 +21,7 @@ from ablation.gan.inference import ImageStylizer, load_generator
 from ablation.outcomes import Outcome
 from ablation.report.best import register_best
 from ablation.report.model_ref import resolve_model
-from ablation.study.spec.schema import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.tracking.client import TAG_MODEL_URI, Tracker
 from ablation.study.tracking.logged_models import log_generator
 

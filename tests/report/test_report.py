@@ -15,7 +15,7 @@ import yaml
 
 from ablation.outcomes import Outcome
 from ablation.report.build import build_report
-from ablation.study.spec.schema import Study, load_study
+from ablation.study.spec.study import Study, load_study
 from ablation.study.tracking.client import Tracker
 
 XSS = "<script>alert(1)</script>"

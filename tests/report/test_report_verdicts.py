@@ -19,7 +19,7 @@ from ablation.report.build import build_report
 from ablation.report.stats import paired_effect
 from ablation.report.text import fmt
 from ablation.report.verdicts import Runs, verdict
-from ablation.study.spec.schema import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.tracking.client import Tracker
 
 SPEC = {

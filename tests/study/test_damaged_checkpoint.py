@@ -11,7 +11,7 @@ import torch
 from scale_helpers import local_options, write_study
 
 from ablation.study.runner import run_study
-from ablation.study.spec.schema import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.tracking.client import Tracker
 
 

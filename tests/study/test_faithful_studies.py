@@ -17,7 +17,7 @@ from ablation.errors import UserError
 from ablation.evaluation.seeds import evaluator_stream_seed
 from ablation.study.spec.dry_run import dry_run_lines
 from ablation.study.spec.preflight import preflight_backbones
-from ablation.study.spec.schema import load_study, resolve_study
+from ablation.study.spec.study import load_study, resolve_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

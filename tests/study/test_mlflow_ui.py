@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from services import MlflowServer
 
-from ablation.study.spec.schema import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.tracking.client import Tracker
 from ablation.study.tracking.experiment_note import EXPERIMENT_KIND, experiment_note, runs_page
 

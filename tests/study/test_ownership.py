@@ -21,7 +21,7 @@ from scale_helpers import Procs, local_options, optuna_trials, wait_for, worker_
 
 from ablation.errors import UserError
 from ablation.study.runner import connect, enqueue_study, run_study
-from ablation.study.spec.schema import resolve_study
+from ablation.study.spec.study import resolve_study
 from ablation.study.tracking.client import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

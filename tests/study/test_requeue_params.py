@@ -13,7 +13,7 @@ from scale_helpers import write_study
 
 from ablation.study import queue
 from ablation.study.queue import storage
-from ablation.study.spec.schema import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.work.grid import CELL_ID_MAX, _spec
 
 

@@ -41,7 +41,7 @@ from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from ablation.study import queue
 from ablation.study.queue import open_queue, ownership
 from ablation.study.runner import connect, enqueue_study, run_study
-from ablation.study.spec.schema import TrialSpec, resolve_study, search_cell
+from ablation.study.spec.study import TrialSpec, resolve_study, search_cell
 from ablation.study.tracking.client import Tracker
 from ablation.study.work.context import TrialContext
 from ablation.study.work.search import ask_points, search_params

@@ -6,7 +6,7 @@ import pytest
 
 from ablation.errors import UserError
 from ablation.study.spec.dry_run import dry_run_lines
-from ablation.study.spec.schema import load_study
+from ablation.study.spec.study import load_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

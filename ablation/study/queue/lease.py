@@ -32,7 +32,7 @@ from ablation.study.queue import ownership, trials
 from ablation.study.queue.ownership import FolderLock
 from ablation.study.queue.recovery import give_back
 from ablation.study.queue.storage import Beat, give_up_line
-from ablation.study.spec.schema import Study, TrialSpec
+from ablation.study.spec.study import Study, TrialSpec
 from ablation.study.work.context import TrialContext, TrialOutcome
 from ablation.study.work.objectives import checked, objective_values
 from ablation.study.work.trial import TrialRequest

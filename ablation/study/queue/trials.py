@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
 from ablation.study.queue.lock import engine_of, enqueue_lock
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 
 
 def directions(study: Study) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ablation.config import TrainConfig
 from ablation.gan import init_key, shareable
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 from ablation.study.work.grid import planned_arrays
 
 

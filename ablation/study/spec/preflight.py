@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ablation.errors import UserError, problem
 from ablation.gan import build_backbone
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 
 
 def preflight_backbones(study: Study) -> None:

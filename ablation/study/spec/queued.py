@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from ablation.config import NON_IDENTITY_SECTIONS, TrainConfig
 from ablation.errors import UserError
 from ablation.study.queue import CONFIG_ATTR
-from ablation.study.spec.schema import Cell, Study, TrialSpec, search_cell
+from ablation.study.spec.study import Cell, Study, TrialSpec, search_cell
 
 
 def local_cell(study: Study, attrs: dict[str, Any], index: dict[str, Cell] | None = None) -> Cell | None:

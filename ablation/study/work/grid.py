@@ -20,7 +20,7 @@ from ablation.gan import array_key, resolve_device
 from ablation.study import queue
 from ablation.study.queue import SOLO, Lease, Shift, heartbeat_of, reap_dead
 from ablation.study.spec.queued import trial_spec
-from ablation.study.spec.schema import Study, TrialSpec
+from ablation.study.spec.study import Study, TrialSpec
 from ablation.study.work.trial import TrialRequest, run_trials
 
 CELL_ID_MAX = 2**48  # cell hashes are 12 hex digits

@@ -12,7 +12,7 @@ import math
 from dataclasses import replace
 
 from ablation.outcomes import Outcome
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 from ablation.study.work.context import TrialContext, TrialOutcome
 
 

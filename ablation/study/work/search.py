@@ -20,7 +20,7 @@ from ablation.gan import EvalHook, array_key
 from ablation.study import queue
 from ablation.study.queue import CONFIG_ATTR, SOLO, Lease, Shift, heartbeat_of, new_trial, reap_dead, sampler_for
 from ablation.study.spec.queued import with_local_runtime
-from ablation.study.spec.schema import Cell, Study, TrialSpec, search_cell
+from ablation.study.spec.study import Cell, Study, TrialSpec, search_cell
 from ablation.study.work.context import TrialContext
 from ablation.study.work.trial import run_trials
 

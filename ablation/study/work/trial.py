@@ -34,7 +34,7 @@ from ablation.gan import (
 )
 from ablation.outcomes import Outcome
 from ablation.study.outages import infrastructure_error, one_line, tracking_outage
-from ablation.study.spec.schema import TrialSpec
+from ablation.study.spec.study import TrialSpec
 from ablation.study.tracking.client import TAG_ARRAY, TAG_INIT_REUSED, mlflow_unavailable
 from ablation.study.tracking.logged_models import log_trial_model
 from ablation.study.work.context import TrialContext, TrialOutcome, WorkerStop

@@ -16,7 +16,7 @@ from ablation.errors import UserError
 from ablation.study import queue
 from ablation.study.outages import database_outage
 from ablation.study.queue import Shift
-from ablation.study.spec.schema import Study
+from ablation.study.spec.study import Study
 from ablation.study.work.context import TrialContext
 from ablation.study.work.grid import resolve_fuse, run_grid
 from ablation.study.work.search import run_search
