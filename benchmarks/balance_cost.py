@@ -6,7 +6,8 @@ Trains the `--demo` trial (64 px, 100 init + 50 GAN steps, seed 0, evaluation at
 gradient-share measurement at its default cadence (first step of each phase, each evaluation, every epoch) and
 with it switched off, and reports the median wall and process CPU time of each, and the time spent inside the
 measurement as a share of the trial's (the direct cost: it holds on a shared machine, where the difference of two
-trials' walls drifts with the load). Value shares cost nothing and stay on in both. Prints a table and writes benchmarks/results/balance_cost.json; the budget (issue 21) is 5%.
+trials' walls drifts with the load). Value shares cost nothing and stay on in both. Prints a table and writes
+benchmarks/results/balance_cost.json; the budget (issue 21) is 5%.
 """
 
 from __future__ import annotations

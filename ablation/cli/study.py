@@ -130,9 +130,12 @@ def enqueue(
     set_: list[str] = typer.Option([], "--set"),
     rerun_failed: bool = typer.Option(False),
     rerun_diverged: bool = typer.Option(False),
+    drop_stale: bool = typer.Option(False, "--drop-stale", help="first fail the waiting trials whose stored config "
+                                    "no longer matches a cell of this study file (it was edited), one line each"),
 ) -> None:
     """Create the study and its parent MLflow run once and queue the missing trials (for workers)."""
     from ablation.study.runner import enqueue_study
 
-    raise typer.Exit(enqueue_study(study, _run_options(demo, set_, storage, tracking_uri, None,
-                                                       rerun_failed=rerun_failed, rerun_diverged=rerun_diverged)))
+    options = _run_options(demo, set_, storage, tracking_uri, None, rerun_failed=rerun_failed,
+                           rerun_diverged=rerun_diverged)
+    raise typer.Exit(enqueue_study(study, options, drop_stale=drop_stale))

@@ -19,8 +19,8 @@ from ablation.data.images import IMAGE_SUFFIXES, list_images, to_signed
 from ablation.data.smooth import build_smooth_dir, edge_smooth
 from ablation.errors import UserError, problem
 
-__all__ = ["Batch", "DataStreams", "Domains", "ImageStream", "domains_from_arrays", "load_domains", "load_folder",
-           "to_gray", "val_photos"]
+__all__ = ["Batch", "DataStreams", "Domains", "ImageStream", "domains_from_arrays", "evaluation_photos", "load_domains",
+           "load_folder", "to_gray", "val_photos"]
 GET_DATA = "get data with `ablate data fetch animegan DEST` or run with --demo"
 
 
@@ -73,6 +73,15 @@ class Domains:
     val: torch.Tensor
     style_ref: torch.Tensor | None = None  # a disjoint style split: the KID reference (demo data)
     val_target: torch.Tensor | None = None  # pseudo ground truth for val (demo data)
+    # real data: style_ref was held out of style/ (no style_ref/ folder); the evaluator then compares with the
+    # style images G trains on and uses style_ref as its reference anchor (gan/member.build_evaluator)
+    style_ref_held_out: bool = False
+    eval_photos: torch.Tensor | None = None  # what evaluations score when more than val/ (`evaluation_photos`)
+
+
+def evaluation_photos(domains: Domains) -> torch.Tensor:
+    """The photos evaluations score: val/, then the public layout's test/test_photo/ where loaded."""
+    return domains.eval_photos if domains.eval_photos is not None else domains.val
 
 
 HOLDOUT_EVERY = 10
@@ -104,15 +113,22 @@ def load_domains(cfg: DataConfig) -> Domains:
     if val_target is not None and val_target.shape[0] != val.shape[0]:
         raise UserError(problem(target_dir, "data.root", f"one target per val image ({val.shape[0]})",
                                 val_target.shape[0]))
-    if style_ref is None and anime.shape[0] >= 2 * HOLDOUT_EVERY:
+    held_out = style_ref is None and anime.shape[0] >= 2 * HOLDOUT_EVERY
+    if held_out:
         # no separate reference split (the public dataset has none): hold every 10th style image out of
-        # training so the style metrics compare against images the GAN never saw
+        # training, as the reference anchor a style metric of 1.0 means "as close as unseen frames"
         held = torch.arange(anime.shape[0]) % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
         style_ref, anime = anime[held], anime[~held]
         if smooth.shape[0] == held.shape[0]:  # smooth/ mirrors style/ by file name, so the same rows
             smooth = smooth[~held]
+    # the public layout's test photos (never trained on) join val/ in evaluations: val/ alone is too few for KID's
+    # n >= 100; not with pseudo targets, which exist for val/ only (demo data)
+    test_dir = root / "test" / "test_photo"
+    eval_photos = (torch.cat([val, load_folder(test_dir, size, "data.root")])
+                   if val_target is None and list_images(test_dir) else None)
     return Domains(photo=photo, anime=anime, anime_gray=to_gray(anime), smooth=smooth, smooth_gray=to_gray(smooth),
-                   val=val, style_ref=style_ref, val_target=val_target)
+                   val=val, style_ref=style_ref, val_target=val_target, style_ref_held_out=held_out,
+                   eval_photos=eval_photos)
 
 
 def _nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -3,10 +3,12 @@
 `Evaluator` is built once per trial from the held-out style split and the held-out evaluation photos. The
 style split is cut deterministically into two interleaved halves, S_ref = style[0::2] (what outputs are
 compared with) and S_anchor = style[1::2] (the reference anchor of gap closure); interleaving keeps both halves
-alike when the style set is ordered by source. The outputs, the no-op anchor (the photos) and S_anchor are all
-cut to the same n images (`n_images`, logged as `eval/n_images`): KID, Gram means and the W1 statistics all
-depend on the sample size, so only at equal n does a gap of 1.0 mean "like the style set". On construction it
-computes, per evaluator:
+alike when the style set is ordered by source. Given a separate `style_anchor` (real data: the held-out split,
+with `style_ref` every style image G trains on), S_ref is all of `style_ref` and S_anchor is cut from the anchor
+set, so n is no longer bounded by half the held-out split. The outputs, the no-op anchor (the photos) and
+S_anchor are all cut to the same n images (`n_images`, logged as `eval/n_images`): KID, Gram means and the W1
+statistics all depend on the sample size, so only at equal n does a gap of 1.0 mean "like the style set". On
+construction it computes, per evaluator:
 
 - the S_ref features and one global RMS scale from them (one scalar per evaluator, never per dimension: dead
   random channels would blow up a per-dimension standardisation, reference §4.3);
@@ -39,6 +41,12 @@ STAT_NAMES = ("flat", "palette", "saturation", "edges")
 CPU = torch.device("cpu")  # the default device: a module constant, not a call in every signature
 SPLIT_RULE = ("style_ref[0::2] = S_ref (compared with), style_ref[1::2][:n] = S_anchor (reference anchor), "
               "photos[:n] (no-op anchor and outputs), n = min(photos, len(style_ref) // 2, max_images)")
+# With a separate anchor (real data, gan/member.build_evaluator): the reference is every style image G trains on,
+# so n is bounded by the held-out split alone (Hayao: 179), not by half of it (89).
+ANCHOR_RULE = ("style_ref = S_ref (compared with: the style images G trains on), style_anchor[:n] = S_anchor "
+               "(reference anchor: the held-out style split), photos[:n] (no-op anchor and outputs), "
+               "n = min(photos, len(style_anchor), max_images)")
+RESIZE_CHUNK = 256  # images resized at once: a whole style set in float would take gigabytes
 
 Images = torch.Tensor | np.ndarray
 
@@ -62,8 +70,9 @@ def prepare(images: Images, size: int, cap: int | None = None) -> torch.Tensor:
     side = min(h, w)
     t = t[..., (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
     if side != size:
-        t = F.interpolate(t.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        t = t.round().clamp(0, 255).to(torch.uint8)
+        t = torch.cat([F.interpolate(c.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                     antialias=True).round().clamp(0, 255).to(torch.uint8)
+                       for c in t.split(RESIZE_CHUNK)])
     return t.contiguous()
 
 
@@ -83,18 +92,17 @@ class Evaluator:
     """Scores generator outputs against a fixed style reference and their own input photos."""
 
     def __init__(self, cfg: EvalConfig, style_ref: Images, photos: Images, pseudo_targets: Images | None = None,
-                 device: torch.device = CPU) -> None:
+                 device: torch.device = CPU, style_anchor: Images | None = None) -> None:
         self.cfg = cfg
         size, cap = cfg.image_size, cfg.max_images
-        style = prepare(style_ref, size)
-        if len(style) < 4:
-            raise ValueError(f"style_ref: expected at least 4 images (two halves of >= 2), got {len(style)}")
         photos_t = prepare(photos, size, cap)
         if len(photos_t) < 2:
             raise ValueError(f"photos: expected at least 2 images, got {len(photos_t)}")
-        # One n for the outputs (one per photo) and both anchors; S_ref (ceil half) is never smaller than n.
-        self.n_images = min(len(photos_t), len(style) // 2)
-        self.s_ref, self.s_anchor = style[0::2][:cap], style[1::2][:self.n_images]
+        ref, anchor = self._split(prepare(style_ref, size), style_anchor, cap)
+        # One n for the outputs (one per photo) and both anchors; S_ref is never smaller than n.
+        self.n_images = min(len(photos_t), len(anchor))
+        self.s_ref, self.s_anchor = ref, anchor[:self.n_images]
+        self.split_rule = SPLIT_RULE if style_anchor is None else ANCHOR_RULE
         self.photos = photos_t[:self.n_images]
         self._photos_hwc = _hwc(self.photos)
         self._targets_hwc: np.ndarray | None = None
@@ -135,6 +143,19 @@ class Evaluator:
                 _, reason = M.gap_closure_reason(noop_value, self.anchor_ref[key], noop_value, floor)
                 if reason:
                     self.gap_reasons[key] = reason
+
+    def _split(self, style: torch.Tensor, style_anchor: Images | None, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(S_ref, the reference anchor's pool): two interleaved halves of `style` (S_ref capped like the
+        outputs), or, given a separate anchor set, all of `style` against it."""
+        if style_anchor is None:
+            if len(style) < 4:
+                raise ValueError(f"style_ref: expected at least 4 images (two halves of >= 2), got {len(style)}")
+            return style[0::2][:cap], style[1::2]
+        anchor = prepare(style_anchor, self.cfg.image_size)
+        if len(style) < 2 or len(anchor) < 2:
+            raise ValueError(f"style_ref, style_anchor: expected at least 2 images each, got {len(style)}, "
+                             f"{len(anchor)}")
+        return style, anchor
 
     @staticmethod
     def _floor(key: str) -> float | None:
@@ -230,7 +251,7 @@ class Evaluator:
             info["eval/evaluator/eff"] = self.effnet.weights_hash
             info["eval/scale/eff"] = f"{self.eff_scale:.6g}"
         info.update({f"eval/op/{k}": v for k, v in M.operator_constants().items()})
-        info["eval/op/split"] = SPLIT_RULE
+        info["eval/op/split"] = self.split_rule
         info.update({f"eval/gap/{key.removeprefix('eval/')}": why for key, why in self.gap_reasons.items()})
         info["eval/op/kid"] = (f"cubic kernel, {self.cfg.kid_subsets} subsets x "
                                f"min({self.cfg.kid_subset_size}, n), float64, features / global RMS of S_ref")

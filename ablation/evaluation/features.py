@@ -25,6 +25,7 @@ from torch import nn
 
 from ablation.evaluation.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
 from ablation.evaluation.metrics import gram_matrices
+from ablation.evaluation.registry import EFFNET_SIZE
 from ablation.evaluation.seeds import EVALUATOR_SALT, evaluator_stream_seed
 
 VGG_RELU2_2 = 9  # features[:9] ends with relu2_2
@@ -34,7 +35,6 @@ DEFAULT_BATCH = 64
 # MEAN_RGB = [127.0]*3, STDDEV_RGB = [128.0]*3 on 0..255), not the ImageNet mean/std of the package's README
 # example: with it the classifier is more confident on ImageNet photos (tests/evaluation pins this).
 EFFNET_MEAN, EFFNET_STD = 127.0, 128.0
-EFFNET_SIZE = 224
 
 
 def _check_u8(images: torch.Tensor) -> None:

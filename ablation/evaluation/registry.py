@@ -47,6 +47,8 @@ _GAP = "gap closure of {}: 0 = as far as the input photos (no-op), 1 = as close 
 KID_RAND_PER_SEED = "eval/style/kid_rand_{seed}"
 ANCHOR = "eval/anchor/{which}/{metric}"
 N_IMAGES = "eval/n_images"
+CALIBRATION_SIZE = 128  # the side the random-VGG evaluators' orderings were calibrated at (reference §6)
+EFFNET_SIZE = 224  # the side EfficientNet-Lite0 (kid_eff) sees, its ImageNet input size (features.py resizes to it)
 
 # What each evaluation metric responds to and is blind to: reference §6 calibration (random features are
 # low-level and punish blur hardest; EfficientNet is ImageNet-semantic and rates blur, noise and photos about

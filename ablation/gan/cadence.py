@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from ablation.data.streams import Domains
+from ablation.data.streams import Domains, evaluation_photos
 from ablation.gan import balance
 from ablation.gan.device import autocast
 from ablation.gan.member import Member, generate_u8
@@ -42,7 +42,7 @@ def after_step(member: Member, domains: Domains, backbone: torch.nn.Module) -> b
             member.emit(shares, step)
         if evaluates:
             # G sees the held-out photos at the training size; the evaluator resizes its outputs
-            eval_photos = domains.val[:config.eval.max_images]
+            eval_photos = evaluation_photos(domains)[:config.eval.max_images]
             metrics = member.evaluator.evaluate(generate_u8(member.models.generator, eval_photos, member))
             member.emit(metrics, step)
             if member.on_eval is not None and member.on_eval(metrics, step):

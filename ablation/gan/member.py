@@ -15,7 +15,7 @@ from torch import nn
 
 from ablation.config import TrainConfig, cell_hash, to_yaml
 from ablation.data.images import to_signed, to_uint8
-from ablation.data.streams import Batch, DataStreams, Domains, val_photos
+from ablation.data.streams import Batch, DataStreams, Domains, evaluation_photos, val_photos
 from ablation.evaluation.protocol import TrialEvaluator
 from ablation.files import atomic_write_bytes, atomic_write_text
 from ablation.gan import samples
@@ -72,7 +72,10 @@ def build_evaluator(config: TrainConfig, domains: Domains, device: torch.device)
         return None
     from ablation.evaluation.evaluator import Evaluator  # evaluation is optional per config; keep import local
 
-    return Evaluator(config.eval, style_ref=domains.style_ref, photos=domains.val,
+    if domains.style_ref_held_out:  # real data: compared with every style image G trains on (n >= 100 on Hayao)
+        return Evaluator(config.eval, style_ref=domains.anime, photos=evaluation_photos(domains), device=device,
+                         style_anchor=domains.style_ref)
+    return Evaluator(config.eval, style_ref=domains.style_ref, photos=evaluation_photos(domains),
                      pseudo_targets=domains.val_target, device=device)
 
 

@@ -64,7 +64,7 @@ def build_report(study_name: str, tracker: Tracker, storage_url: str, reports_di
         page = {
             "name": study_name, "setup": setup_section(data), "note": metric_note,
             "legend": [(data.label(c), colors[c]) for c in data.cells],
-            "table": table, "gaps": gaps, "effects": effects, "axes": data.axes,
+            "table": table, "gaps": gaps, "stale": data.stale, "effects": effects, "axes": data.axes,
             "effects_plot": plots.effects_plot(effects) if any(r["effect"].n for r in effects) else None,
             "cells": cell_rows(data), "curves": curve_section(data, colors),
             "scatter": scatter_section(data, colors, metrics), "samples": sample_grid(data, tracker),

@@ -23,6 +23,7 @@ import yaml
 from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
+from ablation.report import stale
 from ablation.study.spec.schema import StudySpec
 from ablation.study.spec.study import Study, format_value, short_name
 from ablation.study.tracking.client import (
@@ -42,6 +43,7 @@ from ablation.study.tracking.client import (
 P, M = "params.", "metrics."  # column prefixes of the trials frame, as in mlflow.search_runs
 MAX_GIF_BYTES = 6_000_000  # a 101-epoch GIF at 256 px is tens of MB; the page must stay openable
 GAP_TAG = "eval/gap/"
+EVAL_N_TAG = "eval/n/"
 # Params every trial logs that are not study axes: how the run computed (fp32/bf16), and the seed itself.
 # Inferring axes from params must skip them, or a study that mixed precisions would grow a "precision" axis.
 RUN_PARAMS = (P + "seed", P + "precision")
@@ -69,6 +71,8 @@ class ReportData:
     workdir: Path
     params: list[str] = field(default_factory=list)  # varied param names, in axis order
     merged: dict[str, str] = field(default_factory=dict)  # arm label -> the cell label it equals in this run
+    stale: list[dict[str, Any]] = field(default_factory=list)  # trials of cells the study file no longer has
+    mixed: list[str] = field(default_factory=list)  # without a study file: labels run under several configs
 
     @property
     def cells(self) -> list[str]:
@@ -94,12 +98,18 @@ def collect(name: str, tracker: Tracker, study: Study | None, workdir: Path) -> 
         if column in attempts:
             attempts[column] = attempts[column].astype("Int64")
     trials = newest_per_key(attempts) if runs else attempts
+    # trials of cells the study file no longer has count nowhere but in their own list (report/stale.py)
+    current = stale.current_cells(study)
+    old = stale.is_stale(trials, current)
+    stale_rows = stale.stale_rows(tracker, study, trials[old], workdir) if study is not None and old.any() else []
+    trials, attempts = trials[~old], attempts[~stale.is_stale(attempts, current)]
     axes = _axes(spec, trials)
     trials = _order(trials, axes)
     params = [a.name for a in axes] or sorted(c[len(P):] for c in trials if c.startswith(P) and c not in RUN_PARAMS)
     return ReportData(name, spec, study_yaml, dict(parent.data.tags) if parent else {}, trials, attempts,
                       fetch_curves(tracker, trials), axes, _config(tracker, trials, workdir), workdir, params,
-                      dict(study.merged) if study is not None else {})
+                      dict(study.merged) if study is not None else {}, stale_rows,
+                      stale.mixed_labels(trials) if current is None else [])
 
 
 def _not_found(name: str, tracker: Tracker) -> str:
@@ -127,6 +137,9 @@ def run_row(run: Any) -> dict[str, Any]:
         "model_uri": tags.get(TAG_MODEL_URI, ""),  # its generator as an MLflow model (finished trials)
         # why a gap closure is undefined, as the evaluator decided it (tag eval/gap/style/kid_rand -> style/kid_rand)
         "gap_tags": {k[len(GAP_TAG):]: v for k, v in tags.items() if k.startswith(GAP_TAG)},
+        # the evaluator's set sizes (eval/n/outputs -> outputs) and split rule, for the setup's n per metric
+        "eval_n": {k[len(EVAL_N_TAG):]: v for k, v in tags.items() if k.startswith(EVAL_N_TAG)},
+        "eval_split": tags.get("eval/op/split", ""),
     }
     row.update({P + k: v for k, v in run.data.params.items()})
     row.update({M + k: v for k, v in run.data.metrics.items()})
@@ -136,7 +149,8 @@ def run_row(run: Any) -> dict[str, Any]:
 def _row_columns() -> tuple[str, ...]:
     """The columns of a trials frame with no runs yet, so every section can still filter it."""
     return ("run_id", "key", "cell", "label", "seed", "outcome", "status", "diverged_step", "optuna", "steps",
-            "start_ms", "end_ms", "duration_s", "metric_keys", "gap_tags", "array", "init_reused_s", "model_uri")
+            "start_ms", "end_ms", "duration_s", "metric_keys", "gap_tags", "array", "init_reused_s", "model_uri",
+            "eval_n", "eval_split")
 
 
 def _int(text: str | None) -> int | None:

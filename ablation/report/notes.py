@@ -18,6 +18,7 @@ from ablation.evaluation import registry
 from ablation.evaluation.gaps import gap_closure_reason
 from ablation.outcomes import Outcome
 from ablation.report.data import M, P, ReportData
+from ablation.report.sizes import n_per_metric, resolution_sentence
 from ablation.report.text import duration, fmt
 from ablation.study.tracking.client import TAG_DEMO
 
@@ -50,8 +51,23 @@ def setup_section(data: ReportData) -> dict[str, Any]:
         "precision": precision, "images": images, "arrays": trained_together(data.trials),
         "init_saved": init_saved(data.attempts),
         "demo": json.loads(tags.get(TAG_DEMO, "[]")),  # how a --demo run deviates from the faithful config
-        "warnings": [w for w in (precision_warning, images_warning) if w],
+        "warnings": [w for w in (stale_warning(data), precision_warning, images_warning) if w],
+        "eval_n": n_per_metric(data.trials), "resolution": resolution_sentence(cfg),
     }
+
+
+def stale_warning(data: ReportData) -> str:
+    """Trials left out because their cells are no longer the study file's, or, without the file, labels that
+    pool several configs (report/stale.py); empty when neither."""
+    if data.stale:
+        cells = ", ".join(sorted({row["label"] for row in data.stale}))
+        return (f"{len(data.stale)} trial(s) ran a config this study file no longer has ({cells}): they are left out "
+                "of every table, effect and plot on this page; \"Stale trials\" (section 2) says how each differs.")
+    if data.mixed:
+        return (f"{', '.join(data.mixed)}: each holds trials of more than one config (the study file was edited "
+                "between runs), pooled here; pass the study YAML to `ablate report` to keep only the current "
+                "config's trials.")
+    return ""
 
 
 def trained_together(trials: pd.DataFrame) -> list[str]:

@@ -27,6 +27,7 @@ from ablation.study.spec import checks
 from ablation.study.spec.dry_run import dry_run_lines, offline_lines
 from ablation.study.spec.preflight import check_data_layout, preflight_backbones
 from ablation.study.spec.queued import check_agrees
+from ablation.study.spec.queued import drop_stale as drop_stale_trials
 from ablation.study.spec.study import Study, load_study, resolve_study
 from ablation.study.tracking.client import TAG_DEMO, TAG_PROBE, Tracker
 from ablation.study.tracking.experiment_note import EXPERIMENT_KIND, experiment_note
@@ -161,10 +162,13 @@ def connect(study: Study, path: Path, options: RunOptions, create: bool
     return tracker, ctx, opt
 
 
-def enqueue_study(path: Path, options: RunOptions) -> int:
-    """The launcher without work: create the study and parent run once, queue the missing trials."""
+def enqueue_study(path: Path, options: RunOptions, drop_stale: bool = False) -> int:
+    """The launcher without work: create the study and parent run once, queue the missing trials; with
+    `drop_stale`, first fail the waiting trials this study file no longer has (one line each)."""
     study = resolve_study(path, options.demo, options.overrides)
     tracker, ctx, opt = connect(study, path, options, create=True)
+    for line in drop_stale_trials(study, opt) if drop_stale else []:
+        _say(options, line)
     added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
     _say(options, f"study {study.spec.name}: {counts.count_line(study, opt)}; queued {len(added)} new")
     return 0

@@ -41,6 +41,12 @@ def trials(tmp: Path) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name="arms", storage=f"sqlite:///{tmp}/optuna.db").get_trials()
 
 
+def drop_stale_hint(study: Path) -> str:
+    """What a refusal over a waiting trial adds: the study file may have been edited on purpose."""
+    return (f", or, if {study} was edited on purpose, drop the waiting trials it no longer has with "
+            f"`ablate enqueue {study} --drop-stale` (with this worker's options)")
+
+
 LAUNCHER_ARMS = {"a": {"loss.style_weight": 9.0}, "b": {"loss.style_weight": 2.0}}
 
 
@@ -68,7 +74,7 @@ def test_a_worker_whose_study_file_resolves_a_queued_trial_differently_refuses(t
         run_worker(mine, options(tmp_path))
     assert raised.value.lines == [f"{mine}: trial {key_a} [a seed=0]: loss.style_weight: expected 9.0 (as the "
                                   "launcher queued it), got 5.0 in this study file; start workers with the "
-                                  "launcher's study file"]
+                                  f"launcher's study file{drop_stale_hint(mine)}"]
     assert [t.state.name for t in trials(tmp_path)] == ["WAITING", "WAITING"]  # nothing was trained
 
 
@@ -82,7 +88,7 @@ def test_a_worker_whose_study_file_lacks_a_queued_cell_refuses(tmp_path: Path, d
         run_worker(mine, options(tmp_path))
     assert raised.value.lines == [f"{mine}: trial {key_b} [b seed=0]: expected a cell of this study file, as the "
                                   "launcher queued it, got <no such cell>; start workers with the launcher's "
-                                  "study file"]
+                                  f"study file{drop_stale_hint(mine)}"]
     assert [t.state.name for t in trials(tmp_path)] == ["WAITING", "WAITING"]
 
 

@@ -28,6 +28,7 @@ from ablation.study.queue.trials import (
     CONFIG_ATTR,
     claim_waiting,
     directions,
+    drop_waiting,
     enqueue_missing,
     has_running,
     has_waiting,
@@ -42,9 +43,10 @@ from ablation.study.queue.trials import (
 )
 
 __all__ = [
-    "ARRAY_FAILURE", "CONFIG_ATTR", "OWNER_ATTR", "RECORDS", "SOLO", "Heartbeat", "Lease", "LocalLock", "OnTrialEnd",
-    "Record", "Shift", "backend_of", "claim_waiting", "claims_lost", "directions", "enqueue_lock", "enqueue_missing",
-    "has_running", "has_waiting", "heartbeat_of", "key_of", "latest_by_key", "launcher_lock_path", "new_trial",
-    "open_queue", "open_storage", "open_study", "outcome_of", "reap_dead", "reap_orphans", "requeue", "sampler_for",
-    "search_budget_left", "settle_heartbeat", "silent_numbers", "storage_down", "storage_url",
+    "ARRAY_FAILURE", "CONFIG_ATTR", "Heartbeat", "Lease", "LocalLock", "OWNER_ATTR", "OnTrialEnd", "RECORDS",
+    "Record", "SOLO", "Shift", "backend_of", "claim_waiting", "claims_lost", "directions", "drop_waiting",
+    "enqueue_lock", "enqueue_missing", "has_running", "has_waiting", "heartbeat_of", "key_of", "latest_by_key",
+    "launcher_lock_path", "new_trial", "open_queue", "open_storage", "open_study", "outcome_of", "reap_dead",
+    "reap_orphans", "requeue", "sampler_for", "search_budget_left", "settle_heartbeat", "silent_numbers",
+    "storage_down", "storage_url",
 ]

@@ -241,6 +241,18 @@ def _claim(opt: optuna.Study, trial_id: int) -> bool:
     return result.rowcount == 1
 
 
+def drop_waiting(opt: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Fail a WAITING trial so that no worker ever claims it, noting why (user attr `dropped`). It is claimed
+    first with the queue's atomic claim, so a trial a worker took meanwhile is left alone (False); Optuna's own
+    `tell` then fails it."""
+    if not _claim(opt, trial._trial_id):  # the queue's one atomic WAITING -> RUNNING
+        return False
+    claimed = optuna.Trial(opt, trial._trial_id)
+    claimed.set_user_attr("dropped", reason)
+    opt.tell(claimed, state=TrialState.FAIL)
+    return True
+
+
 def unclaim(opt: optuna.Study, trial_id: int) -> bool:
     """RUNNING -> WAITING for a trial this worker claimed but may not train (another process owns its folder),
     as one conditional UPDATE like `_claim`; the trial keeps its number, params and attrs."""

@@ -15,12 +15,15 @@ import json
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from ablation.config import NON_IDENTITY_SECTIONS, TrainConfig
 from ablation.errors import UserError
+from ablation.study import queue
 from ablation.study.queue import CONFIG_ATTR
 from ablation.study.spec.study import Cell, Study, TrialSpec, search_cell
+
+NO_CELL = "<no such cell>"  # a difference's "study file" side when the file lacks the trial's cell
 
 
 def local_cell(study: Study, attrs: dict[str, Any], index: dict[str, Cell] | None = None) -> Cell | None:
@@ -72,30 +75,73 @@ def first_difference(queued: Any, local: Any, path: str = "") -> tuple[str, Any,
     return None if queued == local else (path, queued, local)
 
 
+def queued_difference(study: Study, attrs: dict[str, Any], index: dict[str, Cell] | None = None
+                      ) -> tuple[str, Any, Any] | None:
+    """How a queued grid trial's stored config differs from what this study file resolves it to: the first
+    differing field, its queued value and this file's (`cell` and `<no such cell>` when the file lacks its cell);
+    None when they agree or the trial stored no config."""
+    stored = attrs.get(CONFIG_ATTR)
+    if stored is None or attrs.get("trial_key") is None:
+        return None
+    cell = local_cell(study, attrs, index)
+    if cell is None:
+        return "cell", attrs.get("label", "?"), NO_CELL
+    return first_difference(stored, TrialSpec.of(cell, int(attrs["seed"])).config.model_dump(mode="json"))
+
+
+def stale_waiting(study: Study, opt: optuna.Study) -> list[tuple[FrozenTrial, tuple[str, Any, Any]]]:
+    """The waiting grid trials this study file no longer has (an edited base, a removed arm), with how each
+    differs: what `ablate enqueue --drop-stale` drops."""
+    if study.spec.method == "search":
+        return []
+    index = cell_index(study)
+    found = []
+    for trial in opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        difference = queued_difference(study, trial.user_attrs, index)
+        if difference is not None:
+            found.append((trial, difference))
+    return found
+
+
+def drop_stale(study: Study, opt: optuna.Study) -> list[str]:
+    """Fail every stale waiting trial (`stale_waiting`) so that no worker claims it, and say so, one line each.
+    Nothing else is touched: running and ended trials, and waiting trials of this file's cells, stay as they are."""
+    lines = []
+    for trial, (field, queued, mine) in stale_waiting(study, opt):
+        why = f"{field}: queued {queued!r}, study file {mine!r}"
+        if queue.drop_waiting(opt, trial, f"stale: {why}"):  # False: a worker claimed it meanwhile
+            attrs = trial.user_attrs
+            lines.append(f"dropped stale trial {attrs['trial_key']} [{attrs.get('label', '?')} seed="
+                         f"{attrs.get('seed')}] (Optuna trial {trial.number}): {why}")
+    return lines
+
+
 def check_agrees(study: Study, opt: optuna.Study) -> None:
     """Refuse, in one line, a study file that resolves a queued (pending) grid trial differently from the
     launcher: the trial key, the first differing field and both values. Ended trials are history: a grid
-    that was edited since they ran has other keys, and that is fine."""
+    that was edited since they ran has other keys, and that is fine. A waiting trial may be stale instead (the
+    file was edited on purpose): the line then also names `ablate enqueue --drop-stale`, or a restarting worker
+    (compose's `restart: on-failure`) would refuse again and again."""
     if study.spec.method == "search":
         _check_search_agrees(study, opt)
         return
     index = cell_index(study)
     for trial in opt.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
         attrs = trial.user_attrs
-        stored, key = attrs.get(CONFIG_ATTR), attrs.get("trial_key")
-        if stored is None or key is None:
+        found = queued_difference(study, attrs, index)
+        if found is None:
             continue
-        cell = local_cell(study, attrs, index)
-        where = f"{study.path}: trial {key} [{attrs.get('label', '?')} seed={attrs.get('seed')}]"
-        if cell is None:
+        where = f"{study.path}: trial {attrs['trial_key']} [{attrs.get('label', '?')} seed={attrs.get('seed')}]"
+        remedy = "start workers with the launcher's study file"
+        if trial.state == TrialState.WAITING:
+            remedy += (f", or, if {study.path} was edited on purpose, drop the waiting trials it no longer has with "
+                       f"`ablate enqueue {study.path} --drop-stale` (with this worker's options)")
+        field, queued, mine = found
+        if mine == NO_CELL:
             raise UserError(f"{where}: expected a cell of this study file, as the launcher queued it, got <no such "
-                            "cell>; start workers with the launcher's study file")
-        local = TrialSpec.of(cell, int(attrs["seed"])).config.model_dump(mode="json")
-        found = first_difference(stored, local)
-        if found is not None:
-            field, queued, mine = found
-            raise UserError(f"{where}: {field}: expected {queued!r} (as the launcher queued it), got {mine!r} in this "
-                            "study file; start workers with the launcher's study file")
+                            f"cell>; {remedy}")
+        raise UserError(f"{where}: {field}: expected {queued!r} (as the launcher queued it), got {mine!r} in this "
+                        f"study file; {remedy}")
 
 
 def _check_search_agrees(study: Study, opt: optuna.Study) -> None:
