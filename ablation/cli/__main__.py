@@ -2,4 +2,5 @@
 
 from ablation.cli.entry import main
 
-main()
+if __name__ == "__main__":  # imported (a walk over every module) it runs nothing
+    main()
