@@ -14,7 +14,7 @@ import warnings
 # MLflow reads these from the environment at request time, so setting them here reaches every client the
 # process creates later. setdefault: a value the user exported wins.
 MLFLOW_DEFAULTS = {
-    # Our own retry loop (ablation.study.tracking.retry) reports an outage in one clear line and keeps
+    # Our own retry loop (ablation.study.tracking.client.retry) reports an outage in one clear line and keeps
     # retrying; MLflow's silent exponential backoff (7 retries by default) would stall for minutes first.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     # A hung tracking server must surface as an outage in seconds, not after MLflow's 120 s default.

@@ -47,7 +47,7 @@ def open_storage(method: str, location: Path) -> optuna.storages.BaseStorage:
     if method.startswith("journal"):
         path = str(location / "journal.log")
         return JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
-    # the timeout ablate's own SQLite storage uses (study/storage.py): a writer waits instead of failing at once
+    # the timeout ablate's own SQLite storage uses (study/queue/storage.py): a writer waits instead of failing at once
     return RDBStorage(f"sqlite:///{location / 'optuna.db'}", engine_kwargs={"connect_args": {"timeout": 60}})
 
 

@@ -32,7 +32,7 @@ import torch
 from ablation.config import TrainConfig, with_overrides
 from ablation.data.demo import procedural_batch
 from ablation.data.streams import Domains, domains_from_arrays
-from ablation.gan.array import Array, open_array, step_array
+from ablation.gan.array import Array, Joiner, open_array, step_array
 from ablation.gan.device import resolve_device, synchronize
 from ablation.gan.fused import FuseMode, default_mode
 
@@ -74,8 +74,8 @@ def bench_size(size: int, batch: int, ks: list[int], fuses: list[FuseMode], repe
         for k in ks:
             configs = member_configs(k, size, batch, threads)
             out_dirs = [folder / f"{size}-{fuse}-{k}-{i}" for i in range(k)]
-            arrays[fuse, k] = open_array(configs, out_dirs, [lambda metrics, step: None] * k, domains=domains,
-                                         fuse=fuse)
+            joiners = [Joiner(c, d, lambda metrics, step: None) for c, d in zip(configs, out_dirs, strict=True)]
+            arrays[fuse, k] = open_array(joiners, domains=domains, fuse=fuse)
     wall: dict[tuple[FuseMode, int], list[float]] = {key: [] for key in arrays}
     cpu: dict[tuple[FuseMode, int], list[float]] = {key: [] for key in arrays}
     for rep in range(repeats + 1):  # the first round warms up (allocator, oneDNN/cuDNN kernel choice)

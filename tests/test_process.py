@@ -98,7 +98,7 @@ import pandas as pd
 from ablation.errors import UserError
 from ablation.report import plots
 from ablation.report.data import collect
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 tmp = pathlib.Path({str(tmp_path)!r})
 before = snapshot()

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ablation.evaluation.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
 from ablation.evaluation.metrics import gram_matrices
 from ablation.evaluation.registry import EFFNET_SIZE
 from ablation.evaluation.seeds import EVALUATOR_SALT, evaluator_stream_seed
-from ablation.gan.backbone import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
 
 VGG_RELU2_2 = 9  # features[:9] ends with relu2_2
 VGG_RELU3_3 = 16  # features[:16] ends with relu3_3

@@ -1,6 +1,6 @@
 """Train K compatible trials as one fused model on one device; each member stays a trial of its own.
 
-    results = train_array(configs, out_dirs, logs, domains=domains)   # one TrainResult per config
+    results = train_array([Joiner(config, out_dir, log), ...], domains=domains)   # one TrainResult each
 
 Members must share `array_key(config)`: the generator and discriminator architecture, the backbone, the dataset
 and image size, the batch size and the schedule lengths, and the runtime. They may differ in everything else:
@@ -30,12 +30,13 @@ from pathlib import Path
 import torch
 
 from ablation.config import RuntimeConfig, TrainConfig
-from ablation.data.streams import Batch, Domains, evaluation_photos, load_domains
+from ablation.data.streams import Batch, Domains, load_domains
 from ablation.evaluation.protocol import TrialEvaluator
-from ablation.gan import balance, cycle_steps
+from ablation.gan import cycle_steps
 from ablation.gan.array_rules import backbone_key, check_compatible
 from ablation.gan.array_steps import FusedModels, gan_step, init_step, targets_for
 from ablation.gan.backbone import build_backbone
+from ablation.gan.cadence import after_step
 from ablation.gan.device import (
     autocast,
     configure_threads,
@@ -47,9 +48,9 @@ from ablation.gan.device import (
 )
 from ablation.gan.fused import FusedNet, FuseMode, default_mode
 from ablation.gan.init_cache import REMOTE_POLL_S, InitSharing
-from ablation.gan.member import Member, build_evaluator, generate_u8, open_member
-from ablation.gan.run import EvalHook, LogFn, ProgressFn, StopFlag, TrainResult, stop_on_signals
-from ablation.gan.steps import Targets, learning_rates, set_gan_lr
+from ablation.gan.member import Member, build_evaluator, open_member
+from ablation.gan.run_contract import EvalHook, LogFn, ProgressFn, StopFlag, TrainResult, stop_on_signals
+from ablation.gan.steps import Targets, set_gan_lr
 from ablation.outcomes import Outcome
 
 # one GAN step of an array, by model.objective (members of an array share it)
@@ -93,101 +94,113 @@ class Array:
     backbone_infos: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
-def train_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: Sequence[LogFn], *,
-                domains: Domains | None = None, resume: bool = False, stop: StopFlag | None = None,
-                evaluator: TrialEvaluator | None = None, progress: Sequence[ProgressFn | None] | None = None,
-                on_eval: Sequence[EvalHook | None] | None = None, on_end: Sequence[EndHook | None] | None = None,
-                refill: Refill | None = None, init_cache: Path | None = None,
-                fuse: FuseMode | None = None) -> list[TrainResult]:
-    """Train every config into its out_dir as one array; `logs`, `progress`, `on_eval`, `on_end` are per member.
-    `domains` and `evaluator` (shared by all members) may be passed in to decode the data and compute the
-    evaluation references once; without an evaluator each distinct `eval` section builds its own. `refill`
-    fills the slots of members that left early (diverged, pruned, resumed near their end) with more trials of
-    the same `array_key`. `init_cache`: a folder of stored init phases (gan/init_cache.py): members whose init
-    phase is stored, or computed by another member of the array, continue from it. `fuse`: how G and D run
-    (gan/fused.py): "looped" (bit for bit each trial's own run) or "grouped"; by default `default_mode(device)`.
-    Returns one result per member, in the order they joined."""
-    if not configs:
-        raise ValueError("train_array: no configs")
-    count = len(configs)
-    if len(out_dirs) != count or len(logs) != count:
-        raise ValueError(f"train_array: {count} configs, {len(out_dirs)} out_dirs, {len(logs)} logs")
+def train_array(joiners: Sequence[Joiner], *, domains: Domains | None = None, resume: bool = False,
+                stop: StopFlag | None = None, evaluator: TrialEvaluator | None = None, refill: Refill | None = None,
+                init_cache: Path | None = None, fuse: FuseMode | None = None) -> list[TrainResult]:
+    """Train every joiner's config into its out_dir as one array, each with its own log, progress, `on_eval`
+    and `on_end`. `domains` and `evaluator` (shared by all members) may be passed in to decode the data and
+    compute the evaluation references once; without an evaluator each distinct `eval` section builds its own.
+    `refill` fills the slots of members that left early (diverged, pruned, resumed near their end) with more
+    trials of the same `array_key`. `init_cache`: a folder of stored init phases (gan/init_cache.py): members
+    whose init phase is stored, or computed by another member of the array, continue from it. `fuse`: how G and
+    D run (gan/fused.py): "looped" (bit for bit each trial's own run) or "grouped"; by default
+    `default_mode(device)`. Returns one result per member, in the order they joined."""
+    if not joiners:
+        raise ValueError("train_array: no joiners")
+    count = len(joiners)
+    configs = [joiner.config for joiner in joiners]
     check_compatible(configs)
-    joiners = [Joiner(config, Path(out_dirs[i]), logs[i], on_eval[i] if on_eval is not None else None,
-                      progress[i] if progress is not None else None, on_end[i] if on_end is not None else None)
-               for i, config in enumerate(configs)]
     domains = domains if domains is not None else load_domains(configs[0].data)
     array = new_array(configs[0].runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
     stop = stop if stop is not None else StopFlag()
-    sharing = InitSharing(init_cache) if init_cache is not None else None
-    woken: list[Member] = []  # members that waited for another's init phase and step from now on
-    # per member in the array (by id, popped as it leaves, so a later member reusing the id is a new entry):
-    # its index in join order and its end hook
-    slots: dict[int, tuple[int, EndHook | None]] = {}
-    results: list[TrainResult | None] = []
+    run = _Run(array, domains, count, InitSharing(init_cache) if init_cache is not None else None)
+    run.active = run.admit(joiners)
+    with stop_on_signals(stop):
+        if refill is not None and run.free() > 0:
+            run.active += run.admit(refill(run.free()))
+        while run.pending():
+            run.step()
+            if stop:
+                run.interrupt()
+            elif refill is not None and run.free() > 0:
+                run.active += run.admit(refill(run.free()))
+    synchronize(array.device)
+    assert all(r is not None for r in run.results), "train_array: a member never left the array"
+    return run.results  # type: ignore[return-value]  # every member has left, with its result
 
-    def leave(member: Member) -> None:
-        index, hook = slots.pop(id(member))
-        results[index] = result = member.result(domains)
+
+class _Run:
+    """One `train_array` call: its members as they join, step and leave, and their results."""
+
+    def __init__(self, array: Array, domains: Domains, count: int, sharing: InitSharing | None) -> None:
+        self.array, self.domains, self.count, self.sharing = array, domains, count, sharing
+        self.active: list[Member] = []  # members that step
+        self.woken: list[Member] = []  # members that waited for another's init phase and step from now on
+        # per member in the array (by id, popped as it leaves, so a later member reusing the id is a new entry):
+        # its index in join order and its end hook
+        self.slots: dict[int, tuple[int, EndHook | None]] = {}
+        self.results: list[TrainResult | None] = []
+
+    def leave(self, member: Member) -> None:
+        array = self.array
+        index, hook = self.slots.pop(id(member))
+        self.results[index] = result = member.result(self.domains)
         array.members.remove(member)  # its models and optimisers are freed once the loop lets go of it
         if array.fused is not None and all(m.backbone_key != member.backbone_key for m in array.members):
             array.fused.backbones.pop(member.backbone_key, None)  # a random backbone of a seed no one trains now
             array.backbone_infos.pop(member.backbone_key, None)
-        if sharing is not None:
-            woken.extend(sharing.left(member))
+        if self.sharing is not None:
+            self.woken.extend(self.sharing.left(member))
         if hook is not None:
             hook(result)
 
-    def admit(new: Sequence[Joiner]) -> list[Member]:
+    def admit(self, new: Sequence[Joiner]) -> list[Member]:
         started, admitted = time.perf_counter(), []
         for joiner in new:
-            member = join(array, joiner)
-            slots[id(member)] = (len(results), joiner.on_end)
-            results.append(None)
+            member = join(self.array, joiner)
+            self.slots[id(member)] = (len(self.results), joiner.on_end)
+            self.results.append(None)
             member.window.started = started  # step time excludes set-up
             if member.step >= member.total_steps:  # resumed from its last checkpoint: nothing left to train
                 member.status = Outcome.FINISHED
-                leave(member)
-            elif sharing is None or sharing.admit(member):  # else it waits for another's init phase
+                self.leave(member)
+            elif self.sharing is None or self.sharing.admit(member):  # else it waits for another's init phase
                 admitted.append(member)
         return admitted
 
-    active = admit(joiners)
+    def free(self) -> int:
+        """Slots neither stepping nor waiting for an init phase."""
+        return self.count - len(self.active) - (len(self.sharing.all_waiting()) if self.sharing is not None else 0)
 
-    def free() -> int:  # slots neither stepping nor waiting for an init phase
-        return count - len(active) - (len(sharing.all_waiting()) if sharing is not None else 0)
+    def pending(self) -> bool:
+        return bool(self.active) or (self.sharing is not None and self.sharing.remote_waiting())
 
-    with stop_on_signals(stop):
-        if refill is not None and free() > 0:
-            active += admit(refill(free()))
-        while active or (sharing is not None and sharing.remote_waiting()):
-            still = []
-            if active:
-                took = time.perf_counter()
-                step_array(array, active)
-                share = (time.perf_counter() - took) / len(active)
-                for member in active:
-                    member.compute_s += share
-                    if _after_step(member, domains, array.fused.backbones[member.backbone_key]):
-                        leave(member)
-                    else:
-                        still.append(member)
-                        still += sharing.init_done(member) if sharing is not None else []
-            else:  # every member waits for an init phase another process computes
-                time.sleep(REMOTE_POLL_S)
-            active, woken[:] = still + woken + (sharing.poll() if sharing is not None else []), []
-            if stop:
-                for member in active:
-                    member.checkpoint()
-                for member in active + (sharing.all_waiting() if sharing is not None else []):
-                    member.status = Outcome.INTERRUPTED
-                    leave(member)
-                active, woken[:] = [], []
-            elif refill is not None and free() > 0:
-                active += admit(refill(free()))
-    synchronize(array.device)
-    assert all(r is not None for r in results), "train_array: a member never left the array"
-    return results  # type: ignore[return-value]  # every member has left, with its result
+    def step(self) -> None:
+        """One step of every active member (those done leave), or a wait for another process's init phase."""
+        sharing, array, still = self.sharing, self.array, []
+        if self.active:
+            took = time.perf_counter()
+            step_array(array, self.active)
+            share = (time.perf_counter() - took) / len(self.active)
+            for member in self.active:
+                member.compute_s += share
+                if after_step(member, self.domains, array.fused.backbones[member.backbone_key]):
+                    self.leave(member)
+                else:
+                    still.append(member)
+                    still += sharing.init_done(member) if sharing is not None else []
+        else:  # every member waits for an init phase another process computes
+            time.sleep(REMOTE_POLL_S)
+        self.active, self.woken[:] = still + self.woken + (sharing.poll() if sharing is not None else []), []
+
+    def interrupt(self) -> None:
+        """The stop flag is up: every member still in the array checkpoints and leaves, interrupted."""
+        for member in self.active:
+            member.checkpoint()
+        for member in self.active + (self.sharing.all_waiting() if self.sharing is not None else []):
+            member.status = Outcome.INTERRUPTED
+            self.leave(member)
+        self.active, self.woken[:] = [], []
 
 
 def new_array(runtime: RuntimeConfig, domains: Domains, *, resume: bool = False,
@@ -232,13 +245,13 @@ def join(array: Array, joiner: Joiner) -> Member:
     return member
 
 
-def open_array(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: Sequence[LogFn], *, domains: Domains,
-               resume: bool = False, evaluator: TrialEvaluator | None = None, fuse: FuseMode | None = None) -> Array:
-    """An array with every config joined (no step yet): for benchmarks and tests that drive `step_array`."""
-    check_compatible(configs)
-    array = new_array(configs[0].runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
-    for config, out_dir, log in zip(configs, out_dirs, logs, strict=True):
-        join(array, Joiner(config, Path(out_dir), log))
+def open_array(joiners: Sequence[Joiner], *, domains: Domains, resume: bool = False,
+               evaluator: TrialEvaluator | None = None, fuse: FuseMode | None = None) -> Array:
+    """An array with every joiner joined (no step yet): for benchmarks and tests that drive `step_array`."""
+    check_compatible([joiner.config for joiner in joiners])
+    array = new_array(joiners[0].config.runtime, domains, resume=resume, evaluator=evaluator, fuse=fuse)
+    for joiner in joiners:
+        join(array, joiner)
     return array
 
 
@@ -277,53 +290,3 @@ def step_array(array: Array, active: Sequence[Member]) -> None:
     for member, member_values, batch in zip(active, values, batches, strict=True):
         member.record(member_values, batch.real_photo.shape[0])
         member.last_batch = batch
-
-
-def _after_step(member: Member, domains: Domains, backbone: torch.nn.Module) -> bool:
-    """Log, sample, evaluate and checkpoint as due; True when the member leaves the array (finished,
-    diverged or pruned)."""
-    step, config = member.step, member.config
-    epoch_end = step % member.steps_per_epoch == 0
-    # also right after the first step of each phase: the raw term scales at the start are what tells whether
-    # the weights fit this backbone (and expose the write-up's colour defect)
-    first_of_phase = step == 1 or step == member.init_steps + 1
-    if step % config.schedule.log_every == 0 or epoch_end or step == member.total_steps or first_of_phase:
-        metrics = member.window.flush()
-        metrics.update(learning_rates(member.models, step <= member.init_steps))
-        metrics.update(balance.value_metrics(config, metrics))
-        if first_of_phase:
-            metrics.update(_grad_shares(member, backbone))
-        member.emit(metrics, step)
-        if (bad_step := int(member.first_bad.item())) >= 0:
-            member.status, member.bad_step = Outcome.DIVERGED, bad_step
-            return True
-    if epoch_end:
-        epoch = step // member.steps_per_epoch
-        member.write_samples(epoch, domains)
-        every = config.schedule.eval_every
-        evaluates = member.evaluator is not None and (step == member.total_steps or (every > 0 and epoch % every == 0))
-        cadence = config.schedule.balance_every > 0 and epoch % config.schedule.balance_every == 0
-        if (evaluates or cadence) and not first_of_phase and (shares := _grad_shares(member, backbone)):
-            member.emit(shares, step)
-        if evaluates:
-            # G sees the held-out photos at the training size; the evaluator resizes its outputs
-            eval_photos = evaluation_photos(domains)[:config.eval.max_images]
-            metrics = member.evaluator.evaluate(generate_u8(member.models.generator, eval_photos, member))
-            member.emit(metrics, step)
-            if member.on_eval is not None and member.on_eval(metrics, step):
-                member.status = Outcome.PRUNED
-                return True
-        member.checkpoint()
-    if step >= member.total_steps:
-        member.status = Outcome.FINISHED
-        return True
-    return False
-
-
-def _grad_shares(member: Member, backbone: torch.nn.Module) -> dict[str, float]:
-    """The loss balance of the phase of the step just taken, on that step's batch (gan/balance.py)."""
-    if member.last_batch is None:
-        return {}
-    with autocast(member.device, member.config.runtime):
-        return balance.measure(member.config, member.models, backbone, member.last_batch,
-                               in_init=member.step <= member.init_steps)

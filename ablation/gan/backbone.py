@@ -16,7 +16,6 @@ model computed, and `describe()` records them (`numerics`, `source_sha256`). Pla
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +28,12 @@ from torchvision.models import MobileNet_V2_Weights, VGG19_Weights
 
 from ablation.config import BackboneConfig
 from ablation.errors import UserError, problem
-from ablation.gan.caffe_weights import CAFFE_FORMAT
-from ablation.gan.keras_weights import KERAS_BN_EPS, KERAS_FORMAT, TF_SAME, keras_init, use_keras_numerics
+from ablation.evaluation.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, state_hash
+from ablation.gan.keras_weights import KERAS_BN_EPS, TF_SAME, keras_init, use_keras_numerics
 from ablation.gan.lite_trunk import PackagedWeights, build_lite1_trunk
+from ablation.gan.weights_file import FIELD, converted_numerics, file_preprocess, load_local, select_trunk_state, unwrap
 
-FIELD = "backbone.weights"
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-
-
 def _vgg19_trunk(cfg: BackboneConfig) -> nn.Module:
     # Build on the meta device: the 120M-parameter classifier would cost ~1.4 s of RNG draws only to be dropped.
     with torch.device("meta"):
@@ -109,16 +104,6 @@ def _affine_for(preprocess: str) -> tuple[bool, torch.Tensor, torch.Tensor]:
     raise ValueError(f"unknown preprocess {preprocess!r}")
 
 
-def state_hash(module: nn.Module) -> str:
-    """sha256[:12] over the state dict (names, dtypes, shapes, bytes): which weights a run really used."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        flat = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:12]
-
-
 class FrozenBackbone(nn.Module):
     """A feature trunk that never trains: eval mode always, no parameter gradients, input gradients allowed."""
 
@@ -177,76 +162,6 @@ def _out_channels(trunk: nn.Module) -> int:
     return convs[-1].out_channels
 
 
-def _unwrap(raw: Any) -> Any:
-    """Checkpoints often nest the weights (Lightning `state_dict`, trainers' `model`)."""
-    for key in ("state_dict", "model"):
-        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-            return raw[key]
-    return raw
-
-
-def _select_trunk_state(state: Any, trunk: nn.Module, source: str | Path, arch: str) -> dict[str, torch.Tensor]:
-    """Find the key prefix (`features.`, `trunk.`, `module.`, ...) under which every trunk key is present.
-
-    Extra keys (classifier, later blocks) are ignored; every trunk key must be there with its shape.
-    """
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(problem(source, FIELD, "a state dict (name -> tensor)", f"<{type(state).__name__}>"))
-    wanted = trunk.state_dict()
-    first = next(iter(wanted))
-    prefixes = {k[: -len(first)] for k in state if k.endswith(first)}
-    prefixes = {p for p in prefixes if p == "" or p.endswith(".")} or {""}
-    best_missing: list[str] = list(wanted)
-    best_prefix = ""
-    for prefix in sorted(prefixes, key=len):
-        missing = [k for k in wanted if prefix + k not in state]
-        if len(missing) < len(best_missing):
-            best_missing, best_prefix = missing, prefix
-    if best_missing:
-        shown = ", ".join(best_missing[:3]) + (f" (+{len(best_missing) - 3} more)" if len(best_missing) > 3 else "")
-        raise UserError(problem(source, FIELD, f"{arch} weights with every trunk key; missing {shown}",
-                                f"<{len(state)} keys>"))
-    selected = {k: state[best_prefix + k] for k in wanted}
-    for key, tensor in selected.items():
-        if tensor.shape != wanted[key].shape:
-            raise UserError(problem(source, FIELD, f"{key} of shape {tuple(wanted[key].shape)} (another width?)",
-                                    f"<shape {tuple(tensor.shape)}>"))
-    return selected
-
-
-def _load_local(path: Path) -> Any:
-    if not path.is_file():
-        raise UserError(problem(path, FIELD, "an existing weights file (a torch.save'd state dict), "
-                                "'random' or 'imagenet'", "<missing>"))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip/pickle/unsupported-object errors all mean the file is not a usable state dict
-        reason = f"<unreadable: {type(exc).__name__}: {exc}>"
-        raise UserError(problem(path, FIELD, "a torch.save'd state dict", reason)) from None
-
-
-def _file_preprocess(raw: Any, path: Path, cfg: BackboneConfig) -> str | None:
-    """The preprocessing a converted caffe VGG19 file was trained on; None for any other file."""
-    if not (isinstance(raw, dict) and raw.get("format") == CAFFE_FORMAT):
-        return None
-    if raw.get("arch") != cfg.arch:
-        raise UserError(problem(path, FIELD, f"weights for {cfg.arch} (backbone.arch)",
-                                f"<converted for {raw.get('arch')}>"))
-    return str(raw["preprocess"])
-
-
-def _converted_numerics(raw: Any, path: Path, cfg: BackboneConfig) -> dict[str, Any] | None:
-    """A converted Keras file's numerics ({bn_eps, padding, source_sha256}); None for a plain state dict."""
-    if not (isinstance(raw, dict) and raw.get("format") == KERAS_FORMAT):
-        return None
-    # Checked before the shapes: a width mismatch that happens to give equal shapes would still be the wrong model.
-    if raw.get("arch") != cfg.arch or raw.get("width") != cfg.width:
-        raise UserError(problem(path, FIELD, f"weights for {cfg.arch} at width {cfg.width:g} (backbone.arch, "
-                                "backbone.width)", f"<converted for {raw.get('arch')} at width {raw.get('width')}>"))
-    return {"bn_eps": float(raw["bn_eps"]), "padding": str(raw["padding"]),
-            "source_sha256": str(raw.get("source_sha256", ""))}
-
-
 def imagenet_on_disk(cfg: BackboneConfig) -> bool:
     """Whether torchvision's ImageNet weights for this backbone are in the hub cache: loadable with no download."""
     arch = ARCHES.get(cfg.arch)
@@ -284,10 +199,10 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
     weight_seed = cfg.seed if cfg.seed is not None else seed
     numerics, local_state, trained_on = None, None, None
     if cfg.weights not in ("random", "imagenet"):  # read first: a converted file also changes how the trunk is built
-        raw = _load_local(Path(cfg.weights))
-        numerics = _converted_numerics(raw, Path(cfg.weights), cfg)
-        trained_on = _file_preprocess(raw, Path(cfg.weights), cfg)
-        local_state = _unwrap(raw)
+        raw = load_local(Path(cfg.weights))
+        numerics = converted_numerics(raw, Path(cfg.weights), cfg)
+        trained_on = file_preprocess(raw, Path(cfg.weights), cfg)
+        local_state = unwrap(raw)
     # Always build from a private RNG stream: the global stream (which seeds G and D) must not depend on the
     # backbone arm, and random weights must depend on the seed alone.
     with torch.random.fork_rng(devices=[]):
@@ -304,7 +219,7 @@ def build_backbone(cfg: BackboneConfig, seed: int) -> FrozenBackbone:
             state, source = _load_imagenet(cfg, arch)
         else:
             state, source = local_state, cfg.weights
-        trunk.load_state_dict(_select_trunk_state(state, trunk, source, cfg.arch), strict=True)
+        trunk.load_state_dict(select_trunk_state(state, trunk, source, cfg.arch), strict=True)
     description = {
         "arch": cfg.arch,
         "weights": cfg.weights,

@@ -41,7 +41,7 @@ def load_checkpoint(path: Path) -> dict[str, Any] | None:
 
 class TruncatedFile(UserError):
     """A `.pt` file that is not a whole torch file: empty, cut short (a copy or a disk that failed), or
-    overwritten in the middle. A trial restarts from step 0 instead (study.trial); a command stops in one line."""
+    overwritten in the middle. A trial restarts from step 0 instead (study.work.trial); a command stops in one line."""
 
 
 def load_torch_file(path: Path, field: str) -> Any:

@@ -184,7 +184,7 @@ def _take_lead(root: Path, key: str) -> int | None:
     processes (and, on a file system with working flock, the hosts) that share the folder. None while another
     process holds it; the kernel drops it when its holder dies, so a dead leader never blocks anyone."""
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / f"{key}.lead", os.O_RDWR | os.O_CREAT, 0o666)  # never deleted: see study.ownership
+    fd = os.open(root / f"{key}.lead", os.O_RDWR | os.O_CREAT, 0o666)  # never deleted: see study.queue.ownership
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

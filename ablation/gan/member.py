@@ -25,7 +25,16 @@ from ablation.gan.device import Precision, autocast, maybe_compile, prepare_modu
 from ablation.gan.discriminator import build_discriminator
 from ablation.gan.generator import build_generator
 from ablation.gan.init_cache import InitEntry
-from ablation.gan.run import BACKBONE_INFO, EVAL_INFO, RUN_INFO, EvalHook, LogFn, MetricWindow, ProgressFn, TrainResult
+from ablation.gan.run_contract import (
+    BACKBONE_INFO,
+    EVAL_INFO,
+    RUN_INFO,
+    EvalHook,
+    LogFn,
+    MetricWindow,
+    ProgressFn,
+    TrainResult,
+)
 from ablation.gan.steps import TrialModels, build_optimizers
 from ablation.outcomes import Outcome
 

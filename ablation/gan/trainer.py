@@ -19,9 +19,9 @@ from pathlib import Path
 from ablation.config import TrainConfig
 from ablation.data.streams import Domains
 from ablation.evaluation.protocol import TrialEvaluator
-from ablation.gan.array import train_array
+from ablation.gan.array import Joiner, train_array
 from ablation.gan.member import build_evaluator, build_models
-from ablation.gan.run import (
+from ablation.gan.run_contract import (
     BACKBONE_INFO,
     EVAL_INFO,
     RUN_INFO,
@@ -44,5 +44,5 @@ def train(config: TrainConfig, out_dir: Path, log: LogFn, *, domains: Domains | 
     """Train one run into `out_dir`. `domains` and `evaluator` may be passed in so that a worker decodes
     the data and computes the evaluation references once for many trials; `init_cache`: a folder of stored init
     phases to continue from and store into (gan/init_cache.py)."""
-    return train_array([config], [out_dir], [log], domains=domains, resume=resume, stop=stop, evaluator=evaluator,
-                       progress=[progress], on_eval=[on_eval], init_cache=init_cache)[0]
+    return train_array([Joiner(config, out_dir, log, on_eval, progress)], domains=domains, resume=resume, stop=stop,
+                       evaluator=evaluator, init_cache=init_cache)[0]

@@ -17,7 +17,7 @@ import pandas as pd
 from ablation.outcomes import Outcome
 from ablation.report import plots
 from ablation.report.data import ReportData
-from ablation.study.tracking import TAG_PROBE, Tracker
+from ablation.study.tracking.client import TAG_PROBE, Tracker
 
 GRAD_PREFIXES = ("balance/init/grad/", "balance/g/grad/", "balance/d/grad/")
 COUNTED = (Outcome.FINISHED, Outcome.PRUNED, Outcome.DIVERGED)  # a diverged run's shares before it blew up count

@@ -15,10 +15,11 @@ from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.report.data import M, newest_per_key, parse_spec, retried_after_divergence, run_row, study_yaml_text
 from ablation.report.stats import mean_ci, paired_effect
-from ablation.study.spec import StudySpec
-from ablation.study.tracking import TAG_MODEL_URI, Tracker
+from ablation.study.spec.schema import StudySpec
+from ablation.study.tracking.client import TAG_MODEL_URI, Tracker
+from ablation.study.tracking.logged_models import log_generator, trial_files
 
-WEIGHTS = "model/generator.pt"  # the artifact every finished trial logs (study/trial.py)
+WEIGHTS = "model/generator.pt"  # the artifact every finished trial logs (study/work/trial.py)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,6 @@ def register_best(tracker: Tracker, name: str, spec: StudySpec | None, register_
     re-run) is passed over unless `allow_diverged`: its mean is over its survivors. The trial logged its MLflow
     model when it finished (tag ablate.model_uri); a run from before that gets one logged now."""
     from ablation.report.build import report_path
-    from ablation.study.models import log_generator, trial_files
 
     metric, _, cells = rank(tracker, name, spec, metric)
     eligible = [c for c in cells if allow_diverged or c.eligible]

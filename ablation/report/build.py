@@ -35,8 +35,8 @@ from ablation.report.search import search_section
 from ablation.report.stats import mean_ci, pareto_front, turning_point
 from ablation.report.text import duration, fmt
 from ablation.report.verdicts import cell_divergence, effect_rows, summary_lines
-from ablation.study.spec import Study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.study import Study
+from ablation.study.tracking.client import Tracker
 
 # Trial-table columns shown whenever logged (tests check them against the metric registry).
 MAIN_EVAL = ("eval/style/kid_rand", "eval/style/gram_rand", "eval/content/ssim_luma_blur", "eval/content/edge_f1",

@@ -12,7 +12,7 @@ from ablation.report.data import ReportData
 from ablation.report.stats import ALPHA, min_detectable_effect, paired_effect
 from ablation.report.text import fmt
 from ablation.report.verdicts import _per_seed
-from ablation.study.spec import format_value
+from ablation.study.spec.study import format_value
 
 
 def control_line(data: ReportData) -> dict[str, Any] | None:

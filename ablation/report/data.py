@@ -24,8 +24,9 @@ from ablation.errors import UserError, problem
 from ablation.evaluation import registry
 from ablation.outcomes import Outcome
 from ablation.report import stale
-from ablation.study.spec import Study, StudySpec, format_value, short_name
-from ablation.study.tracking import (
+from ablation.study.spec.schema import StudySpec
+from ablation.study.spec.study import Study, format_value, short_name
+from ablation.study.tracking.client import (
     TAG_ARRAY,
     TAG_CELL,
     TAG_INIT_REUSED,

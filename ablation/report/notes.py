@@ -20,7 +20,7 @@ from ablation.outcomes import Outcome
 from ablation.report.data import M, P, ReportData
 from ablation.report.sizes import n_per_metric, resolution_sentence
 from ablation.report.text import duration, fmt
-from ablation.study.tracking import TAG_DEMO
+from ablation.study.tracking.client import TAG_DEMO
 
 KID_MIN_IMAGES = 100  # below this KID's estimate is noisy (reference §4.5); the registry's N_IMAGES says so too
 UNKNOWN = "unknown"  # runs logged before the `precision` param existed

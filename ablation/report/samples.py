@@ -16,7 +16,7 @@ import pandas as pd
 
 from ablation.report import plots
 from ablation.report.data import P, ReportData, artifact_bytes, sample_run
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 
 def split_final(png: bytes) -> tuple[list[np.ndarray], list[np.ndarray]]:

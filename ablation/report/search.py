@@ -13,7 +13,7 @@ from typing import Any
 
 from ablation.report import plots
 from ablation.report.data import ReportData
-from ablation.study.spec import StudySpec
+from ablation.study.spec.schema import StudySpec
 
 
 def search_section(data: ReportData, storage_url: str) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def collect_search(name: str, storage_url: str, spec: StudySpec) -> dict[str, An
     """
     import optuna
 
-    from ablation.study import storage
+    from ablation.study import queue
 
     names = [o.metric for o in spec.objectives]
     found: dict[str, Any] = {"numbers": [], "values": {}, "best": [], "importances": {}, "notes": []}
@@ -46,7 +46,7 @@ def collect_search(name: str, storage_url: str, spec: StudySpec) -> dict[str, An
         with warnings.catch_warnings():  # the heartbeat argument is "experimental": noise in a report
             warnings.simplefilter("ignore")
             opt = optuna.load_study(study_name=name,
-                                    storage=storage.open_storage(storage_url, storage.Heartbeat(), None))
+                                    storage=queue.open_storage(storage_url, queue.Heartbeat(), None))
     except Exception as exc:  # wrong URL, missing study: the rest of the report still stands
         found["notes"].append(f"Optuna study {name} not loaded from the storage ({type(exc).__name__}).")
         return found

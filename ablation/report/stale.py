@@ -21,9 +21,9 @@ from pydantic import ValidationError
 
 from ablation.config import TrainConfig
 from ablation.report.text import fmt
-from ablation.study.spec import Cell, Study, TrialSpec
-from ablation.study.stored import NO_CELL, first_difference
-from ablation.study.tracking import Tracker
+from ablation.study.spec.queued import NO_CELL, first_difference
+from ablation.study.spec.study import Cell, Study, TrialSpec
+from ablation.study.tracking.client import Tracker
 
 
 def current_cells(study: Study | None) -> set[str] | None:

@@ -19,10 +19,8 @@ from pathlib import Path
 
 from ablation.config import TrainConfig, with_overrides
 from ablation.data.streams import Domains, load_domains
-from ablation.gan.balance import metric_name
-from ablation.gan.init_cache import INIT_DIR
-from ablation.gan.trainer import StopFlag, train
-from ablation.study.spec import Cell, Study, format_value
+from ablation.gan import INIT_DIR, StopFlag, metric_name, train
+from ablation.study.spec.study import Cell, Study, format_value
 
 VACUOUS_SHARE = 1e-3  # below this at every level, a term cannot change the outcome
 PROBE_GAN_STEPS = 2  # GAN steps trained after the init phase (the first one's shares are read)

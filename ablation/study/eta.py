@@ -18,9 +18,9 @@ from pathlib import Path
 import optuna
 
 from ablation.config import TrainConfig, with_overrides
-from ablation.gan.init_cache import INIT_DIR, init_key, shareable
+from ablation.gan import INIT_DIR, init_key, shareable
 from ablation.study import queue
-from ablation.study.spec import Study
+from ablation.study.spec.study import Study
 
 # Until a GAN step has been timed, its cost is guessed from the init step: D + G over G alone, measured at 64 px
 # on a 2-core CPU (MobileNetV2 0.64 / 0.50 s, VGG19 1.0 / 0.8 s; README "Demo").

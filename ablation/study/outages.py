@@ -8,7 +8,7 @@ The type that says "outage" is rarely the one caught. MLflow raises `MlflowExcep
 requests error (`__context__`), Optuna raises `StorageInternalError from` the SQLAlchemy error, SQLAlchemy
 keeps the driver's error: so the whole chain (`__cause__` and `__context__`) is searched.
 
-Only ablation.study.tracking imports mlflow; it passes the MLflow-specific test in as `unavailable`.
+Only ablation.study.tracking.client imports mlflow; it passes the MLflow-specific test in as `unavailable`.
 """
 
 from __future__ import annotations
@@ -139,3 +139,13 @@ def one_line(error: BaseException) -> str:
         return f"{errno.errorcode.get(error.errno, 'OSError')}: {error.strerror}{where}"
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1] if "@" in url else url

@@ -10,33 +10,33 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from ablation.data.presets import demo_deviations, prepare_demo
+from ablation.data.presets import demo_deviations
 from ablation.errors import UserError, problem
-from ablation.gan.trainer import stop_on_signals
+from ablation.gan import stop_on_signals
 from ablation.outcomes import Outcome
-from ablation.study import checks, queue, storage, stored
-from ablation.study.arrays import resolve_fuse
+from ablation.study import counts, queue
 from ablation.study.balance_probe import ProbeResult, probe_study
-from ablation.study.dry_run import dry_run_lines, offline_lines
 from ablation.study.eta import format_eta, study_eta, update_eta
-from ablation.study.lock import LocalLock, launcher_lock_path
-from ablation.study.note import EXPERIMENT_KIND, experiment_note
-from ablation.study.recovery import open_queue, reap_orphans
-from ablation.study.spec import Study, load_study
-from ablation.study.stored import check_agrees
-from ablation.study.tracking import TAG_DEMO, TAG_PROBE, Tracker
-from ablation.study.trial import TrialContext
-from ablation.study.worker import work
+from ablation.study.spec import checks
+from ablation.study.spec.dry_run import dry_run_lines, offline_lines
+from ablation.study.spec.preflight import check_data_layout, preflight_backbones
+from ablation.study.spec.queued import check_agrees
+from ablation.study.spec.queued import drop_stale as drop_stale_trials
+from ablation.study.spec.study import Study, load_study, resolve_study
+from ablation.study.tracking.client import TAG_DEMO, TAG_PROBE, Tracker
+from ablation.study.tracking.experiment_note import EXPERIMENT_KIND, experiment_note
+from ablation.study.work.context import TrialContext
+from ablation.study.work.grid import fuse_text, planned_fuse, resolve_fuse
+from ablation.study.work.worker import work
 
 # set by `ablate run` for its `--workers` children: they resolve the launcher's own study file, so the check
-# that a worker's file agrees with the queue (study.stored) is the launcher's to make, not theirs
+# that a worker's file agrees with the queue (study.spec.queued) is the launcher's to make, not theirs
 LAUNCHER_ENV = "ABLATE_LAUNCHER_PID"
 TAG_LIMIT = 5000  # the longest tag value every MLflow backend keeps
 
@@ -63,24 +63,19 @@ class RunOptions:
     slurm: Any = None  # study.slurm.SlurmOptions: submit the workers as one Slurm job array and exit
 
 
-def resolve_study(path: Path, options: RunOptions) -> Study:
-    overrides = {**(prepare_demo() if options.demo else {}), **dict(options.overrides)}
-    return load_study(path, overrides, name_suffix="-demo" if options.demo else "", offline=options.demo)
-
-
 def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
-    study = resolve_study(path, options)                                  # 1. validate everything first
+    study = resolve_study(path, options.demo, options.overrides)          # 1. validate everything first
     for line in checks.torchvision_vgg_lines(study.path, [c.config for c in study.cells] or [study.base_config]):
         print(f"warning: {line}", file=sys.stderr, flush=True)
     if options.slurm is not None:
         from ablation.study.slurm import check_shared_storage, dry_run_submission
 
-        check_shared_storage(storage.storage_url(options.storage))
+        check_shared_storage(queue.storage_url(options.storage))
         if dry_run:
             print(dry_run_submission(path, study, options))
             return 0
     if dry_run:
-        print("\n".join(dry_run_lines(study, resolve_fuse(options.fuse, study))))
+        print("\n".join(dry_run_lines(study, planned_fuse(options.fuse, study))))  # never trains
         try:
             check_data_layout(study)
         except UserError as exc:  # a dry run lists the trials without data; only the probe needs it
@@ -92,17 +87,17 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
     preflight_backbones(study)
     probe = check_balance(study, options)                                 # 3. every varied term acts
     started = time.time()
-    url = storage.storage_url(options.storage)
-    lock_path = launcher_lock_path(url, study.spec.name)
-    lock = LocalLock(lock_path) if lock_path is not None else None
+    url = queue.storage_url(options.storage)
+    lock_path = queue.launcher_lock_path(url, study.spec.name)
+    lock = queue.LocalLock(lock_path) if lock_path is not None else None
     if lock is not None and not lock.acquire():
         raise UserError(problem(lock.path, "lock", "no other `ablate run` of this study on this database (join "
                                 "it with `ablate worker`)", "<held by a running process>"))
     try:
         tracker, ctx, opt = connect(study, path, options, create=True)    # 3. tracking + queue, once
-        reap_orphans(opt, tracker)                                        # 4. trials of dead processes
+        queue.reap_orphans(opt, tracker)                                        # 4. trials of dead processes
         added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
-        _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+        _say(options, f"study {study.spec.name}: {counts.count_line(study, opt)}; queued {len(added)} new")
         if probe is not None:  # the report's summary repeats the flags
             tracker.set_parent_tags(ctx.parent_run_id, {TAG_PROBE: probe.to_tag(TAG_LIMIT)})
         if options.demo:  # the report's setup names every way the demo differs from the faithful config
@@ -116,9 +111,9 @@ def run_study(path: Path, options: RunOptions, dry_run: bool = False) -> int:
             code = run_worker_processes(path, options, url, tracker.uri)
         else:
             code = run_in_process(study, opt, ctx, options)
-        tracker.set_parent_tags(ctx.parent_run_id, {**_summary_tags(opt),
+        tracker.set_parent_tags(ctx.parent_run_id, {**counts.summary_tags(opt),
                                                     "ablate.wall_s_last": f"{time.time() - started:.0f}"})
-        _say(options, f"study {study.spec.name}: {_count_line(study, opt)}")
+        _say(options, f"study {study.spec.name}: {counts.count_line(study, opt)}")
     finally:
         if lock is not None:
             lock.release()
@@ -156,13 +151,13 @@ def demo_changes(path: Path, study: Study, options: RunOptions) -> list[str]:
 def connect(study: Study, path: Path, options: RunOptions, create: bool
             ) -> tuple[Tracker, TrialContext, optuna.Study]:
     """The study's MLflow experiment and parent run, and its Optuna queue (created by launchers only)."""
-    url = storage.storage_url(options.storage)
+    url = queue.storage_url(options.storage)
     tracker = Tracker(options.tracking_uri, options.artifact_root)
     experiment_id = tracker.experiment_id(study.spec.name, {"mlflow.experimentKind": EXPERIMENT_KIND,
                                                             "mlflow.note.content": experiment_note(study)})
     parent_id = tracker.parent_run(experiment_id, study.spec.name, path, _provenance())
-    opt = queue.open_study(study, open_queue(url, tracker), create=create)
-    storage.settle_heartbeat(opt, storage.Heartbeat.from_env(), storage.Heartbeat.env_given())
+    opt = queue.open_study(study, queue.open_queue(url, tracker), create=create)
+    queue.settle_heartbeat(opt, queue.Heartbeat.from_env(), queue.Heartbeat.env_given())
     ctx = TrialContext(study.spec.name, tracker, experiment_id, parent_id, options.trials_dir)
     return tracker, ctx, opt
 
@@ -170,12 +165,12 @@ def connect(study: Study, path: Path, options: RunOptions, create: bool
 def enqueue_study(path: Path, options: RunOptions, drop_stale: bool = False) -> int:
     """The launcher without work: create the study and parent run once, queue the missing trials; with
     `drop_stale`, first fail the waiting trials this study file no longer has (one line each)."""
-    study = resolve_study(path, options)
+    study = resolve_study(path, options.demo, options.overrides)
     tracker, ctx, opt = connect(study, path, options, create=True)
-    for line in stored.drop_stale(study, opt) if drop_stale else []:
+    for line in drop_stale_trials(study, opt) if drop_stale else []:
         _say(options, line)
     added = queue.enqueue_missing(study, opt, options.rerun_failed, options.rerun_diverged)
-    _say(options, f"study {study.spec.name}: {_count_line(study, opt)}; queued {len(added)} new")
+    _say(options, f"study {study.spec.name}: {counts.count_line(study, opt)}; queued {len(added)} new")
     return 0
 
 
@@ -183,7 +178,7 @@ def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = N
     """`ablate worker`: join a study created by a launcher and work until its queue is empty.
 
     `stopped_by` receives the signal that stopped a quiet worker (a Slurm task requeues itself on SIGUSR1)."""
-    study = resolve_study(path, options)
+    study = resolve_study(path, options.demo, options.overrides)
     check_data_layout(study)
     tracker, ctx, opt = connect(study, path, options, create=False)
     if os.environ.get(LAUNCHER_ENV) != str(os.getppid()):  # a child of `ablate run` has the launcher's file
@@ -195,52 +190,21 @@ def run_worker(path: Path, options: RunOptions, stopped_by: list[int] | None = N
             torch.cuda.set_per_process_memory_fraction(float(fraction))
     if options.quiet:
         with stop_on_signals(ctx.stop):
-            work(study, opt, ctx, fuse=resolve_fuse(options.fuse, study))
+            work(study, opt, ctx, fuse=options.fuse)
         if stopped_by is not None and ctx.stop.signum is not None:
             stopped_by.append(ctx.stop.signum)
         return 130 if ctx.stop else 0
     return run_in_process(study, opt, ctx, options)
 
 
-def preflight_backbones(study: Study) -> None:
-    """Load every non-random backbone once before any training: a missing weights file (or a download that
-    cannot happen offline) is an error in the study, not a failed trial per cell."""
-    from ablation.gan.backbone import build_backbone
-
-    configs = [c.config.backbone for c in study.cells] or [study.base_config.backbone]
-    seen = set()
-    for backbone in configs:
-        if backbone.weights == "random" or backbone.model_dump_json() in seen:
-            continue
-        seen.add(backbone.model_dump_json())
-        try:
-            build_backbone(backbone, 0)
-        except UserError as exc:
-            raise UserError(*(f"{study.path}: {line}" for line in exc.lines)) from None
-
-
-def check_data_layout(study: Study) -> None:
-    """Fail before any training when a dataset folder is missing, saying where and how to get it."""
-    seen = set()
-    for data in ([t.config.data for t in study.cells] if study.cells else [study.base_config.data]):
-        if data.model_dump_json() in seen:
-            continue
-        seen.add(data.model_dump_json())
-        for folder in (data.root / "train_photo", data.root / data.style / "style", data.root / "val"):
-            if not folder.is_dir() or not any(folder.iterdir()):
-                raise UserError(problem(study.path, "base.data.root", f"a dataset folder {folder} with images "
-                                        "(get one with `ablate data fetch animegan DEST` or run with --demo)",
-                                        str(data.root)))
-
-
 def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: RunOptions) -> int:
     from ablation.console import study_progress
 
-    fuse = resolve_fuse(options.fuse, study)
+    fuse = resolve_fuse(options.fuse, study)  # this process is the worker that claims the arrays
     eta = study_eta(study, opt, ctx.trials_dir, fuse)
     # bars on a terminal; one plain line per finished trial in a file or pipe, where bars show nothing
-    with study_progress(study.spec.name, _total(study, opt), _done(opt), lambda: format_eta(eta.remaining_s())) \
-            as progress, stop_on_signals(ctx.stop):
+    with study_progress(study.spec.name, counts.total(study, opt), counts.done(opt),
+                        lambda: format_eta(eta.remaining_s())) as progress, stop_on_signals(ctx.stop):
 
         def on_progress(key: str, step: int, steps: int) -> None:
             if eta.followed is None or eta.followed_key != key:
@@ -253,7 +217,8 @@ def run_in_process(study: Study, opt: optuna.Study, ctx: TrialContext, options: 
             if real and (key := queue.key_of(trial)) is not None:
                 eta.ended(key)
             update_eta(eta, study, opt, ctx.trials_dir)
-            progress.trial_done(trial_line(study, trial) if real else None, _done(opt), _total(study, opt))
+            progress.trial_done(trial_line(study, trial) if real else None, counts.done(opt),
+                                counts.total(study, opt))
 
         ctx.on_progress = on_progress
         work(study, opt, ctx, on_trial_end=on_trial_end, fuse=fuse)
@@ -294,35 +259,11 @@ def run_worker_processes(path: Path, options: RunOptions, storage: str, tracking
         cmd = [sys.executable, "-m", "ablation.cli", "worker", str(path),
                "--trials-dir", str(options.trials_dir), "--quiet"]
         cmd += ["--demo"] if options.demo else []
-        cmd += ["--fuse", str(options.fuse) if options.fuse is not None else "auto"]
+        cmd += ["--fuse", fuse_text(options.fuse)]  # each child resolves auto on its own device
         cmd += [arg for k, v in options.overrides for arg in ("--set", f"{k}={v}")]
         procs.append(subprocess.Popen(cmd, env=env))
     codes = [p.wait() for p in procs]
     return next((c for c in codes if c != 0), 0)
-
-
-def _total(study: Study, opt: optuna.Study) -> int:
-    if study.spec.method == "search" and study.spec.search is not None:
-        return study.spec.search.n_trials
-    return len(study.trials)
-
-
-def _outcomes(opt: optuna.Study) -> Counter[Outcome]:
-    """How each trial key stands now (its newest attempt)."""
-    return Counter(queue.outcome_of(t) for t in queue.latest_by_key(opt).values())
-
-
-def _done(opt: optuna.Study) -> int:
-    return sum(n for outcome, n in _outcomes(opt).items() if outcome.done)
-
-
-def _count_line(study: Study, opt: optuna.Study) -> str:
-    parts = ", ".join(f"{n} {k}" for k, n in sorted(_outcomes(opt).items())) or "nothing run yet"
-    return f"{_total(study, opt)} trials ({parts})"
-
-
-def _summary_tags(opt: optuna.Study) -> dict[str, str]:
-    return {f"ablate.trials_{k}": str(n) for k, n in _outcomes(opt).items()}
 
 
 def _provenance() -> dict[str, str]:

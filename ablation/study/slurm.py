@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ablation.errors import UserError, problem
-from ablation.study.spec import Study
-from ablation.study.storage import storage_url
+from ablation.study.queue import storage_url
+from ablation.study.spec.study import Study
 
 # submitit reads this when it is imported (here and in every task): its preemption and timeout signal
 PREEMPT_SIGNAL = "USR1"

@@ -16,10 +16,9 @@ from typing import Any
 
 from ablation.outcomes import Outcome
 from ablation.study import queue
-from ablation.study.recovery import _silent_trial_ids, open_queue
+from ablation.study.queue import open_queue, silent_numbers, storage_url
 from ablation.study.slurm import JOB_TAG
-from ablation.study.storage import storage_url
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 COLUMNS = ("waiting", "running", "finished", "failed")
 
@@ -50,8 +49,8 @@ def queue_table(study: Any, opt: Any) -> tuple[list[str], Counter[str]]:
 
 def live_line(opt: Any) -> str:
     running = [t for t in opt.get_trials(deepcopy=False) if queue.outcome_of(t) is Outcome.RUNNING]
-    silent = set(_silent_trial_ids(opt))
-    live = [t for t in running if t._trial_id not in silent]
+    silent = silent_numbers(opt)
+    live = [t for t in running if t.number not in silent]
     names = ", ".join(t.user_attrs.get("label", f"trial {t.number}") for t in live) or "none"
     return f"live workers (trials with a fresh heartbeat): {len(live)} ({names}); silent: {len(running) - len(live)}"
 

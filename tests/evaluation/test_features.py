@@ -11,8 +11,9 @@ import torch
 from ablation.config import BackboneConfig
 from ablation.evaluation.evaluator import prepare
 from ablation.evaluation.features import EfficientNetEvaluator, RandomVGGEvaluator, effnet_input
+from ablation.evaluation.imagenet import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from ablation.evaluation.seeds import evaluator_seed_collisions, evaluator_stream_seed
-from ablation.gan.backbone import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, build_backbone
+from ablation.gan.backbone import build_backbone
 
 EGYPTIAN_CAT, TABBY, TIGER_CAT, ESPRESSO = 285, 281, 282, 967
 

@@ -18,7 +18,7 @@ import pytest
 from ablation.evaluation import registry
 from ablation.report import build
 from ablation.report.data import Axis, M, P, ReportData, fetch_curves
-from ablation.study.spec import StudySpec
+from ablation.study.spec.schema import StudySpec
 
 PLOTTED = ["loss/g/adv", "loss/init/content", "eval/style/kid_rand", "eval/style/kid_rand_gap",
            "eval/style/stats_flat", "eval/content/ssim_luma_blur"]

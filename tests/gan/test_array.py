@@ -6,6 +6,7 @@ pruned. Also the compatibility key, the shared backbone targets, and the fused n
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,14 @@ from ablation.data.streams import DataStreams, Domains, domains_from_arrays
 from ablation.gan import array as array_module
 from ablation.gan import balance
 from ablation.gan import steps as steps_module
-from ablation.gan.array import train_array
+from ablation.gan.array import EndHook, Joiner, train_array
 from ablation.gan.array_rules import array_key
 from ablation.gan.backbone import build_backbone
 from ablation.gan.discriminator import build_discriminator
 from ablation.gan.fused import FusedNet
 from ablation.gan.generator import build_generator
 from ablation.gan.steps import compute_targets, d_step, g_step, init_step
-from ablation.gan.trainer import StopFlag, build_models, train
+from ablation.gan.trainer import EvalHook, LogFn, StopFlag, build_models, train
 from ablation.outcomes import Outcome
 
 SIZE = 32
@@ -77,6 +78,14 @@ class Recorder:
             self.losses[step] = values
         if self.stop_at is not None and step >= self.stop_at and self.flag is not None:
             self.flag.set()
+
+
+def joined(configs: Sequence[TrainConfig], out_dirs: Sequence[Path], logs: Sequence[LogFn],
+           on_eval: Sequence[EvalHook | None] | None = None, on_end: Sequence[EndHook | None] | None = None
+           ) -> list[Joiner]:
+    """One joiner per config, from parallel lists: the shape these tests build their arrays in."""
+    return [Joiner(config, Path(out_dirs[i]), logs[i], on_eval[i] if on_eval else None, None,
+                   on_end[i] if on_end else None) for i, config in enumerate(configs)]
 
 
 def assert_same_losses(got: Losses, want: Losses, rel: float = 1e-4) -> None:
@@ -132,7 +141,7 @@ def test_a_trial_alone_logs_what_the_one_trial_steps_compute(alone: list[Losses]
 @pytest.mark.slow
 def test_an_array_logs_each_trials_own_losses(tmp_path: Path, alone: list[Losses], domains: Domains) -> None:
     logs = [Recorder() for _ in GRID]
-    results = train_array([tiny(**o) for o in GRID], [tmp_path / str(i) for i in range(len(GRID))], logs,
+    results = train_array(joined([tiny(**o) for o in GRID], [tmp_path / str(i) for i in range(len(GRID))], logs),
                           domains=domains)
     assert [r.status for r in results] == [Outcome.FINISHED] * len(GRID)
     for i, log in enumerate(logs):
@@ -145,7 +154,7 @@ def test_dropout_and_penalty_draws_stay_per_member(tmp_path: Path, domains: Doma
     configs = [tiny(**{"model.d_dropout": 0.2, "loss.gan_type": "wgan-gp", "schedule.epochs": 3}),
                tiny(**{"model.d_dropout": 0.2, "loss.gan_type": "dragan", "schedule.epochs": 3, "seed": 1})]
     logs = [Recorder(), Recorder()]
-    train_array(configs, [tmp_path / "a", tmp_path / "b"], logs, domains=domains)
+    train_array(joined(configs, [tmp_path / "a", tmp_path / "b"], logs), domains=domains)
     for config, log in zip(configs, logs, strict=True):
         assert_same_losses(log.losses, original_loop(config, domains, 12))
 
@@ -157,7 +166,7 @@ def test_a_checkpoint_in_the_middle_resumes_alone_and_in_another_array(tmp_path:
     flag = StopFlag()
     first = [Recorder(stop_at=10, flag=flag), Recorder(), Recorder()]
     dirs = [tmp_path / str(i) for i in range(3)]
-    results = train_array(configs, dirs, first, domains=domains, stop=flag)  # as SIGINT would, mid-epoch
+    results = train_array(joined(configs, dirs, first), domains=domains, stop=flag)  # as SIGINT would, mid-epoch
     assert [(r.status, r.step) for r in results] == [(Outcome.INTERRUPTED, 10)] * 3
     assert all((d / "checkpoint.pt").exists() for d in dirs)
 
@@ -166,7 +175,7 @@ def test_a_checkpoint_in_the_middle_resumes_alone_and_in_another_array(tmp_path:
     assert train(configs[0], dirs[0], resumed_alone, domains=domains, resume=True).step == STEPS
     fresh = tiny(**GRID[3])
     second = [Recorder(), Recorder(), Recorder()]
-    results = train_array([configs[1], configs[2], fresh], [dirs[1], dirs[2], tmp_path / "fresh"], second,
+    results = train_array(joined([configs[1], configs[2], fresh], [dirs[1], dirs[2], tmp_path / "fresh"], second),
                           domains=domains, resume=True)
     assert [(r.status, r.step) for r in results] == [(Outcome.FINISHED, STEPS)] * 3
     assert_same_losses({**first[0].losses, **resumed_alone.losses}, alone[0])
@@ -208,9 +217,9 @@ def test_diverged_and_pruned_members_leave_and_the_others_go_on_unchanged(
     # the loss-balance measurement computes g_terms too, without training: its calls would shift the count
     monkeypatch.setattr(balance, "measure", lambda *args, **kwargs: {})
     logs = [Recorder(), Recorder(), Recorder()]
-    results = train_array([survivor, diverging, pruned], [tmp_path / n for n in ("s", "d", "p")], logs,
-                          domains=domains, evaluator=StubEvaluator(),
-                          on_eval=[None, None, lambda metrics, step: step >= 8])
+    results = train_array(joined([survivor, diverging, pruned], [tmp_path / n for n in ("s", "d", "p")], logs,
+                                 on_eval=[None, None, lambda metrics, step: step >= 8]),
+                          domains=domains, evaluator=StubEvaluator())
     assert (results[0].status, results[0].step) == (Outcome.FINISHED, STEPS)
     assert (results[1].status, results[1].diverged_step, results[1].step) == (Outcome.DIVERGED, 6, 7)
     assert max(logs[1].losses) == 7  # logged its NaN (log_every 1), then left: no step after it
@@ -235,10 +244,11 @@ def test_a_freed_slot_is_refilled_and_the_newcomer_logs_its_own_run(
         return [array_module.Joiner(tiny(**GRID[1]), tmp_path / "new", newcomer_log,
                                     on_end=lambda result: ended.append(("new", result.status, result.step)))]
 
-    results = train_array(first, [tmp_path / "a", tmp_path / "b"], logs, domains=domains, evaluator=StubEvaluator(),
-                          on_eval=[lambda metrics, step: step >= 8, None], refill=refill,
-                          on_end=[lambda r: ended.append(("a", r.status, r.step)),
-                                  lambda r: ended.append(("b", r.status, r.step))])
+    results = train_array(joined(first, [tmp_path / "a", tmp_path / "b"], logs,
+                                 on_eval=[lambda metrics, step: step >= 8, None],
+                                 on_end=[lambda r: ended.append(("a", r.status, r.step)),
+                                         lambda r: ended.append(("b", r.status, r.step))]),
+                          domains=domains, evaluator=StubEvaluator(), refill=refill)
     assert [(r.status, r.step) for r in results] == [(Outcome.PRUNED, 8), (Outcome.FINISHED, STEPS),
                                                      (Outcome.FINISHED, STEPS)]
     # each end is reported as it happens: the pruned member first, the newcomer 8 steps after the other
@@ -265,8 +275,8 @@ def test_members_that_drew_the_same_images_share_their_backbone_targets(
     short = {"schedule.epochs": 2, "schedule.steps_per_epoch": 1}
     # same seed, different weights: one batch, one backbone. Init step: 1 photo batch + 2 fakes; GAN step: photo
     # and (gray) style target once, 2 fakes. In images of batch 2.
-    train_array([tiny(**short), tiny(**short, **{"loss.style_weight": 10.0})], [tmp_path / "a", tmp_path / "b"],
-                [lambda metrics, step: seen.__setitem__(step, seen_images["n"]), lambda metrics, step: None],
+    train_array(joined([tiny(**short), tiny(**short, **{"loss.style_weight": 10.0})], [tmp_path / "a", tmp_path / "b"],
+                       [lambda metrics, step: seen.__setitem__(step, seen_images["n"]), lambda metrics, step: None]),
                 domains=domains)
     assert seen == {1: 3 * 2, 2: (3 + 4) * 2}
 
@@ -284,7 +294,7 @@ def test_array_key_is_shared_exactly_by_configs_that_can_be_fused(tmp_path: Path
                         ("schedule.steps_per_epoch", 5), ("runtime.amp", False), ("runtime.device", "cpu")):
         assert array_key(tiny(**{path: value})) != array_key(base), path
     with pytest.raises(ValueError, match="differ in model.d_ch"):
-        train_array([base, tiny(**{"model.d_ch": 16})], [tmp_path / "a", tmp_path / "b"], [print, print],
+        train_array(joined([base, tiny(**{"model.d_ch": 16})], [tmp_path / "a", tmp_path / "b"], [print, print]),
                     domains=domains)
 
 
@@ -295,8 +305,8 @@ def test_both_fusions_take_the_same_gan_step(tmp_path: Path, domains: Domains, f
     configs = [tiny(**o) for o in GRID]
     dirs = [tmp_path / "start" / str(i) for i in range(len(GRID))]
     flag = StopFlag()
-    train_array(configs, dirs, [Recorder(stop_at=4, flag=flag)] + [Recorder() for _ in GRID[1:]], domains=domains,
-                stop=flag)
+    train_array(joined(configs, dirs, [Recorder(stop_at=4, flag=flag)] + [Recorder() for _ in GRID[1:]]),
+                domains=domains, stop=flag)
     shutil.copytree(tmp_path / "start", tmp_path / "copy")
     want = [Recorder() for _ in GRID]
     for config, out_dir, log in zip(configs, dirs, want, strict=True):
@@ -305,8 +315,8 @@ def test_both_fusions_take_the_same_gan_step(tmp_path: Path, domains: Domains, f
         train(config, out_dir, log, domains=domains, resume=True, stop=one)
     flag = StopFlag()
     got = [Recorder(stop_at=5, flag=flag) for _ in GRID]
-    train_array(configs, [tmp_path / "copy" / str(i) for i in range(len(GRID))], got, domains=domains, resume=True,
-                stop=flag, fuse=fuse)  # type: ignore[arg-type]
+    train_array(joined(configs, [tmp_path / "copy" / str(i) for i in range(len(GRID))], got), domains=domains,
+                resume=True, stop=flag, fuse=fuse)  # type: ignore[arg-type]
     for g, w in zip(got, want, strict=True):
         assert_same_losses(g.losses, w.losses)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_array import Recorder, assert_same_losses, run_alone, tiny, tiny_domains
+from test_array import Recorder, assert_same_losses, joined, run_alone, tiny, tiny_domains
 
 from ablation.config import TrainConfig
 from ablation.data.streams import Domains
@@ -89,7 +89,7 @@ def _moments(config: TrainConfig) -> dict:
 def test_a_stored_init_phase_holds_no_optimiser_and_old_entries_still_load(tmp_path: Path, domains: Domains) -> None:
     config = tiny(**{"schedule.epochs": 2})
     cache = tmp_path / "cache"
-    train_array([config], [tmp_path / "donor"], [Recorder()], domains=domains, init_cache=cache)
+    train_array(joined([config], [tmp_path / "donor"], [Recorder()]), domains=domains, init_cache=cache)
     (entry_file,) = cache.glob("*.pt")
     state = torch.load(entry_file, map_location="cpu", weights_only=True)
     assert "opt_init" not in state
@@ -106,6 +106,6 @@ def test_a_stored_init_phase_holds_no_optimiser_and_old_entries_still_load(tmp_p
     assert entry is not None and entry.step == STEPS // 2
     shutil.rmtree(tmp_path / "donor")
     log = Recorder()
-    result = train_array([config], [tmp_path / "continued"], [log], domains=domains, init_cache=cache)[0]
+    result = train_array(joined([config], [tmp_path / "continued"], [log]), domains=domains, init_cache=cache)[0]
     assert result.status is Outcome.FINISHED and result.init_reused_s is not None
     assert_same_losses(log.losses, run_alone(config, tmp_path / "scratch", domains), rel=0.0)

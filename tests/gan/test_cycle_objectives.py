@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_array import joined
 from test_trainer import SIZE, Recorder, tiny
 
 from ablation.config import TrainConfig, cell_hash, with_overrides
@@ -152,7 +153,7 @@ def test_cycle_members_fuse_and_each_logs_what_it_logs_alone(tmp_path: Path, dom
         train(config, tmp_path / f"alone{i}", log, domains=domains)
         alone.append(log.losses())
     logs = [Recorder(), Recorder()]
-    train_array(configs, [tmp_path / "a0", tmp_path / "a1"], logs, domains=domains, fuse="looped")
+    train_array(joined(configs, [tmp_path / "a0", tmp_path / "a1"], logs), domains=domains, fuse="looped")
     assert [log.losses() for log in logs] == alone
     assert alone[1][9]["loss/g/identity"] == 0.0  # not weighed: not computed
 
@@ -167,7 +168,7 @@ def test_grouped_cycle_members_take_the_looped_gan_step(tmp_path: Path, domains:
     for fuse in ("looped", "grouped"):
         flag = StopFlag()
         logs = [Recorder(stop_at=1, flag=flag), Recorder()]
-        train_array(configs, [tmp_path / fuse / "0", tmp_path / fuse / "1"], logs, domains=domains, stop=flag,
+        train_array(joined(configs, [tmp_path / fuse / "0", tmp_path / fuse / "1"], logs), domains=domains, stop=flag,
                     fuse=fuse)  # type: ignore[arg-type]
         losses_by_mode[fuse] = [log.losses()[1] for log in logs]
     for grouped, looped in zip(losses_by_mode["grouped"], losses_by_mode["looped"], strict=True):

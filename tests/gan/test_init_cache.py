@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_array import GRID, Recorder, StubEvaluator, assert_same_losses, run_alone, tiny, tiny_domains
+from test_array import GRID, Recorder, StubEvaluator, assert_same_losses, joined, run_alone, tiny, tiny_domains
 
 from ablation.config import TrainConfig, with_overrides
 from ablation.data.streams import Domains
@@ -92,10 +92,11 @@ def test_a_trial_continued_from_a_stored_init_phase_equals_its_run_from_scratch(
     # GRID[2] (seed 0, other gan type, weights, D schedule, betas 0.3...) differs in beta1: not shareable with
     # GRID[0]; a config with GRID[0]'s init identity but another GAN phase is
     donor = short(**{"loss.gan_type": "hinge", "loss.style_weight": 10.0, "model.d_ch": 16, "optim.g_lr": 2e-4})
-    train_array([donor], [tmp_path / "donor"], [Recorder()], domains=domains, init_cache=cache)
+    train_array(joined([donor], [tmp_path / "donor"], [Recorder()]), domains=domains, init_cache=cache)
     assert len(list(cache.glob("*.pt"))) == 1
     log = Recorder()
-    result = train_array([short(**GRID[0])], [tmp_path / "continued"], [log], domains=domains, init_cache=cache)[0]
+    result = train_array(joined([short(**GRID[0])], [tmp_path / "continued"], [log]), domains=domains,
+                         init_cache=cache)[0]
     assert result.status is Outcome.FINISHED and result.init_reused_s is not None and result.init_reused_s > 0
     assert_same_losses(log.losses, run_alone(short(**GRID[0]), tmp_path / "scratch", domains), rel=0.0)
     frames = sorted(p.name for p in (tmp_path / "continued" / "samples").glob("epoch_*.png"))
@@ -115,7 +116,7 @@ def test_an_array_computes_each_init_phase_once(tmp_path: Path, domains: Domains
     configs = [short(), short(**{"loss.style_weight": 10.0}), short(**{"seed": 1}),
                short(**{"loss.gan_type": "hinge", "seed": 1})]
     logs = [Recorder() for _ in configs]
-    results = train_array(configs, [tmp_path / str(i) for i in range(4)], logs, domains=domains,
+    results = train_array(joined(configs, [tmp_path / str(i) for i in range(4)], logs), domains=domains,
                           init_cache=tmp_path / "cache")
     assert [r.status for r in results] == [Outcome.FINISHED] * 4
     assert generator_calls["init"] == 2 * 4  # two identities (seeds 0 and 1), 4 init steps each
@@ -128,19 +129,19 @@ def test_an_array_computes_each_init_phase_once(tmp_path: Path, domains: Domains
 def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path: Path, domains: Domains,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
-    train_array([short()], [tmp_path / "a"], [Recorder()], domains=domains, init_cache=cache)
+    train_array(joined([short()], [tmp_path / "a"], [Recorder()]), domains=domains, init_cache=cache)
     state = next(cache.glob("*.pt"))
     data = bytearray(state.read_bytes())
     data[len(data) // 2] ^= 0xFF
     state.write_bytes(bytes(data))
     log = Recorder()
-    result = train_array([short(**{"loss.style_weight": 6.0})], [tmp_path / "b"], [log], domains=domains,
+    result = train_array(joined([short(**{"loss.style_weight": 6.0})], [tmp_path / "b"], [log]), domains=domains,
                          init_cache=cache)[0]
     assert "unusable (ValueError: identity or checksum mismatch); recomputing it" in capsys.readouterr().err
     assert result.init_reused_s is None  # computed its own init phase, and stored a good entry again
     assert_same_losses(log.losses, run_alone(short(**{"loss.style_weight": 6.0}), tmp_path / "alone", domains),
                        rel=0.0)
-    assert train_array([short(**{"loss.style_weight": 7.0})], [tmp_path / "c"], [Recorder()], domains=domains,
+    assert train_array(joined([short(**{"loss.style_weight": 7.0})], [tmp_path / "c"], [Recorder()]), domains=domains,
                        init_cache=cache)[0].init_reused_s is not None
 
 
@@ -150,13 +151,14 @@ def test_a_leader_that_leaves_in_its_init_phase_hands_the_lead_over(tmp_path: Pa
     leader = short(**{"schedule.eval_every": 1})
     follower = short(**{"schedule.eval_every": 1, "loss.style_weight": 10.0})
     logs = [Recorder(), Recorder()]
-    results = train_array([leader, follower], [tmp_path / "l", tmp_path / "f"], logs, domains=domains,
-                          evaluator=StubEvaluator(), on_eval=[lambda metrics, step: True, None],
-                          init_cache=tmp_path / "cache")
+    results = train_array(joined([leader, follower], [tmp_path / "l", tmp_path / "f"], logs, on_eval=[lambda metrics,
+                                                                                                      step: True,
+                                                                                                      None]),
+                          domains=domains, evaluator=StubEvaluator(), init_cache=tmp_path / "cache")
     assert (results[0].status, results[0].step) == (Outcome.PRUNED, 4)
     assert (results[1].status, results[1].step, results[1].init_reused_s) == (Outcome.FINISHED, SHORT_STEPS, None)
     want = Recorder()
-    train_array([follower], [tmp_path / "alone"], [want], domains=domains, evaluator=StubEvaluator())
+    train_array(joined([follower], [tmp_path / "alone"], [want]), domains=domains, evaluator=StubEvaluator())
     assert_same_losses(logs[1].losses, want.losses, rel=0.0)
 
 

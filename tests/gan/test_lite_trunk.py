@@ -10,7 +10,8 @@ import io
 import torch
 
 from ablation.config import BackboneConfig
-from ablation.gan.backbone import build_backbone, imagenet_on_disk, state_hash
+from ablation.evaluation.imagenet import state_hash
+from ablation.gan.backbone import build_backbone, imagenet_on_disk
 from ablation.gan.lite_trunk import CUT_BLOCK, LITE1, lite1_weights_path
 
 

@@ -20,8 +20,9 @@ from ablation.gan.generator import build_generator
 from ablation.outcomes import Outcome
 from ablation.report.best import rank, register_best, table_lines
 from ablation.report.build import build_report
-from ablation.study.spec import StudySpec, load_study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.schema import StudySpec
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def cli(store: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_cells_are_ranked_by_their_mean_over_finished_seeds(store: Path) -> None:
-    from ablation.study.tracking import Tracker
+    from ablation.study.tracking.client import Tracker
 
     tracker = Tracker(f"sqlite:///{store / 'mlflow.db'}")
     # the study's first objective (from the YAML its parent run kept): kid_rand, minimised; final values are
@@ -82,7 +83,7 @@ def test_cli_table_and_json(store: Path) -> None:
 
 
 def test_an_unknown_metric_is_one_line(store: Path) -> None:
-    from ablation.study.tracking import Tracker
+    from ablation.study.tracking.client import Tracker
 
     with pytest.raises(UserError) as info:
         rank(Tracker(f"sqlite:///{store / 'mlflow.db'}"), "grid2x2", metric="eval/style/nope")

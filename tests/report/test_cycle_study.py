@@ -9,7 +9,7 @@ import pytest
 import yaml
 from test_report import E2E_TINY, tables_of
 
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 CYCLE = Path(__file__).resolve().parents[2] / "studies" / "cycle.yaml"
 

@@ -24,11 +24,12 @@ from ablation.gan.generator import build_generator
 from ablation.gan.inference import ImageStylizer, load_generator
 from ablation.report.best import as_json, rank, register_best
 from ablation.report.build import build_report
-from ablation.study.models import log_trial_model, resolve_model
+from ablation.report.model_ref import resolve_model
 from ablation.study.outages import infrastructure_error
 from ablation.study.runner import run_study
-from ablation.study.spec import load_study
-from ablation.study.tracking import TAG_MODEL_ERROR, TAG_MODEL_URI, Tracker, mlflow_unavailable
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import TAG_MODEL_ERROR, TAG_MODEL_URI, Tracker, mlflow_unavailable
+from ablation.study.tracking.logged_models import log_trial_model
 
 # A fresh interpreter outside the checkout: loads the logged model with pyfunc and predicts; then what the CLI
 # `mlflow models predict -m URI -i FILE -t json --env-manager local` runs (its whole body is this call); and
@@ -110,7 +111,7 @@ def test_the_model_loads_in_a_fresh_process_without_the_checkout(study: tuple[Pa
     answer = json.loads(out.stdout.strip().splitlines()[-1])
     assert answer["shape"] == [1, 27, 45, 3]
     assert "/code/ablation/" in answer["ablation"]  # the model's own copy, not this checkout's
-    assert not answer["study"]  # only the modules the generator imports travel with it (study.models)
+    assert not answer["study"]  # only the modules the generator imports travel with it (study.tracking.logged_models)
     predictions = np.asarray(json.loads((tmp / "output.json").read_text())["predictions"])
     assert predictions.shape == (1, 16, 24, 3) and 0.0 <= predictions.min() <= predictions.max() <= 1.0
 
@@ -179,8 +180,8 @@ def test_a_model_that_cannot_be_logged_is_a_tag(study: tuple[Path, Tracker, list
 def test_an_mlflow_outage_is_raised(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No server at the tracking URI for longer than the tracker waits: the trial's worker must see it (the
     trial goes back to the queue), not a model_error tag on a run that cannot be reached anyway."""
-    monkeypatch.setattr("ablation.study.tracking.RETRY_SECONDS", 0.2)
-    monkeypatch.setattr("ablation.study.tracking.GIVE_UP_S", 1.0)
+    monkeypatch.setattr("ablation.study.tracking.client.RETRY_SECONDS", 0.2)
+    monkeypatch.setattr("ablation.study.tracking.client.GIVE_UP_S", 1.0)
     tracker = Tracker(f"http://127.0.0.1:{free_port()}")
     torch.save(build_generator("v1").state_dict(), tmp_path / "generator.pt")
     (tmp_path / "config.yaml").write_text("{}\n")

@@ -20,9 +20,10 @@ from ablation.gan.generator import build_generator
 from ablation.gan.inference import ImageStylizer, load_generator
 from ablation.outcomes import Outcome
 from ablation.report.best import register_best
-from ablation.study.models import log_generator, resolve_model
-from ablation.study.spec import load_study
-from ablation.study.tracking import TAG_MODEL_URI, Tracker
+from ablation.report.model_ref import resolve_model
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import TAG_MODEL_URI, Tracker
+from ablation.study.tracking.logged_models import log_generator
 
 STUDY = {"name": "reg", "question": "Which style weight?", "base": {"backbone": {"weights": "random"}},
          "method": "grid", "axes": {"loss.style_weight": [3.0, 10.0]}, "seeds": [0, 1],
@@ -32,7 +33,7 @@ STUDY = {"name": "reg", "question": "Which style weight?", "base": {"backbone": 
 
 def finished_study(tracker: Tracker, tmp: Path, log_models: bool) -> dict[str, Path]:
     """The study's trials as finished runs with generator.pt and config.yaml; style 10 seed 1 is the best trial.
-    `log_models`: each also logs its MLflow model as a finishing trial does (study.trial); else the runs are
+    `log_models`: each also logs its MLflow model as a finishing trial does (study.work.trial); else the runs are
     as older versions left them, without one."""
     (tmp / "reg.yaml").write_text(yaml.safe_dump(STUDY, sort_keys=False))
     study = load_study(tmp / "reg.yaml")

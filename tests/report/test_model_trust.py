@@ -14,8 +14,9 @@ from services import MlflowServer
 from ablation.config import TrainConfig, to_yaml
 from ablation.gan.generator import build_generator
 from ablation.outcomes import Outcome
-from ablation.study.models import log_generator, resolve_model
-from ablation.study.tracking import Tracker
+from ablation.report.model_ref import resolve_model
+from ablation.study.tracking.client import Tracker
+from ablation.study.tracking.logged_models import log_generator
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]  # a server, a logged model, two loads: ~1 min
 

@@ -12,7 +12,8 @@ import yaml
 from ablation.errors import UserError
 from ablation.report.control import control_line
 from ablation.report.data import Axis, ReportData
-from ablation.study.spec import StudySpec, load_study
+from ablation.study.spec.schema import StudySpec
+from ablation.study.spec.study import load_study
 
 CONTROL = {"level": {"loss.style_weight": 0.0}, "metric": "eval/style/gram_rand", "expect": "lower",
            "why": "the style term is off"}

@@ -15,8 +15,8 @@ import yaml
 
 from ablation.outcomes import Outcome
 from ablation.report.build import build_report
-from ablation.study.spec import Study, load_study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.study import Study, load_study
+from ablation.study.tracking.client import Tracker
 
 XSS = "<script>alert(1)</script>"
 STEPS = list(range(10, 210, 10))

@@ -10,8 +10,8 @@ from ablation.config import to_yaml
 from ablation.evaluation.evaluator import ANCHOR_RULE
 from ablation.outcomes import Outcome
 from ablation.report.build import build_report
-from ablation.study.spec import load_study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import Tracker
 
 OBJECTIVES = [{"metric": "eval/style/kid_eff", "direction": "minimize"},
               {"metric": "eval/content/ssim_luma_blur", "direction": "maximize"}]

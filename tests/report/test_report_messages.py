@@ -6,7 +6,7 @@ import pytest
 
 from ablation.errors import UserError
 from ablation.report.build import build_report
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 
 def test_report_of_a_demo_study_by_its_plain_name_points_to_demo(tmp_path: Path) -> None:

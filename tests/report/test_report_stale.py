@@ -17,8 +17,8 @@ from test_report import tables_of
 from ablation.config import to_yaml
 from ablation.outcomes import Outcome
 from ablation.report.build import build_report
-from ablation.study.spec import Study, load_study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.study import Study, load_study
+from ablation.study.tracking.client import Tracker
 
 OBJECTIVES = [{"metric": "eval/style/kid_rand", "direction": "minimize"},
               {"metric": "eval/content/ssim_luma_blur", "direction": "maximize"}]

@@ -19,8 +19,8 @@ from ablation.report.build import build_report
 from ablation.report.stats import paired_effect
 from ablation.report.text import fmt
 from ablation.report.verdicts import Runs, verdict
-from ablation.study.spec import load_study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import Tracker
 
 SPEC = {
     "name": "verdicts", "question": "Does the style weight matter?", "base": {"backbone": {"weights": "random"}},

@@ -25,9 +25,9 @@ from scale_helpers import local_options, metrics_rows, write_study
 from ablation.data.demo import build_demo_dataset
 from ablation.study.runner import RunOptions, run_study
 from ablation.study.slurm import JOB_TAG, SlurmOptions
-from ablation.study.spec import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.status import study_status
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 pytestmark = pytest.mark.slow
 

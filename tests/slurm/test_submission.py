@@ -14,7 +14,7 @@ import yaml
 from scale_helpers import write_study
 
 from ablation.study.slurm import SlurmOptions, sbatch_parameters, sbatch_script
-from ablation.study.spec import load_study
+from ablation.study.spec.study import load_study
 
 
 @pytest.fixture

@@ -255,7 +255,7 @@ def verify(chaos: Chaos) -> dict[str, Any]:
     from mlflow import MlflowClient
     from scale_helpers import by_key, metrics_rows, mlflow_children, optuna_trials
 
-    from ablation.study.spec import load_study
+    from ablation.study.spec.study import load_study
 
     planned = sorted(t.key for t in load_study(chaos.study).trials)
     steps = list(range(1, chaos.plan.epochs * chaos.plan.steps_per_epoch + 1))

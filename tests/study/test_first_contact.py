@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from ablation.errors import UserError
-from ablation.study import tracking
-from ablation.study.tracking import Tracker
+from ablation.study.tracking import client as tracking
+from ablation.study.tracking.client import Tracker
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from services import MlflowServer
 
 from ablation.errors import UserError
 from ablation.study.runner import RunOptions, run_study
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 
 def _trials(tmp: Path, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -63,10 +63,10 @@ def test_a_full_disk_stops_the_worker_and_requeues_the_trial(tmp_path: Path, dat
 def test_an_error_while_recording_a_failure_does_not_escape(tmp_path: Path, data_root: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     import ablation.gan.steps
-    import ablation.study.trial
+    import ablation.study.work.trial
 
     monkeypatch.chdir(tmp_path)
-    real_note = ablation.study.trial._note
+    real_note = ablation.study.work.trial._note
 
     def bug(config, terms, d_fake):
         raise RuntimeError("injected fault")
@@ -77,7 +77,7 @@ def test_an_error_while_recording_a_failure_does_not_escape(tmp_path: Path, data
         real_note(path, text)
 
     monkeypatch.setattr("ablation.gan.steps.g_losses", bug)
-    monkeypatch.setattr("ablation.study.trial._note", note_refused_after_the_fault)
+    monkeypatch.setattr("ablation.study.work.trial._note", note_refused_after_the_fault)
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [6.0]}, [0], "handler")
     assert run_study(study, local_options(tmp_path, fuse=1)) == 0  # before: the PermissionError escaped
 
@@ -97,8 +97,8 @@ def test_mlflow_away_longer_than_the_tracker_waits_requeues_and_loses_no_metric(
     import ablation.gan.steps
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("ablation.study.tracking.RETRY_SECONDS", 0.2)
-    monkeypatch.setattr("ablation.study.tracking.GIVE_UP_S", 2.0)
+    monkeypatch.setattr("ablation.study.tracking.client.RETRY_SECONDS", 0.2)
+    monkeypatch.setattr("ablation.study.tracking.client.GIVE_UP_S", 2.0)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the client's own backoff would add minutes
     server = MlflowServer(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "artifacts", tmp_path / "server.log")
     server.start()
@@ -152,7 +152,7 @@ def test_an_error_while_recording_an_ended_trial_is_not_swallowed(tmp_path: Path
     def tell_with_a_bug(*args: object) -> None:
         raise RuntimeError("a bug while recording")
 
-    monkeypatch.setattr("ablation.study.arrays.tell", tell_with_a_bug)
+    monkeypatch.setattr("ablation.study.queue.lease.tell", tell_with_a_bug)
     study = write_study(tmp_path / "study.yaml", data_root, {"loss.style_weight": [6.0]}, [0], "record")
     with pytest.raises(RuntimeError, match="^a bug while recording$"):
         run_study(study, local_options(tmp_path, fuse=1))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from scale_helpers import Procs, optuna_trials, worker_env, write_study
 
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 

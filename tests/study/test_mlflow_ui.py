@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from services import MlflowServer
 
-from ablation.study.note import EXPERIMENT_KIND, experiment_note, runs_page
-from ablation.study.spec import load_study
-from ablation.study.tracking import Tracker
+from ablation.study.spec.study import load_study
+from ablation.study.tracking.client import Tracker
+from ablation.study.tracking.experiment_note import EXPERIMENT_KIND, experiment_note, runs_page
 
 CHROMIUM = "/usr/bin/chromium"
 STUDY = Path(__file__).resolve().parents[2] / "studies" / "style_weight.yaml"

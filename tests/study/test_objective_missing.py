@@ -14,7 +14,7 @@ import yaml
 from scale_helpers import TINY_BASE, local_options
 
 from ablation.study.runner import run_study
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from torchvision.models import MobileNet_V2_Weights
 
-from ablation.study.dry_run import offline_lines
-from ablation.study.spec import load_study
+from ablation.study.spec.dry_run import offline_lines
+from ablation.study.spec.study import load_study
 
 WRITEUP = Path(__file__).resolve().parents[2] / "studies" / "writeup.yaml"
 

@@ -18,10 +18,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, TEMPORARILY_UNAVAILABLE
 
-from ablation.study import tracking
 from ablation.study.outages import DATABASE_OUTAGES, NETWORK_OUTAGES, database_outage, tracking_outage
-from ablation.study.storage import Storage
-from ablation.study.tracking import Tracker, mlflow_unavailable
+from ablation.study.queue.storage import Storage
+from ablation.study.tracking import client as tracking
+from ablation.study.tracking.client import Tracker, mlflow_unavailable
 
 
 def raised(action: Callable[[], object]) -> BaseException:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 
-from ablation.study import ownership
+from ablation.study.queue import ownership
 
 
 def _claimed(tmp_path: Path) -> tuple[optuna.Study, optuna.trial.FrozenTrial, ownership.FolderLock]:

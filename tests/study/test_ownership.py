@@ -20,8 +20,9 @@ import pytest
 from scale_helpers import Procs, local_options, optuna_trials, wait_for, worker_env, write_study
 
 from ablation.errors import UserError
-from ablation.study.runner import connect, enqueue_study, resolve_study, run_study
-from ablation.study.tracking import Tracker
+from ablation.study.runner import connect, enqueue_study, run_study
+from ablation.study.spec.study import resolve_study
+from ablation.study.tracking.client import Tracker
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -65,7 +66,7 @@ def test_heartbeat_settings_are_stored_with_the_study(tmp_path: Path, data_root:
     monkeypatch.setenv("ABLATE_HEARTBEAT_S", "30")  # a worker started with other values
     monkeypatch.setenv("ABLATE_GRACE_S", "120")
     capsys.readouterr()
-    _, _, opt = connect(resolve_study(study, local_options(tmp_path)), study, local_options(tmp_path), create=False)
+    _, _, opt = connect(resolve_study(study), study, local_options(tmp_path), create=False)
     backend = opt._storage._backend
     assert (backend.heartbeat_interval, backend.grace_period) == (3, 9)
     warnings = [line for line in capsys.readouterr().err.splitlines() if "ABLATE_GRACE_S" in line]
@@ -73,7 +74,7 @@ def test_heartbeat_settings_are_stored_with_the_study(tmp_path: Path, data_root:
 
     monkeypatch.delenv("ABLATE_HEARTBEAT_S")  # no explicit wish: the stored values, without a word
     monkeypatch.delenv("ABLATE_GRACE_S")
-    _, _, opt = connect(resolve_study(study, local_options(tmp_path)), study, local_options(tmp_path), create=False)
+    _, _, opt = connect(resolve_study(study), study, local_options(tmp_path), create=False)
     assert (opt._storage._backend.heartbeat_interval, opt._storage._backend.grace_period) == (3, 9)
     assert "ABLATE_GRACE_S" not in capsys.readouterr().err
 

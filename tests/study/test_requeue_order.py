@@ -16,8 +16,10 @@ import pytest
 from optuna.trial import FrozenTrial, TrialState
 from services import MlflowServer
 
-from ablation.study import ownership, queue, recovery, tracking
-from ablation.study.tracking import Tracker
+from ablation.study import queue
+from ablation.study.queue import ownership, recovery
+from ablation.study.tracking import client as tracking
+from ablation.study.tracking.client import Tracker
 
 pytestmark = pytest.mark.services
 
@@ -52,7 +54,7 @@ def _running_trials(opt: optuna.Study, tracker: Tracker, n: int) -> list[str]:
 
 def _orphan(opt: optuna.Study, folder: Path) -> None:
     """Make every RUNNING trial one whose process took its trial folder on this host and then died (its lock
-    free, still naming the trial): what `recovery.reap_orphans` re-queues at once (study.ownership)."""
+    free, still naming the trial): what `recovery.reap_orphans` re-queues at once (study.queue.ownership)."""
     for trial in opt.get_trials(states=(TrialState.RUNNING,)):
         lock = ownership.take(folder / trial.user_attrs["trial_key"], trial.number)
         assert lock is not None

@@ -11,9 +11,10 @@ import pytest
 from optuna.trial import TrialState
 from scale_helpers import write_study
 
-from ablation.study import queue, storage
-from ablation.study.arrays import CELL_ID_MAX, _spec
-from ablation.study.spec import load_study
+from ablation.study import queue
+from ablation.study.queue import storage
+from ablation.study.spec.study import load_study
+from ablation.study.work.grid import CELL_ID_MAX, _spec
 
 
 @pytest.mark.parametrize("suggested", [(), ("cell_id",)])  # died right after the claim / between two suggests

@@ -14,7 +14,7 @@ import yaml
 from scale_helpers import OBJECTIVES, TINY_BASE, local_options, write_study
 
 from ablation.study.runner import RunOptions, run_study
-from ablation.study.tracking import Tracker
+from ablation.study.tracking.client import Tracker
 
 
 def options(tmp: Path) -> RunOptions:

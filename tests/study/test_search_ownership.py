@@ -38,13 +38,13 @@ from scale_helpers import (
 )
 
 from ablation.gan.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from ablation.study import ownership, queue
-from ablation.study.recovery import open_queue
-from ablation.study.runner import connect, enqueue_study, resolve_study, run_study
-from ablation.study.searching import ask_points, search_params
-from ablation.study.spec import TrialSpec, search_cell
-from ablation.study.tracking import Tracker
-from ablation.study.trial import TrialContext
+from ablation.study import queue
+from ablation.study.queue import open_queue, ownership
+from ablation.study.runner import connect, enqueue_study, run_study
+from ablation.study.spec.study import TrialSpec, resolve_study, search_cell
+from ablation.study.tracking.client import Tracker
+from ablation.study.work.context import TrialContext
+from ablation.study.work.search import ask_points, search_params
 
 N_TRIALS = 3
 SPACE = {"loss.style_weight": {"low": 0.5, "high": 20.0, "log": True}}
@@ -242,7 +242,7 @@ def test_a_dead_search_workers_point_is_reaped_after_the_grace_period_and_resume
 # item 2: one writer per trial folder; the search goes on meanwhile ------------------------------------------
 def first_point_folder(study_path: Path, tmp: Path, name: str) -> tuple[float, Path]:
     """The point of trial 0 (its sampler's seed is fixed), and its folder, as `ablate run` will make them."""
-    study = resolve_study(study_path, local_options(tmp))
+    study = resolve_study(study_path)
     probe = optuna.create_study(sampler=queue.sampler_for(study, 0), directions=queue.directions(study))
     params = search_params(study, probe.ask())
     return params["loss.style_weight"], tmp / "trials" / name / TrialSpec.of(search_cell(study, params), 0).key
@@ -291,7 +291,7 @@ def test_a_search_point_whose_folder_another_process_holds_waits_while_the_other
 # the budget: processes asking points at once ask n_trials of them, all different --------------------------------
 def _asker(study_path: Path, tmp: Path, ctx: TrialContext, barrier: Any, results: Any) -> None:
     try:
-        study = resolve_study(study_path, local_options(tmp))
+        study = resolve_study(study_path)
         opt = queue.open_study(study, open_queue(f"sqlite:///{tmp}/optuna.db", ctx.tracker), create=False)
         barrier.wait(timeout=120)
         asked = []
@@ -306,7 +306,7 @@ def test_processes_asking_points_at_once_ask_the_budget_once_each_point_differen
         tmp_path: Path, data_root: Path, fast_heartbeat: None) -> None:
     budget = 12
     study_path = write_search(tmp_path / "study.yaml", data_root, SPACE, [0], "askers", budget)
-    study = resolve_study(study_path, local_options(tmp_path))
+    study = resolve_study(study_path)
     _, ctx, _ = connect(study, study_path, local_options(tmp_path), create=True)  # MLflow set up once, here
     # fork: the askers start with everything imported; each opens its own database connections
     answers = race_processes(multiprocessing.get_context("fork"), _asker, [(study_path, tmp_path, ctx)] * 4)

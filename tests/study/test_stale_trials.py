@@ -19,8 +19,8 @@ from test_stored_config import LAUNCHER_ARMS, options, trials, write_arms
 from ablation.errors import UserError
 from ablation.study.queue import open_study
 from ablation.study.runner import enqueue_study, run_worker
-from ablation.study.spec import load_study
-from ablation.study.stored import check_agrees
+from ablation.study.spec.queued import check_agrees
+from ablation.study.spec.study import load_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -19,7 +19,7 @@ from scale_helpers import OBJECTIVES, TINY_BASE, local_options
 from ablation.config import TrainConfig, read_yaml
 from ablation.errors import UserError
 from ablation.study.runner import RunOptions, enqueue_study, run_worker
-from ablation.study.spec import load_study
+from ablation.study.spec.study import load_study
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

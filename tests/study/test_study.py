@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from ablation.errors import UserError
-from ablation.study.dry_run import dry_run_lines
-from ablation.study.spec import load_study
+from ablation.study.spec.dry_run import dry_run_lines
+from ablation.study.spec.study import load_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 

@@ -14,8 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from services import MlflowServer
 
-from ablation.study import tracking
-from ablation.study.tracking import TAG_ROLE, TAG_STUDY, Tracker
+from ablation.study.tracking import client as tracking
+from ablation.study.tracking.client import TAG_ROLE, TAG_STUDY, Tracker
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]  # an MLflow server restarted 6 times: ~100 s
 DOWN_S = 3.0  # longer than a few retries of RETRY_SECONDS, far shorter than GIVE_UP_S

@@ -12,8 +12,8 @@ import math
 from dataclasses import replace
 
 from ablation.outcomes import Outcome
-from ablation.study.spec import Study
-from ablation.study.trial import TrialContext, TrialOutcome
+from ablation.study.spec.study import Study
+from ablation.study.work.context import TrialContext, TrialOutcome
 
 
 def objective_values(study: Study, outcome: TrialOutcome) -> list[float]:

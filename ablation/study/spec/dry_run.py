@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from ablation.config import TrainConfig
-from ablation.gan.init_cache import init_key, shareable
-from ablation.study.arrays import planned_arrays
-from ablation.study.spec import Study
+from ablation.gan import init_key, shareable
+from ablation.study.spec.study import Study
+from ablation.study.work.grid import planned_arrays
 
 
-def dry_run_lines(study: Study, fuse: int = 1) -> list[str]:
+def dry_run_lines(study: Study, fuse: int | None = 1) -> list[str]:
+    """`fuse`: the trials per array, None where only a worker can measure it (`--fuse auto` on CUDA)."""
     spec = study.spec
     if spec.method == "search":
         assert spec.search is not None
@@ -24,7 +25,9 @@ def dry_run_lines(study: Study, fuse: int = 1) -> list[str]:
     for cell in study.cells:  # one line per cell: what the arm resolved to, incl. the backbone's weights
         lines.append(f"  {cell.label:<{width}}  backbone={backbone_text(cell.config)}  cell={cell.key}  seeds={seeds}")
     lines += shared_init_lines(study) + offline_lines(study)
-    if fuse > 1:  # which trials one worker trains together (several workers claim the same way, in turns)
+    if fuse is None:
+        lines.append("arrays (--fuse auto): each worker measures how many trials fit its GPU when it claims them")
+    elif fuse > 1:  # which trials one worker trains together (several workers claim the same way, in turns)
         arrays = planned_arrays(study, fuse)
         lines.append(f"arrays (--fuse {fuse}): {len(arrays)} of up to {fuse} trials")
         lines += [f"  array {i + 1}: " + ", ".join(s.run_name for s in members) for i, members in enumerate(arrays)]

@@ -3,11 +3,11 @@
 A process trains a trial only while it holds the trial folder's lock file (`take`): an exclusive `flock`,
 which the kernel drops when the process dies, with the owner's id (host, pid, Optuna trial number) written
 into the file. A second process claiming the same trial while the lock is held refuses it instead of writing
-(`study.arrays`, `study.searching`); the trial goes back to the queue.
+(`study.work.grid`, `study.work.search`); the trial goes back to the queue.
 
 The claiming process also records the lock files on its trial (user attr `owner`). A reaper on the same machine
 can then tell at once that the owner is gone (every lock file free and still naming this trial); on another
-host flock says nothing, and only the heartbeat and its grace period count (`study.recovery`).
+host flock says nothing, and only the heartbeat and its grace period count (`study.queue.recovery`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from ablation.config import NON_IDENTITY_SECTIONS, TrainConfig
 from ablation.errors import UserError
 from ablation.study import queue
 from ablation.study.queue import CONFIG_ATTR
-from ablation.study.spec import Cell, Study, TrialSpec, search_cell
+from ablation.study.spec.study import Cell, Study, TrialSpec, search_cell
 
 NO_CELL = "<no such cell>"  # a difference's "study file" side when the file lacks the trial's cell
 
@@ -109,23 +109,11 @@ def drop_stale(study: Study, opt: optuna.Study) -> list[str]:
     lines = []
     for trial, (field, queued, mine) in stale_waiting(study, opt):
         why = f"{field}: queued {queued!r}, study file {mine!r}"
-        if drop_waiting(opt, trial, f"stale: {why}"):  # False: a worker claimed it meanwhile
+        if queue.drop_waiting(opt, trial, f"stale: {why}"):  # False: a worker claimed it meanwhile
             attrs = trial.user_attrs
             lines.append(f"dropped stale trial {attrs['trial_key']} [{attrs.get('label', '?')} seed="
                          f"{attrs.get('seed')}] (Optuna trial {trial.number}): {why}")
     return lines
-
-
-def drop_waiting(opt: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
-    """Fail a WAITING trial so that no worker ever claims it, noting why (user attr `dropped`). It is claimed
-    first with the queue's atomic claim, so a trial a worker took meanwhile is left alone (False); Optuna's own
-    `tell` then fails it."""
-    if not queue._claim(opt, trial._trial_id):  # noqa: SLF001 - the queue's one atomic WAITING -> RUNNING
-        return False
-    claimed = optuna.Trial(opt, trial._trial_id)
-    claimed.set_user_attr("dropped", reason)
-    opt.tell(claimed, state=TrialState.FAIL)
-    return True
 
 
 def check_agrees(study: Study, opt: optuna.Study) -> None:

@@ -28,8 +28,7 @@ from mlflow.exceptions import MlflowException
 import ablation
 from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
-from ablation.study.outages import TRANSIENT_HTTP_STATUS, one_line, tracking_outage
-from ablation.study.storage import redact
+from ablation.study.outages import TRANSIENT_HTTP_STATUS, one_line, redact, tracking_outage
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TAG_ROLE, TAG_STUDY, TAG_CELL, TAG_SEED = "ablate.role", "ablate.study", "ablate.cell", "ablate.seed"
@@ -56,7 +55,7 @@ def retry(action: Callable[[], Any], what: str, uri: str, give_up_after: float |
     """Run `action`, retrying connection problems with a clear message; give up after a bound (GIVE_UP_S).
 
     A trial whose metrics cannot go out for that long stops with a checkpoint and goes back to the queue
-    (study.trial): its metrics.jsonl holds every step and is replayed into the next attempt's run."""
+    (study.work.trial): its metrics.jsonl holds every step and is replayed into the next attempt's run."""
     give_up_after = GIVE_UP_S if give_up_after is None else give_up_after
     started, warned = time.monotonic(), False
     while True:
@@ -354,7 +353,7 @@ class MetricLogger:
     def log(self, metrics: dict[str, float], step: int) -> None:
         if self.error is not None:
             # MLflow stayed away past `retry`'s bound: hold nothing more in memory. The trial folder's
-            # metrics.jsonl has every step, and the trial stops and is replayed from it (study.trial)
+            # metrics.jsonl has every step, and the trial stops and is replayed from it (study.work.trial)
             return
         stamp = int(time.time() * 1000)
         self.queue.put([Metric(k, float(v), stamp, step) for k, v in metrics.items()])

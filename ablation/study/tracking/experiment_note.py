@@ -3,7 +3,7 @@ and how to compare its runs there."""
 
 from __future__ import annotations
 
-from ablation.study.spec import Study
+from ablation.study.spec.study import Study
 
 # MLflow 3 opens an experiment without a kind in its GenAI view (traces), where the runs table is hidden;
 # "custom_model_development" is the UI's "model training" kind: it opens on the runs.

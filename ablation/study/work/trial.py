@@ -12,93 +12,34 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ablation.config import DataConfig, TrainConfig, to_yaml
+from ablation.config import to_yaml
 from ablation.console import METRICS_FILE, MetricsFile, read_metrics
-from ablation.data.streams import Domains, load_domains
-from ablation.evaluation.protocol import TrialEvaluator
-from ablation.gan.array import Joiner, train_array
-from ablation.gan.checkpoint import CHECKPOINT_NAME, TruncatedFile, load_checkpoint
-from ablation.gan.device import effective_precision, resolve_device
-from ablation.gan.init_cache import INIT_DIR
-from ablation.gan.trainer import EVAL_INFO, EvalHook, StopFlag, TrainResult, build_evaluator
+from ablation.gan import (
+    CHECKPOINT_NAME,
+    EVAL_INFO,
+    INIT_DIR,
+    EvalHook,
+    Joiner,
+    TrainResult,
+    TruncatedFile,
+    effective_precision,
+    load_checkpoint,
+    resolve_device,
+    train_array,
+)
 from ablation.outcomes import Outcome
-from ablation.study.models import log_trial_model
 from ablation.study.outages import infrastructure_error, one_line, tracking_outage
-from ablation.study.spec import TrialSpec
-from ablation.study.tracking import TAG_ARRAY, TAG_INIT_REUSED, Tracker, mlflow_unavailable
+from ablation.study.spec.study import TrialSpec
+from ablation.study.tracking.client import TAG_ARRAY, TAG_INIT_REUSED, mlflow_unavailable
+from ablation.study.tracking.logged_models import log_trial_model
+from ablation.study.work.context import TrialContext, TrialOutcome, WorkerStop
 
 TRAIN_LOG = "train.log"
-
-
-class WorkerStop(StopFlag):
-    """A worker's stop flag, read after every training step: set by SIGINT/SIGTERM, and also up while a trial
-    of this worker has gone without a recorded heartbeat for longer than the grace period (`watch`): another
-    worker may re-queue it by now, so the trainer stops it with a checkpoint. The worker leaves such a trial
-    unrecorded (`given_up`; study.arrays, study.searching) and goes on once the database answers again.
-    `halt` stops the worker for good: the machine or a service failed (study.outages.infrastructure_error)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.claims: Any = None  # the Storage that tracks this worker's claims (`Storage.lost_trials`)
-        self.given_up: list[int] = []  # Optuna numbers of the trials this worker gave up
-        self.halted: str | None = None  # why this worker stops: the first infrastructure error
-
-    def halt(self, why: str) -> None:
-        self.halted = self.halted or why
-
-    def watch(self, storage: Any) -> None:
-        self.claims = storage if hasattr(storage, "lost_trials") else None
-
-    def __bool__(self) -> bool:
-        lost = self.claims is not None and bool(self.claims.lost_trials())
-        return super().__bool__() or self.halted is not None or lost
-
-
-@dataclass
-class TrialContext:
-    """What every trial of one worker shares."""
-
-    study_name: str
-    tracker: Tracker
-    experiment_id: str
-    parent_run_id: str
-    trials_dir: Path  # a path every worker can read: checkpoints and samples live here
-    stop: WorkerStop = field(default_factory=WorkerStop)
-    on_progress: Callable[[str, int, int], None] | None = None  # (trial key, steps done, total steps)
-    domains_cache: dict[str, Domains] = field(default_factory=dict)
-    evaluator_cache: dict[str, TrialEvaluator | None] = field(default_factory=dict)
-
-    def domains(self, data: DataConfig) -> Domains:
-        """Decode a dataset once per worker process, not once per trial."""
-        key = data.model_dump_json()
-        if key not in self.domains_cache:
-            self.domains_cache = {key: load_domains(data)}  # keep one: memory, not speed, is the limit
-        return self.domains_cache[key]
-
-    def evaluator(self, config: TrainConfig) -> TrialEvaluator | None:
-        """Evaluation references depend on the data and eval settings only: compute them once (None: eval off)."""
-        key = config.data.model_dump_json() + config.eval.model_dump_json() + config.runtime.device
-        if key not in self.evaluator_cache:
-            device = resolve_device(config.runtime)
-            self.evaluator_cache = {key: build_evaluator(config, self.domains(config.data), device)}
-        return self.evaluator_cache[key]
-
-
-@dataclass
-class TrialOutcome:
-    outcome: Outcome
-    metrics: dict[str, float]
-    run_id: str
-    result: TrainResult | None = None
-    error: str | None = None
-    array_failed: bool = False  # failed with its whole array (one exception fails the fused model)
-    infra: str | None = None  # stopped by the machine or a service, not by itself: re-queued, retries untouched
-    tracking_down: bool = False  # ... and that was MLflow: its run cannot be marked now
 
 
 def trial_dir(ctx: TrialContext, spec: TrialSpec) -> Path:
@@ -198,18 +139,15 @@ def run_trials(ctx: TrialContext, requests: list[TrialRequest],
         handed.extend(refill(free) if refill is not None else [])
         return [joiner(i) for i in range(start, len(handed))]
 
-    configs = [r.spec.config for r in requests]
+    config = requests[0].spec.config
     try:
-        first = [joiner(i) for i in range(len(requests))]
-        train_array(configs, [j.out_dir for j in first], [j.log for j in first], domains=ctx.domains(configs[0].data),
-                    resume=True, stop=ctx.stop, evaluator=ctx.evaluator(configs[0]),
-                    on_eval=[j.on_eval for j in first], progress=[j.progress for j in first],
-                    on_end=[j.on_end for j in first], refill=more if refill is not None else None,
+        train_array([joiner(i) for i in range(len(requests))], domains=ctx.domains(config.data), resume=True,
+                    stop=ctx.stop, evaluator=ctx.evaluator(config), refill=more if refill is not None else None,
                     init_cache=ctx.trials_dir / INIT_DIR)
     except Exception as exc:
         if unrecorded:
             # recording an ended trial failed (the database away, a bug): not a training failure to pin on the
-            # other members, and never swallowed: the worker's own handling (study.worker.work) decides
+            # other members, and never swallowed: the worker's own handling (study.work.worker.work) decides
             raise unrecorded[0]  # noqa: B904 (its own traceback and chain are the ones that explain it)
         error = "".join(traceback.format_exception(exc))
         cause = infrastructure_error(exc, mlflow_unavailable)
@@ -274,7 +212,7 @@ def _ended_by(ctx: TrialContext, member: _Open | None, exc: Exception, error: st
     """A member's outcome when its array raised. Recording it must not raise in turn (the disk that is full,
     MLflow away): the outcome has to reach the queue, so such a second error is kept in the text instead."""
     run_id = member.run_id if member is not None else ""
-    if cause is not None:  # its run is marked when the trial is given back (study.recovery.give_back)
+    if cause is not None:  # its run is marked when the trial is given back (study.queue.recovery.give_back)
         tracking_down = tracking_outage(exc, mlflow_unavailable) is not None
         if member is not None:
             with contextlib.suppress(Exception):

@@ -8,13 +8,8 @@ never in GridSampler positions. A trial whose worker died is failed and re-queue
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -24,7 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ablation.errors import UserError, problem
 from ablation.outcomes import Outcome
-from ablation.study.spec import Study
+from ablation.study.queue.lock import engine_of, enqueue_lock
+from ablation.study.spec.study import Study
 
 
 def directions(study: Study) -> list[str]:
@@ -125,7 +121,7 @@ def enqueue_missing(study: Study, opt: optuna.Study, rerun_failed: bool = False,
             # `rerun_of` names the attempt this one supersedes, as `retry_of` does for a requeue: a
             # requeue of that attempt racing this rerun sees it and adds no second one
             lineage = {"rerun_of": previous.number} if previous is not None else {}
-            # the resolved config travels with the trial: a worker trains exactly this (study.stored)
+            # the resolved config travels with the trial: a worker trains exactly this (study.spec.queued)
             opt.enqueue_trial({"cell_id": int(trial.cell.key, 16), "seed": trial.seed}, user_attrs={
                 "trial_key": trial.key, "cell": trial.cell.key, "seed": trial.seed, "label": trial.cell.label,
                 "overrides": dict(trial.cell.varied), CONFIG_ATTR: trial.config.model_dump(mode="json"),
@@ -177,63 +173,6 @@ def successor(opt: optuna.Study, trial: FrozenTrial) -> FrozenTrial | None:
                  and trial.number in (t.user_attrs.get("retry_of"), t.user_attrs.get("rerun_of"))), None)
 
 
-# Namespace of our PostgreSQL advisory locks ("ablt"): the (namespace, study id) pair cannot collide with the
-# single-key locks or the other namespaces that another application on the same server may use.
-_PG_LOCK_NAMESPACE = 0x61626C74
-_IN_PROCESS_LOCK = threading.Lock()  # in-memory storages live in one process: a thread lock is enough
-
-
-@contextlib.contextmanager
-def enqueue_lock(opt: optuna.Study) -> Iterator[None]:
-    """Held across "read the queue, then add to it", so that processes adding to one study take turns.
-
-    Optuna reads and inserts through its own pooled connections, so no transaction of ours can span its
-    read and its insert. A unique key in a table of our own could not be written in the same transaction as
-    Optuna's trial either: a launcher killed between the two would leave a key marked queued with no trial,
-    never queued again. So the read-then-insert runs under a lock that its holder's death releases:
-    - PostgreSQL: a transaction-level advisory lock, per study, on a connection of our own; it ends with that
-      transaction, or with the connection when the process dies.
-    - SQLite: an exclusive flock on a file beside the database. SQLite is local only (it breaks on network
-      file systems), so every process using the database sees this file; the kernel drops the lock when the
-      process dies. (A `BEGIN IMMEDIATE` on our own connection would block Optuna's inserts, made on another
-      connection, until they time out.)
-    - in-memory storage: one process, a thread lock. Other databases (MySQL): no lock, one launcher at a time.
-    """
-    engine = _engine_of(opt)
-    if engine is None:
-        with _IN_PROCESS_LOCK:
-            yield
-    elif engine.dialect.name == "postgresql":
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:namespace, :study_id)"),
-                               {"namespace": _PG_LOCK_NAMESPACE, "study_id": opt._study_id})
-            yield
-    elif engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
-        with _file_lock(Path(f"{engine.url.database}-ablate.lock")):
-            yield
-    elif engine.dialect.name == "sqlite":  # an in-memory database belongs to one process
-        with _IN_PROCESS_LOCK:
-            yield
-    else:
-        yield
-
-
-def _engine_of(opt: optuna.Study) -> sqlalchemy.engine.Engine | None:
-    backend = getattr(opt._storage, "_backend", opt._storage)  # optuna wraps RDBStorage in a cache
-    return getattr(backend, "engine", None)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    # never deleted: removing a lock file another process has open would let a third lock a new file
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file, so threads of one process take turns as well
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
 def has_waiting(opt: optuna.Study) -> bool:
     return bool(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
@@ -258,7 +197,7 @@ def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial
     Each claim is one conditional UPDATE (`_claim`): a trial another worker took in between is skipped, so no
     trial is ever claimed twice, on SQLite as on PostgreSQL. The group is `group` when given (an array that
     refills its free slots), else the first claimed trial's. A trial `busy` says another process still writes
-    to (its folder is locked: study.ownership) is left for later.
+    to (its folder is locked: study.queue.ownership) is left for later.
     """
     claimed: list[optuna.Trial] = []
     for frozen in sorted(opt.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
@@ -272,6 +211,16 @@ def claim_waiting(opt: optuna.Study, limit: int, group_of: Callable[[FrozenTrial
             group = group if group is not None else group_of(frozen)
             claimed.append(optuna.Trial(opt, frozen._trial_id))
     return claimed
+
+
+def new_trial(opt: optuna.Study, sampler_of: Callable[[int], optuna.samplers.BaseSampler]) -> optuna.Trial:
+    """A new RUNNING trial whose point the sampler `sampler_of(its number)` draws (study.work.search).
+
+    Made as `Study.ask` makes one, except that it never pops a WAITING trial (see `claim_waiting`)."""
+    opt._thread_local.cached_all_trials = None  # as `ask` does: the sampler reads the trials as they are now
+    trial_id = opt._storage.create_new_trial(opt._study_id)
+    opt.sampler = sampler_of(opt._storage.get_trial_number_from_id(trial_id))
+    return optuna.Trial(opt, trial_id)
 
 
 def _claim(opt: optuna.Study, trial_id: int) -> bool:
@@ -292,10 +241,22 @@ def _claim(opt: optuna.Study, trial_id: int) -> bool:
     return result.rowcount == 1
 
 
+def drop_waiting(opt: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Fail a WAITING trial so that no worker ever claims it, noting why (user attr `dropped`). It is claimed
+    first with the queue's atomic claim, so a trial a worker took meanwhile is left alone (False); Optuna's own
+    `tell` then fails it."""
+    if not _claim(opt, trial._trial_id):  # the queue's one atomic WAITING -> RUNNING
+        return False
+    claimed = optuna.Trial(opt, trial._trial_id)
+    claimed.set_user_attr("dropped", reason)
+    opt.tell(claimed, state=TrialState.FAIL)
+    return True
+
+
 def unclaim(opt: optuna.Study, trial_id: int) -> bool:
     """RUNNING -> WAITING for a trial this worker claimed but may not train (another process owns its folder),
     as one conditional UPDATE like `_claim`; the trial keeps its number, params and attrs."""
-    engine = _engine_of(opt)
+    engine = engine_of(opt)
     if engine is None:  # in-memory storage: one process, whose own folders are never busy to it
         return False
     with engine.begin() as connection:

@@ -17,7 +17,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 
 from ablation.errors import UserError, problem
-from ablation.study.outages import database_outage
+from ablation.study.outages import database_outage, redact
+from ablation.study.queue.lock import enqueue_lock
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 HEARTBEAT_ENV, GRACE_ENV = "ABLATE_HEARTBEAT_S", "ABLATE_GRACE_S"
@@ -197,8 +198,6 @@ def settle_heartbeat(opt: optuna.Study, wanted: Heartbeat, env_given: bool) -> H
     one, so that no two processes judge a silent trial differently (a worker with a shorter grace period would
     re-queue trials that a worker with a longer heartbeat interval is still training). A process whose
     environment asks for other values says so in one line and uses the stored ones."""
-    from ablation.study.queue import enqueue_lock  # queue imports the study schema; storage stays light
-
     with enqueue_lock(opt):  # two first processes: the second reads what the first stored
         stored = opt.user_attrs.get(HEARTBEAT_ATTR)
         if stored is None:
@@ -213,16 +212,6 @@ def settle_heartbeat(opt: optuna.Study, wanted: Heartbeat, env_given: bool) -> H
     backend = backend_of(opt)
     backend.heartbeat_interval, backend.grace_period = settled.interval, settled.grace
     return settled
-
-
-def redact(url: str) -> str:
-    """The storage URL without its password."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
 
 
 def url_of(opt: optuna.Study) -> str:

@@ -6,17 +6,16 @@ A cell is one resolved training config without its seed (identified by `cell_has
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import ValidationError
 
 from ablation.config import (
-    Frozen,
     TrainConfig,
     apply_overrides,
     build_config,
@@ -25,124 +24,11 @@ from ablation.config import (
     read_yaml,
     with_overrides,
 )
+from ablation.data.presets import prepare_demo
 from ablation.errors import UserError, from_validation_error, problem
-from ablation.evaluation import registry
-from ablation.gan.backbone import imagenet_on_disk
-from ablation.study import checks
-
-
-def _objective_entry(metric: Any) -> registry.Metric | None:
-    """The registry entry of a metric a study may optimise; None for an unknown key or a diagnostic."""
-    entry = registry.find(metric) if isinstance(metric, str) else None
-    return entry if entry is not None and entry.objective else None
-
-
-class Objective(Frozen):
-    """A metric from `ablation.evaluation.registry`, checked before any training: a typo would otherwise
-    train every trial and end as ±inf objective values and a note in the report."""
-
-    metric: str
-    direction: Literal["minimize", "maximize"] = "minimize"  # when omitted: the registry's (see below)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _registered_direction_by_default(cls, data: Any) -> Any:
-        # an omitted direction is the metric's own, so a higher-is-better metric is never minimised by default
-        if isinstance(data, dict) and "direction" not in data and (entry := _objective_entry(data.get("metric"))):
-            return {**data, "direction": entry.direction}
-        return data
-
-    @field_validator("metric")
-    @classmethod
-    def _registered(cls, metric: str) -> str:
-        if _objective_entry(metric) is None:
-            try:  # a known key deserves to hear why it is refused, a typo the name it probably meant
-                why = f" ({registry.resolve(metric)} is logged, but as a diagnostic)"
-            except registry.UnknownMetric:
-                close = difflib.get_close_matches(metric, registry.objective_names(), n=1)
-                why = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(f"a logged metric key that can be an objective{why}, one of "
-                             + ", ".join(registry.objective_names()))
-        return metric
-
-    @field_validator("direction")
-    @classmethod
-    def _agrees_with_registry(cls, direction: str, info: ValidationInfo) -> str:
-        entry = _objective_entry(info.data.get("metric"))  # no metric here: its own error says enough
-        if entry is not None and direction != entry.direction:
-            raise ValueError(f"{entry.direction}, the registered direction of {info.data['metric']}")
-        return direction
-
-
-class SearchParam(Frozen):
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    int: bool = False
-    choices: list[Any] | None = None
-
-    @model_validator(mode="after")
-    def _range_or_choices(self) -> SearchParam:
-        if self.choices is None and (self.low is None or self.high is None):
-            raise ValueError("either choices: [...] or low: and high:")
-        if self.choices is None and self.low is not None and self.high is not None and self.low >= self.high:
-            raise ValueError(f"low < high (got low={self.low}, high={self.high})")
-        return self
-
-
-class SearchSpec(Frozen):
-    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
-    sampler_seed: int = 0
-    n_trials: int = Field(20, ge=1)
-    pruner: Literal["none", "median", "hyperband", "successive_halving"] = "none"
-    space: dict[str, SearchParam]
-
-
-class PositiveControl(Frozen):
-    """A comparison stated in the study file before it runs that must show an effect, and why: if it does not,
-    the study cannot detect what it was built to detect, and its nulls say nothing. The report tests it alone
-    (one pre-stated hypothesis: unadjusted alpha 0.05) and states the result whatever it is."""
-
-    level: dict[str, Any]  # the cell compared with the baseline: {arm: NAME} or {AXIS: VALUE}
-    metric: str  # a registered metric; `expect` says which way
-    expect: Literal["lower", "higher"]
-    why: str = Field(min_length=1)
-
-    @field_validator("metric")
-    @classmethod
-    def _registered(cls, metric: str) -> str:
-        if registry.find(metric) is None:
-            close = difflib.get_close_matches(metric, list(registry.METRICS), n=1)
-            raise ValueError("a logged metric key" + (f" (did you mean {close[0]}?)" if close else ""))
-        return metric
-
-
-class StudySpec(Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
-    question: str = ""
-    description: str = ""
-    base: str | dict[str, Any] = {}  # a training config path (relative to the study file) or inline
-    overrides: dict[str, Any] = {}
-    method: Literal["grid", "search"] = "grid"
-    axes: dict[str, list[Any]] = {}
-    arms: dict[str, dict[str, Any]] = {}
-    baseline: dict[str, Any] | None = None  # level per axis (and `arm`); default: first level of each
-    seeds: list[int] = Field([0, 1, 2], min_length=1)
-    objectives: list[Objective] = [Objective(metric="loss/g/style"), Objective(metric="loss/g/content")]
-    search: SearchSpec | None = None
-    max_retries: int = Field(1, ge=0)  # automatic re-runs of a trial that failed with an exception
-    positive_control: PositiveControl | None = None
-
-    @model_validator(mode="after")
-    def _method_needs(self) -> StudySpec:
-        if self.method == "search" and self.search is None:
-            raise ValueError("method: search needs a search: section (sampler, n_trials, space)")
-        if self.method == "grid" and not (self.axes or self.arms):
-            raise ValueError("method: grid needs axes: or arms:")
-        if len(self.objectives) > 1 and self.search is not None and self.search.pruner != "none":
-            raise ValueError("pruner: none with several objectives (Optuna cannot prune multi-objective)")
-        return self
+from ablation.gan import imagenet_on_disk
+from ablation.study.spec import checks
+from ablation.study.spec.schema import StudySpec
 
 
 @dataclass(frozen=True)
@@ -202,6 +88,13 @@ def format_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
+
+
+def resolve_study(path: Path, demo: bool = False, overrides: Iterable[tuple[str, Any]] = ()) -> Study:
+    """The study at `path` as every command reads it: with the demo preset (`--demo`: demo data, a short CPU
+    schedule, offline) and then the `--set` overrides."""
+    merged = {**(prepare_demo() if demo else {}), **dict(overrides)}
+    return load_study(path, merged, name_suffix="-demo" if demo else "", offline=demo)
 
 
 def load_study(path: Path, extra_overrides: dict[str, Any] | None = None, name_suffix: str = "",

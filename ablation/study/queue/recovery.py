@@ -13,9 +13,9 @@ from typing import Any
 import optuna
 import sqlalchemy
 
-from ablation.study import ownership, queue, storage
 from ablation.study.outages import tracking_outage
-from ablation.study.tracking import Tracker, mlflow_unavailable
+from ablation.study.queue import ownership, storage, trials
+from ablation.study.tracking.client import Tracker, mlflow_unavailable
 
 
 def open_queue(url: str, tracker: Tracker) -> Any:
@@ -43,7 +43,7 @@ def reap_dead(opt: optuna.Study, tracker: Tracker) -> list[int]:
 
     Dead = silent: no heartbeat for longer than the study's grace period (none at all, and claimed that long
     ago), which holds for every process on every host; or gone: the owner claimed it on this host and none of
-    its trial-folder locks is held any more (study.ownership), known at once. Which process runs the reaping
+    its trial-folder locks is held any more (study.queue.ownership), known at once. Which process runs the reaping
     (a launcher, `ablate worker`, a child of `--workers`) does not matter: a live owner keeps both its
     heartbeat and its locks, so its trial is never taken from it.
     """
@@ -64,7 +64,7 @@ def reap_dead(opt: optuna.Study, tracker: Tracker) -> list[int]:
 
 
 def _fail_running(opt: optuna.Study, trial_id: int) -> bool:
-    """RUNNING -> FAIL as one conditional UPDATE (as `queue._claim`): Optuna's read-then-write can overwrite the
+    """RUNNING -> FAIL as one conditional UPDATE (as `trials._claim`): Optuna's read-then-write can overwrite the
     COMPLETE its owner wrote in between on SQLite, which ignores FOR UPDATE. True when this call failed it."""
     backend = storage.backend_of(opt)
     if not isinstance(backend, optuna.storages.RDBStorage):
@@ -97,6 +97,12 @@ def _silent_trial_ids(opt: optuna.Study) -> list[int]:
     return silent + [row[0] for row in rows]
 
 
+def silent_numbers(opt: optuna.Study) -> set[int]:
+    """The numbers of the RUNNING trials whose heartbeat went silent (`_silent_trial_ids`): `ablate status`."""
+    silent = set(_silent_trial_ids(opt))
+    return {t.number for t in opt.get_trials(deepcopy=False) if t._trial_id in silent}
+
+
 def give_back(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tracker, reason: str,
               tracking_down: bool) -> None:
     """A RUNNING trial this process claimed but cannot finish for a reason not its own (the machine or a
@@ -111,7 +117,7 @@ def give_back(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Track
         requeue_dead(opt, trial, tracker, reason, reason)
         return
     if trial.user_attrs.get("trial_key") is not None:
-        queue.requeue(opt, trial, reason, consume_retry=False)
+        trials.requeue(opt, trial, reason, consume_retry=False)
     if run_id := trial.user_attrs.get("mlflow_run_id"):
         record_unsynced(opt, trial, tracker, {"run_id": run_id, "reason": reason},
                         "for longer than the tracker waits")
@@ -129,7 +135,7 @@ def requeue_dead(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tr
     check, every other dead trial of the same check too). The run's state can be fixed later; see UNSYNCED.
     """
     if trial.user_attrs.get("trial_key") is not None:
-        queue.requeue(opt, trial, reason, consume_retry=False)
+        trials.requeue(opt, trial, reason, consume_retry=False)
     run_id = trial.user_attrs.get("mlflow_run_id")
     if run_id and (cause := try_mark_abandoned(tracker, run_id, run_reason)) is not None:
         record_unsynced(opt, trial, tracker, {"run_id": run_id, "reason": run_reason}, type(cause).__name__)
@@ -150,7 +156,7 @@ def try_mark_abandoned(tracker: Tracker, run_id: str, reason: str) -> BaseExcept
 def record_unsynced(opt: optuna.Study, trial: optuna.trial.FrozenTrial, tracker: Tracker, note: dict[str, str],
                     why: str) -> None:
     """Keep the unmarked run on the trial's new attempt (a finished trial takes no attrs) and say so."""
-    again = queue.successor(opt, trial)
+    again = trials.successor(opt, trial)
     where = "not recorded: the trial was not re-queued"
     if again is not None:
         try:
