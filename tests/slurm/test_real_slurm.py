@@ -34,7 +34,7 @@ from slurm_tasks import array_tasks, preemptible_trial, submitit_logs, task_stat
 from ablation.data.demo import build_demo_dataset
 from ablation.study.runner import RunOptions
 from ablation.study.slurm import JOB_TAG
-from ablation.study.spec import load_study
+from ablation.study.spec.study import load_study
 from ablation.study.status import study_status
 
 # a hang guard only: a quiet 2-core machine runs each test in 2-3 minutes, but other jobs on a shared one stretched
