@@ -127,9 +127,17 @@ def test_preempted_array_tasks_resume_and_every_trial_finishes_once(
 
     warned_key, warned = preempt(tasks, ["scancel", "--batch", "--signal=USR1"])
     requeued_key, requeued = preempt(tasks - {warned}, ["scontrol", "requeue"])
-    held = _status(study, postgres_url, tracking_server.url, capsys)  # both tasks held, two trials given back
+    # slurmctld sets a held task's reason (BeginTime) at its next scheduling pass, not at the update: read the
+    # status until it shows both (a first read right after the update saw "1_0 PENDING (None)")
+    seen = {"held": ""}
+
+    def both_held() -> bool:
+        seen["held"] = _status(study, postgres_url, tracking_server.url, capsys)
+        return all(re.search(rf"^  {t} PENDING .*BeginTime", seen["held"], re.M) for t in tasks)
+
+    _wait(both_held, "both tasks held (BeginTime) in ablate status", lambda: f"{seen['held']}\n{logs()}", timeout=120)
+    held = seen["held"]  # both tasks held, two trials given back
     assert re.search(r"^all\s+[234]\s+0\s+[012]\s+0$", held, re.M), held
-    assert all(re.search(rf"^  {t} PENDING .*BeginTime", held, re.M) for t in tasks), held
     for task in (warned, requeued):  # released at once: both come back, each to trials given back by either
         slurm_cluster.command("scontrol", "update", f"JobId={task}", "StartTime=now")
     _wait(lambda: set(task_states(slurm_cluster, array).values()) == {"COMPLETED"}, "both tasks COMPLETED", logs,
