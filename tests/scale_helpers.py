@@ -30,6 +30,14 @@ OBJECTIVES = [{"metric": "loss/g/style", "direction": "minimize"},
 HEARTBEAT_S, GRACE_S = 1, 4
 
 
+def tiny_demo_data(root: Path) -> Path:
+    """The multi-process tests' data set: the demo layout at 32 px, 8 photos, 8 style, 8 reference, 4 val."""
+    from ablation.data.demo import build_demo_dataset
+
+    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
+    return root
+
+
 def write_study(path: Path, data_root: Path, axes: dict[str, list], seeds: list[int], name: str,
                 schedule: dict[str, Any] | None = None) -> Path:
     base = json.loads(json.dumps(TINY_BASE))

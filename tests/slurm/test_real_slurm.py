@@ -26,12 +26,11 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial
-from scale_helpers import by_key, mlflow_children, optuna_trials, wait_for, worker_env, write_study
+from scale_helpers import by_key, mlflow_children, optuna_trials, tiny_demo_data, wait_for, worker_env, write_study
 from services import REPO, MlflowServer, PostgresServer
 from slurm_cluster import SlurmCluster
 from slurm_tasks import array_tasks, preemptible_trial, submitit_logs, task_states
 
-from ablation.data.demo import build_demo_dataset
 from ablation.study.runner import RunOptions
 from ablation.study.slurm import JOB_TAG
 from ablation.study.spec.study import load_study
@@ -49,7 +48,7 @@ TOTAL_STEPS = EPOCHS * STEPS_PER_EPOCH
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("slurm-data")
-    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
+    tiny_demo_data(root)
     return root
 
 

@@ -7,16 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from scale_helpers import GRACE_S, HEARTBEAT_S, Procs
-
-from ablation.data.demo import build_demo_dataset
+from scale_helpers import GRACE_S, HEARTBEAT_S, Procs, tiny_demo_data
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """32 px demo data: 8 photos, 8 style images, 8 reference images, 4 held-out photos."""
     root = tmp_path_factory.mktemp("data")
-    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
+    tiny_demo_data(root)
     return root
 
 

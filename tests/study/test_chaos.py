@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 from chaos_helpers import Chaos, Plan, verify
+from scale_helpers import tiny_demo_data
 from services import MlflowServer
-
-from ablation.data.demo import build_demo_dataset
 
 pytestmark = [
     pytest.mark.slow,
@@ -33,7 +32,7 @@ PLAN = Plan(seed=1, faults=5, gap_s=(3.0, 9.0), mlflow_down_s=(2.0, 5.0), postgr
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("chaos-data")
-    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
+    tiny_demo_data(root)
     return root
 
 

@@ -26,13 +26,12 @@ from scale_helpers import (
     mlflow_children,
     optuna_trials,
     running_checkpoint,
+    tiny_demo_data,
     wait_for,
     worker_env,
     write_study,
 )
 from services import MlflowServer, PostgresServer, find_postgres_bin_dir
-
-from ablation.data.demo import build_demo_dataset
 
 pytestmark = [
     pytest.mark.services,
@@ -47,7 +46,7 @@ STYLE_GRID = {"loss.style_weight": [1.0, 3.0, 10.0], "loss.style_target": ["gray
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("scale-data")
-    build_demo_dataset(root, image_size=32, n_photo=8, n_style=8, n_ref=8, n_val=4)
+    tiny_demo_data(root)
     return root
 
 
